@@ -1,0 +1,87 @@
+"""nnjax: neural networks, end to end, as pure functions.
+
+The whole contract — every layer is a ``Layer(init, apply, name)`` of two pure functions:
+
+    params, state = layer.init(key, input_shape, dtype=jnp.float32)   # input_shape: ONE example, no batch axis
+    y, new_state  = layer.apply(params, state, x, key=None, train=False)  # x: (batch, *input_shape)
+
+``params``/``state`` are pytrees of arrays (nested dicts with readable names, ``{}`` when empty); keys are
+explicit; nothing is hidden. Combinators (``serial``, ``parallel``, ``residual``, ``fanout``,
+``concatenate``, ``add``) build layers from layers. A loss is ``loss(predictions, targets) -> scalar``;
+``make_train_step`` turns model + loss + any Optax optimizer into the pure, jittable, vmappable step
+``(train_state, (x, y)) -> (train_state, metrics)``; ``fit`` runs it over epochs.
+
+Example:
+  >>> import jax, optax, nnjax
+  >>> model = nnjax.serial(nnjax.Dense(32), nnjax.Relu(), nnjax.Dense(10))
+  >>> params, state = model.init(jax.random.key(0), (64,))
+  >>> jax.tree.map(jnp.shape, params)["dense_0"]
+  {'b': (32,), 'w': (64, 32)}
+"""
+
+from nnjax import activations, data, initializers, losses, metrics
+from nnjax._src.activations import (
+    Elu,
+    Gelu,
+    LeakyRelu,
+    LogSoftmax,
+    Relu,
+    Sigmoid,
+    Silu,
+    Softmax,
+    Softplus,
+    Step,
+    StraightThroughStep,
+    Tanh,
+)
+from nnjax._src.basic import Dense, Dropout, Flatten, Identity, Reshape
+from nnjax._src.core import Layer, add, concatenate, fanout, parallel, residual, serial, stateless
+from nnjax._src.errors import LayerError, LayerTypeError
+from nnjax._src.fit import FitResult, evaluate, fit, predict
+from nnjax._src.train import TrainState, init_train_state, make_eval_step, make_train_step, step_key
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Dense",
+    "Dropout",
+    "Elu",
+    "FitResult",
+    "Flatten",
+    "Gelu",
+    "Identity",
+    "Layer",
+    "LayerError",
+    "LayerTypeError",
+    "LeakyRelu",
+    "LogSoftmax",
+    "Relu",
+    "Reshape",
+    "Sigmoid",
+    "Silu",
+    "Softmax",
+    "Softplus",
+    "Step",
+    "StraightThroughStep",
+    "Tanh",
+    "TrainState",
+    "activations",
+    "add",
+    "concatenate",
+    "data",
+    "evaluate",
+    "fanout",
+    "fit",
+    "init_train_state",
+    "initializers",
+    "losses",
+    "make_eval_step",
+    "make_train_step",
+    "metrics",
+    "parallel",
+    "predict",
+    "residual",
+    "serial",
+    "stateless",
+    "step_key",
+]

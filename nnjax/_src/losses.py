@@ -1,0 +1,151 @@
+"""Losses: pure functions ``loss(predictions, targets, weights=None) -> scalar``, mean-reduced.
+
+``weights`` (optional) is one non-negative weight per example, shape ``(batch,)``; a 0/1 weight is a
+mask. The result is ``sum(weights * per_example_loss) / sum(weights)``. Shapes are checked while
+tracing (free under ``jit``); integer label values are checked when they are concrete (eager calls).
+The math comes from ``optax.losses`` where it has it.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from nnjax._src.errors import check_integer_labels, is_concrete
+from nnjax._src.types import Array
+
+
+def _check_same_shape(loss: str, predictions: Array, targets: Array, names=("predictions", "targets")) -> None:
+    if jnp.shape(predictions) != jnp.shape(targets):
+        p, t = tuple(jnp.shape(predictions)), tuple(jnp.shape(targets))
+        hint = ""
+        if p[:1] == t[:1] and (p[1:] == (1,) and t[1:] == () or t[1:] == (1,) and p[1:] == ()):
+            hint = " Hint: squeeze the trailing axis of size 1 (e.g. `predictions[:, 0]`) so they do not broadcast to (batch, batch)."
+        raise ValueError(f"{loss}: expected `{names[0]}` and `{names[1]}` of one shape, given {p} and {t}.{hint}")
+
+
+def _check_float(loss: str, x: Array, name: str) -> None:
+    if not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
+        raise TypeError(f"{loss}: argument `{name}` expected floating-point values, given dtype {jnp.result_type(x)}.")
+
+
+def _reduce(loss: str, per_example: Array, weights: Array | None) -> Array:
+    """Mean over examples (first axis) of per-element losses, optionally weighted per example."""
+    if weights is None:
+        return jnp.mean(per_example)
+    batch = jnp.shape(per_example)[:1]
+    if jnp.shape(weights) != batch:
+        raise ValueError(f"{loss}: argument `weights` expected shape {batch} (one per example), given {tuple(jnp.shape(weights))}.")
+    per_example = jnp.reshape(per_example, (*batch, -1)).mean(axis=1)
+    weights = jnp.asarray(weights, per_example.dtype)
+    return jnp.sum(weights * per_example) / jnp.maximum(jnp.sum(weights), jnp.finfo(per_example.dtype).tiny)
+
+
+def _regression(loss: str, predictions: Array, targets: Array) -> tuple[Array, Array]:
+    _check_float(loss, predictions, "predictions")
+    _check_same_shape(loss, predictions, targets)
+    return predictions, jnp.asarray(targets, jnp.result_type(predictions))
+
+
+def mse(predictions: Array, targets: Array, weights: Array | None = None) -> Array:
+    """Mean squared error: ``mean((predictions - targets) ** 2)``. Shapes: both ``(batch, ...)``."""
+    predictions, targets = _regression("mse", predictions, targets)
+    return _reduce("mse", optax.losses.squared_error(predictions, targets), weights)
+
+
+def half_mse(predictions: Array, targets: Array, weights: Array | None = None) -> Array:
+    """Half the mean squared error, ``mean(½ (predictions - targets) ** 2)``: the source texts' cost function,
+    whose gradient is simply ``predictions - targets``."""
+    predictions, targets = _regression("half_mse", predictions, targets)
+    return _reduce("half_mse", optax.losses.l2_loss(predictions, targets), weights)
+
+
+def mae(predictions: Array, targets: Array, weights: Array | None = None) -> Array:
+    """Mean absolute error: ``mean(|predictions - targets|)``."""
+    predictions, targets = _regression("mae", predictions, targets)
+    return _reduce("mae", jnp.abs(predictions - targets), weights)
+
+
+def huber(predictions: Array, targets: Array, weights: Array | None = None, *, delta: float = 1.0) -> Array:
+    """Huber loss: ``½ e²`` for ``|e| <= delta``, else ``delta (|e| - ½ delta)``, with ``e = predictions - targets``."""
+    predictions, targets = _regression("huber", predictions, targets)
+    return _reduce("huber", optax.losses.huber_loss(predictions, targets, delta=delta), weights)
+
+
+def _check_binary_labels(loss: str, labels: Array, allowed: tuple[float, ...]) -> None:
+    if is_concrete(labels) and np.size(labels) > 0 and jnp.issubdtype(jnp.result_type(labels), jnp.integer):
+        values = np.unique(np.asarray(labels))
+        if not np.isin(values, allowed).all():
+            raise ValueError(f"{loss}: argument `labels` expected values in {set(allowed)}, given values {values.tolist()[:10]}.")
+
+
+def binary_cross_entropy_with_logits(logits: Array, labels: Array, weights: Array | None = None) -> Array:
+    """Binary cross-entropy of ``sigmoid(logits)`` against labels in [0, 1] (numerically stable).
+
+    Shapes: ``logits`` and ``labels`` alike, e.g. ``(batch,)`` or ``(batch, outputs)``.
+    """
+    name = "binary_cross_entropy_with_logits"
+    _check_float(name, logits, "logits")
+    _check_same_shape(name, logits, labels, ("logits", "labels"))
+    _check_binary_labels(name, labels, (0, 1))
+    labels = jnp.asarray(labels, jnp.result_type(logits))
+    return _reduce(name, optax.losses.sigmoid_binary_cross_entropy(logits, labels), weights)
+
+
+def binary_cross_entropy(probabilities: Array, labels: Array, weights: Array | None = None, *, eps: float = 1e-7) -> Array:
+    """Binary cross-entropy of probabilities (e.g. after ``Sigmoid()``): ``-(y log p + (1 - y) log(1 - p))``.
+
+    ``p`` is clipped to ``[eps, 1 - eps]``; prefer ``binary_cross_entropy_with_logits`` for stability.
+    """
+    name = "binary_cross_entropy"
+    _check_float(name, probabilities, "probabilities")
+    _check_same_shape(name, probabilities, labels, ("probabilities", "labels"))
+    _check_binary_labels(name, labels, (0, 1))
+    p = jnp.clip(probabilities, eps, 1.0 - eps)
+    y = jnp.asarray(labels, p.dtype)
+    return _reduce(name, -(y * jnp.log(p) + (1.0 - y) * jnp.log1p(-p)), weights)
+
+
+def softmax_cross_entropy(logits: Array, labels: Array, weights: Array | None = None) -> Array:
+    """Cross-entropy of ``softmax(logits)`` against integer class labels.
+
+    Shapes: ``logits: (batch, ..., classes)``, ``labels: (batch, ...)`` integers in ``[0, classes)``.
+
+    Raises:
+      TypeError: float labels (use ``softmax_cross_entropy_soft`` for one-hot or soft labels).
+      ValueError: shapes disagree, or (eagerly) a label is out of range.
+    """
+    name = "softmax_cross_entropy"
+    _check_float(name, logits, "logits")
+    check_integer_labels(name, labels, jnp.shape(logits)[-1] if jnp.ndim(logits) else None)
+    if jnp.shape(logits)[:-1] != jnp.shape(labels):
+        raise ValueError(
+            f"{name}: expected `labels` of shape {tuple(jnp.shape(logits)[:-1])} for `logits` of shape "
+            f"{tuple(jnp.shape(logits))}, given {tuple(jnp.shape(labels))}."
+        )
+    return _reduce(name, optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels), weights)
+
+
+def softmax_cross_entropy_soft(logits: Array, targets: Array, weights: Array | None = None) -> Array:
+    """Cross-entropy of ``softmax(logits)`` against one-hot or soft targets (rows sum to 1).
+
+    Shapes: ``logits`` and ``targets`` both ``(batch, ..., classes)``.
+    """
+    name = "softmax_cross_entropy_soft"
+    _check_float(name, logits, "logits")
+    _check_same_shape(name, logits, targets, ("logits", "targets"))
+    targets = jnp.asarray(targets, jnp.result_type(logits))
+    return _reduce(name, optax.losses.softmax_cross_entropy(logits, targets), weights)
+
+
+def hinge(scores: Array, labels: Array, weights: Array | None = None) -> Array:
+    """Binary hinge loss ``max(0, 1 - labels * scores)`` with labels in {-1, +1}."""
+    name = "hinge"
+    _check_float(name, scores, "scores")
+    _check_same_shape(name, scores, labels, ("scores", "labels"))
+    _check_binary_labels(name, labels, (-1, 1))
+    return _reduce(name, optax.losses.hinge_loss(scores, jnp.asarray(labels, jnp.result_type(scores))), weights)
+
+
+INTEGER_LABEL_LOSSES = (softmax_cross_entropy,)

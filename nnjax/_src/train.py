@@ -1,0 +1,133 @@
+"""The training state and the pure train and eval steps.
+
+    step(train_state, batch) -> (train_state, metrics)     # batch = (x, y)
+
+The step is a pure function: ``jax.jit`` compiles it once, ``jax.vmap`` over stacked train states
+trains many models in one program, and ``jax.lax.scan`` fuses many steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from nnjax._src.core import Layer
+from nnjax._src.types import Array, DType, Params, PRNGKey, Shape, State
+
+Loss = Callable[..., Array]  # loss(predictions, targets) -> scalar
+Metric = Callable[..., Array]  # metric(predictions, targets) -> scalar
+Batch = tuple[Any, Any]  # (inputs, targets)
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a training run carries, as one pytree.
+
+    Attributes:
+      step: int32 scalar, number of updates applied so far.
+      params: the model's parameters.
+      state: the model's state (e.g. BatchNorm statistics); ``{}`` when stateless.
+      opt_state: the Optax optimizer's state.
+      key: the run's root key; each update's key and each epoch's data order are derived from it
+        and the step (``stream_key``), so a run is reproducible and resumable from any step.
+    """
+
+    step: Array
+    params: Params
+    state: State
+    opt_state: optax.OptState
+    key: PRNGKey
+
+
+def init_train_state(
+    model: Layer, optimizer: optax.GradientTransformation, key: PRNGKey, input_shape: Shape, dtype: DType = jnp.float32
+) -> TrainState:
+    """Initializes the model and the optimizer. ``input_shape`` excludes the batch axis.
+
+    Pure in ``key``: ``jax.vmap(lambda k: init_train_state(model, opt, k, shape))(keys)`` builds an ensemble.
+    """
+    init_key, train_key = jax.random.split(key)
+    params, state = model.init(init_key, input_shape, dtype)
+    return TrainState(jnp.zeros((), jnp.int32), params, state, optimizer.init(params), train_key)
+
+
+STEP_STREAM, DATA_STREAM = 0, 1
+
+
+def stream_key(key: PRNGKey, stream: int, index: Array | int) -> PRNGKey:
+    """Key number ``index`` of an independent stream (updates, data order) derived from a run's root key."""
+    return jax.random.fold_in(jax.random.fold_in(key, stream), index)
+
+
+def step_key(train_state: TrainState) -> PRNGKey:
+    """The key for the update at ``train_state.step`` (dropout and other training randomness)."""
+    return stream_key(train_state.key, STEP_STREAM, train_state.step)
+
+
+def _metrics(predictions: Any, targets: Any, loss_value: Array, metrics: Mapping[str, Metric] | None) -> dict[str, Array]:
+    out = {"loss": loss_value}
+    for name, fn in (metrics or {}).items():
+        out[name] = fn(predictions, targets)
+    return out
+
+
+def make_train_step(
+    model: Layer,
+    loss: Loss,
+    optimizer: optax.GradientTransformation,
+    *,
+    metrics: Mapping[str, Metric] | None = None,
+    jit: bool = True,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, Array]]]:
+    """Returns the pure train step ``(train_state, (x, y)) -> (train_state, metrics)``.
+
+    One step: forward pass in training mode, ``loss(predictions, y)``, gradient by ``jax.value_and_grad``,
+    ``optimizer.update``, ``optax.apply_updates``. ``metrics`` (name -> ``fn(predictions, y)``) are computed
+    on the same forward pass and returned with ``"loss"``, as device arrays (no host sync).
+
+    Args:
+      model: the network.
+      loss: ``loss(predictions, targets) -> scalar``, e.g. ``nnjax.losses.softmax_cross_entropy``.
+      optimizer: any ``optax.GradientTransformation``.
+      metrics: optional extra metrics.
+      jit: return ``jax.jit(step, donate_argnums=0)`` (the input train state is donated: do not reuse it);
+        ``jit=False`` returns the plain function, to ``vmap``/``scan``/``jit`` yourself.
+    """
+
+    def step(train_state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Array]]:
+        x, y = batch
+        key = step_key(train_state)
+
+        def loss_fn(params):
+            predictions, new_state = model.apply(params, train_state.state, x, key=key, train=True)
+            return loss(predictions, y), (predictions, new_state)
+
+        (value, (predictions, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(train_state.params)
+        updates, opt_state = optimizer.update(grads, train_state.opt_state, train_state.params)
+        new_train_state = train_state.replace(
+            step=train_state.step + 1,
+            params=optax.apply_updates(train_state.params, updates),
+            state=new_state,
+            opt_state=opt_state,
+        )
+        return new_train_state, _metrics(predictions, y, value, metrics)
+
+    return jax.jit(step, donate_argnums=0) if jit else step
+
+
+def make_eval_step(
+    model: Layer, loss: Loss, *, metrics: Mapping[str, Metric] | None = None, jit: bool = True
+) -> Callable[[TrainState, Batch], dict[str, Array]]:
+    """Returns the pure eval step ``(train_state, (x, y)) -> metrics`` (inference mode: ``train=False``)."""
+
+    def eval_step(train_state: TrainState, batch: Batch) -> dict[str, Array]:
+        x, y = batch
+        predictions, _ = model.apply(train_state.params, train_state.state, x, train=False)
+        return _metrics(predictions, y, loss(predictions, y), metrics)
+
+    return jax.jit(eval_step) if jit else eval_step
