@@ -1,17 +1,23 @@
-"""``fit``, ``evaluate`` and ``predict``: training and inference loops over in-memory arrays.
+"""``fit``, ``evaluate`` and ``predict``: training and inference over in-memory arrays.
 
 Each epoch visits the examples in an order drawn from the run's key and the epoch number, in
-mini-batches of ``batch_size`` (``batch_size = len(x)`` is batch gradient descent, ``1`` stochastic
+mini-batches of ``batch_size`` (``batch_size = len(x)`` is batch gradient descent, ``1`` is stochastic
 gradient descent). The last ``len(x) % batch_size`` examples of each shuffled epoch are left out so
-every batch has the same shape (one compilation). By default a whole epoch runs as ONE compiled
-program (``jax.lax.scan`` over the steps, data on the device); ``fused=False`` runs a Python loop
-with one jitted step per batch.
+every batch has one shape (one compilation). Three execution modes, same numbers:
+
+- ``fused="epoch"`` (default): each epoch is ONE compiled program, ``jax.lax.scan`` over its steps with
+  the data on the device; one host sync per epoch.
+- ``fused="all"``: the whole run, validation included, is one compiled program.
+- ``fused=False``: a Python loop calling the jitted step once per batch.
+
+Progress is a tqdm bar fed from inside the compiled program through ``jax.debug.callback`` every
+``progress_every`` steps, so it never forces a host sync per step.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -33,6 +39,7 @@ from nnjax._src.train import (
 from nnjax._src.types import Array
 
 History = dict[str, list[float]]
+Callback = Callable[[int, TrainState, dict[str, float]], Any]  # (epoch, train_state, logs) -> True to stop
 
 
 class FitResult(NamedTuple):
@@ -61,33 +68,45 @@ def check_dataset(where: str, model: Layer, x: Any, y: Any, output_shape: tuple 
     if np.issubdtype(x_dtype, np.floating) and not np.isfinite(np.asarray(x)).all():
         raise ValueError(f"{where}: argument `x` holds {int((~np.isfinite(np.asarray(x))).sum())} NaN or Inf values.")
     if output_shape is not None and np.issubdtype(np.asarray(y[:1]).dtype, np.integer):
-        per_example = np.shape(y)[1:]
-        if len(output_shape) == len(per_example) + 1:
+        if len(output_shape) == len(np.shape(y)[1:]) + 1:
             check_integer_labels(where, np.asarray(y), output_shape[-1])
 
 
-def _mean_metrics(metrics: list[dict[str, Array]]) -> dict[str, Array]:
-    return jax.tree.map(lambda *values: jnp.mean(jnp.stack(values)), *metrics)
+def epoch_order(key: jax.Array, epoch: Array | int, n: int, batch_size: int) -> Array:
+    """The example indices of one epoch, ``(n // batch_size, batch_size)``, drawn from ``key`` and ``epoch``."""
+    steps = n // batch_size
+    order = jax.random.permutation(stream_key(key, DATA_STREAM, epoch), n)
+    return order[: steps * batch_size].reshape(steps, batch_size)
+
+
+def make_predict_fn(model: Layer, batch_size: int = 1024) -> Callable[[TrainState, Any], Array]:
+    """A traceable ``(train_state, x) -> predictions`` over a whole set, ``batch_size`` examples at a time."""
+
+    def predict_fn(train_state: TrainState, x: Any) -> Array:
+        def one(xi):
+            return model.apply(train_state.params, train_state.state, xi[None], train=False)[0][0]
+
+        return jax.lax.map(one, x, batch_size=min(batch_size, x.shape[0]))
+
+    return predict_fn
+
+
+def make_evaluate_fn(
+    model: Layer, loss: Loss, metrics: Mapping[str, Metric] | None = None, batch_size: int = 1024
+) -> Callable[[TrainState, Any, Any], dict[str, Array]]:
+    """A traceable ``(train_state, x, y) -> {"loss": ..., metric: ...}`` over a whole set."""
+    predict_fn = make_predict_fn(model, batch_size)
+
+    def evaluate_fn(train_state, x, y):
+        predictions = predict_fn(train_state, x)
+        return {"loss": loss(predictions, y), **{name: fn(predictions, y) for name, fn in (metrics or {}).items()}}
+
+    return evaluate_fn
 
 
 def predict(model: Layer, train_state: TrainState, x: Any, *, batch_size: int = 1024) -> Array:
-    """The model's outputs for ``x`` in inference mode, computed in batches of ``batch_size``.
-
-    Shapes: ``x: (n, *input_shape) -> (n, *output_shape)``. The last batch is padded, so one compiled
-    program serves every batch.
-    """
-    apply = jax.jit(model.apply, static_argnames="train")
-    n = np.shape(x)[0]
-    if n <= batch_size:
-        return apply(train_state.params, train_state.state, jnp.asarray(x))[0]
-    outputs = []
-    for start in range(0, n, batch_size):
-        batch = np.asarray(x[start : start + batch_size])
-        size = batch.shape[0]
-        if size < batch_size:
-            batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - size, axis=0)])
-        outputs.append(apply(train_state.params, train_state.state, jnp.asarray(batch))[0][:size])
-    return jnp.concatenate(outputs)
+    """The model's outputs for ``x`` in inference mode. Shapes: ``x: (n, *input_shape) -> (n, *output_shape)``."""
+    return jax.jit(make_predict_fn(model, batch_size))(train_state, jnp.asarray(x))
 
 
 def evaluate(
@@ -101,10 +120,53 @@ def evaluate(
     batch_size: int = 1024,
 ) -> dict[str, float]:
     """Loss and metrics over a whole data set, in inference mode; returns Python floats."""
-    predictions = predict(model, train_state, x, batch_size=batch_size)
-    y = jnp.asarray(y)
-    values = {"loss": loss(predictions, y), **{name: fn(predictions, y) for name, fn in (metrics or {}).items()}}
+    check_dataset("evaluate", model, x, y, model.output_shape(tuple(np.shape(x)[1:])))
+    values = jax.jit(make_evaluate_fn(model, loss, metrics, batch_size))(train_state, jnp.asarray(x), jnp.asarray(y))
     return {name: float(value) for name, value in values.items()}
+
+
+class _Progress:
+    """A tqdm bar over a run's steps, fed by host callbacks from compiled code (process 0 only)."""
+
+    def __init__(self, enabled: bool, total: int, first_step: int, every: int):
+        self.bar = None
+        self.first_step, self.every = first_step, max(1, every)
+        if enabled and jax.process_index() == 0:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, unit="step", dynamic_ncols=True)
+
+    def report(self, step, loss) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{float(np.mean(loss)):.4f}", refresh=False)
+            self.bar.update(max(0, int(np.max(step)) - self.first_step - self.bar.n))
+
+    def in_program(self, train_state: TrainState, metrics: dict[str, Array]) -> None:
+        """Call inside a compiled step loop: reports every ``every`` steps without a host sync."""
+        if self.bar is None:
+            return
+        jax.lax.cond(
+            train_state.step % self.every == 0,
+            lambda: jax.debug.callback(self.report, train_state.step, metrics["loss"]),
+            lambda: None,
+        )
+
+    def epoch_end(self, epoch: int, epochs: int, step: int, logs: dict[str, float], seconds: float) -> None:
+        if self.bar is not None:
+            self.bar.n = step - self.first_step
+            shown = "  ".join(f"{name} {value:.4f}" for name, value in logs.items())
+            self.bar.write(f"epoch {epoch + 1}/{epochs}  {shown}  ({seconds:.2f}s)")
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _ordered(logs: dict[str, Any]) -> dict[str, float]:
+    """Host floats, loss first, validation last."""
+    keys = sorted(logs, key=lambda k: (k.startswith("val_"), k.removeprefix("val_") != "loss", k))
+    return {k: float(logs[k]) for k in keys}
 
 
 def fit(
@@ -120,78 +182,116 @@ def fit(
     metrics: Mapping[str, Metric] | None = None,
     validation_data: tuple[Any, Any] | None = None,
     train_state: TrainState | None = None,
-    fused: bool = True,
-    verbose: bool = True,
+    fused: bool | str = "epoch",
+    callbacks: Sequence[Callback] = (),
+    progress: bool = True,
+    progress_every: int | None = None,
 ) -> FitResult:
-    """Trains ``model`` on ``(x, y)`` with mini-batch gradient descent and returns the state and history.
+    """Trains ``model`` on ``(x, y)`` with mini-batch gradient descent; returns the state and history.
 
     Args:
-      model: the network; ``loss``: ``loss(predictions, y) -> scalar``; ``optimizer``: any Optax optimizer.
+      model: the network. loss: ``loss(predictions, y) -> scalar``. optimizer: any Optax optimizer.
       x, y: inputs ``(n, *input_shape)`` and targets ``(n, ...)``, NumPy or JAX arrays.
-      epochs: passes over the data. batch_size: examples per update (clipped to ``n``).
-      seed: seeds initialization, dropout and data order (ignored for init when ``train_state`` is given).
+      epochs: train until this many epochs are done (a ``train_state`` from epoch 3 with ``epochs=10``
+        runs epochs 4-10). batch_size: examples per update (clipped to ``n``).
+      seed: seeds initialization, dropout and data order (unused when ``train_state`` is given).
       metrics: name -> ``fn(predictions, y)``, averaged over each epoch's batches.
       validation_data: ``(x_val, y_val)``, evaluated after each epoch as ``val_loss``, ``val_<metric>``.
       train_state: continue from this state instead of initializing.
-      fused: run each epoch as one compiled ``lax.scan`` (default) or as a Python loop of jitted steps.
-      verbose: print one line per epoch.
+      fused: ``"epoch"`` (one compiled program per epoch), ``"all"`` (one program for the whole run;
+        callbacks then run after it, once per epoch, with the final state), or ``False`` (Python loop).
+      callbacks: functions ``(epoch, train_state, logs) -> stop?`` called after each epoch; one that
+        returns True stops training. The state passed is donated to the next epoch: copy what you keep.
+      progress: show a tqdm progress bar and one line per epoch (process 0 only).
+      progress_every: steps between progress updates from inside compiled code (default ~20 per epoch).
 
     Returns:
-      ``FitResult(train_state, history)``; ``history`` maps ``loss``, each metric, and ``val_*`` to
+      ``FitResult(train_state, history)``; ``history`` maps ``loss``, each metric and ``val_*`` to
       per-epoch floats.
 
     Raises:
-      ValueError / TypeError: bad data (see ``check_dataset``) or arguments.
+      ValueError / TypeError: bad data (see ``check_dataset``) or bad arguments.
     """
+    if fused is True:
+        fused = "epoch"
+    if fused not in ("epoch", "all", False):
+        raise ValueError(f"fit: argument `fused` expected 'epoch', 'all' or False, given {fused!r}.")
     if not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"fit: argument `epochs` expected a non-negative int, given {epochs!r}.")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"fit: argument `batch_size` expected a positive int, given {batch_size!r}.")
     input_shape = tuple(np.shape(x)[1:])
-    check_dataset("fit", model, x, y, model.output_shape(input_shape))
+    output_shape = model.output_shape(input_shape)
+    check_dataset("fit", model, x, y, output_shape)
     if validation_data is not None:
-        check_dataset("fit(validation_data)", model, *validation_data, model.output_shape(input_shape))
+        check_dataset("fit(validation_data)", model, *validation_data, output_shape)
     if train_state is None:
         train_state = init_train_state(model, optimizer, jax.random.key(seed), input_shape)
 
     n = np.shape(x)[0]
     batch_size = min(batch_size, n)
     steps = n // batch_size
-    x, y = jnp.asarray(x), jnp.asarray(y)
-    step = make_train_step(model, loss, optimizer, metrics=metrics, jit=not fused)
-
-    def epoch_order(key, epoch):
-        order = jax.random.permutation(stream_key(key, DATA_STREAM, epoch), n)
-        return order[: steps * batch_size].reshape(steps, batch_size)
-
-    def fused_epoch(train_state, x, y, epoch):
-        def body(ts, idx):
-            return step(ts, (x[idx], y[idx]))
-
-        train_state, per_step = jax.lax.scan(body, train_state, epoch_order(train_state.key, epoch))
-        return train_state, jax.tree.map(jnp.mean, per_step)
-
-    fused_epoch = jax.jit(fused_epoch, donate_argnums=0)
-    order_fn = jax.jit(epoch_order)
+    first_step = int(train_state.step)
+    first_epoch = first_step // steps
     history: History = {}
-    first_epoch = int(train_state.step) // steps
-    for epoch in range(first_epoch, first_epoch + epochs):
-        start = time.perf_counter()
-        if fused:
-            train_state, epoch_metrics = fused_epoch(train_state, x, y, epoch)
-        else:
-            per_step = []
-            for idx in order_fn(train_state.key, epoch):
-                train_state, m = step(train_state, (x[idx], y[idx]))
-                per_step.append(m)
-            epoch_metrics = _mean_metrics(per_step)
-        values = {name: float(v) for name, v in epoch_metrics.items()}
-        if validation_data is not None:
-            val = evaluate(model, train_state, *validation_data, loss=loss, metrics=metrics)
-            values.update({f"val_{name}": v for name, v in val.items()})
-        for name, value in values.items():
+    if first_epoch >= epochs:
+        return FitResult(train_state, history)
+
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    val = None if validation_data is None else tuple(jnp.asarray(a) for a in validation_data)
+    bar = _Progress(progress, (epochs - first_epoch) * steps, first_step, progress_every or max(1, steps // 20))
+    step = make_train_step(model, loss, optimizer, metrics=metrics, jit=not fused)
+    evaluate_fn = make_evaluate_fn(model, loss, metrics)
+
+    def run_epoch(train_state, epoch):
+        def body(ts, idx):
+            ts, step_metrics = step(ts, (x[idx], y[idx]))
+            bar.in_program(ts, step_metrics)
+            return ts, step_metrics
+
+        train_state, per_step = jax.lax.scan(body, train_state, epoch_order(train_state.key, epoch, n, batch_size))
+        logs = jax.tree.map(jnp.mean, per_step)
+        if val is not None:
+            logs.update({f"val_{k}": v for k, v in evaluate_fn(train_state, *val).items()})
+        return train_state, logs
+
+    def record(epoch, logs, seconds) -> bool:
+        logs = _ordered(logs)
+        for name, value in logs.items():
             history.setdefault(name, []).append(value)
-        if verbose:
-            shown = "  ".join(f"{name} {value:.4f}" for name, value in values.items())
-            print(f"epoch {epoch + 1}/{first_epoch + epochs}  {shown}  ({time.perf_counter() - start:.2f}s)", flush=True)
+        bar.epoch_end(epoch, epochs, (epoch + 1) * steps, logs, seconds)
+        return any(bool(cb(epoch, train_state, logs)) for cb in callbacks)
+
+    try:
+        if fused == "all":
+            start = time.perf_counter()
+            run_all = jax.jit(lambda ts, es: jax.lax.scan(run_epoch, ts, es), donate_argnums=0)
+            train_state, all_logs = run_all(train_state, jnp.arange(first_epoch, epochs))
+            all_logs = jax.device_get(all_logs)
+            seconds = (time.perf_counter() - start) / (epochs - first_epoch)
+            for i, epoch in enumerate(range(first_epoch, epochs)):
+                if record(epoch, {k: v[i] for k, v in all_logs.items()}, seconds):
+                    break
+        else:
+            compiled_epoch = jax.jit(run_epoch, donate_argnums=0)
+            order_fn = jax.jit(epoch_order, static_argnums=(2, 3))
+            eval_jit = jax.jit(evaluate_fn)
+            for epoch in range(first_epoch, epochs):
+                start = time.perf_counter()
+                if fused == "epoch":
+                    train_state, logs = compiled_epoch(train_state, epoch)
+                else:
+                    per_step = []
+                    for idx in order_fn(train_state.key, epoch, n, batch_size):
+                        train_state, step_metrics = step(train_state, (x[idx], y[idx]))
+                        per_step.append(step_metrics)
+                        if bar.bar is not None and len(per_step) % bar.every == 0:
+                            bar.report(train_state.step, step_metrics["loss"])
+                    logs = jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)), *per_step)
+                    if val is not None:
+                        logs.update({f"val_{k}": v for k, v in eval_jit(train_state, *val).items()})
+                if record(epoch, logs, time.perf_counter() - start):
+                    break
+    finally:
+        bar.close()
     return FitResult(train_state, history)
