@@ -1,0 +1,45 @@
+"""The foundation trainers reach their stated metrics."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_neuron_perceptron_and_xor():
+    results = load("neuron").train_and_evaluate()
+    assert results["weighted_sum"] == pytest.approx(0.67) and results["fired"] == 1.0
+    assert results["perceptron_AND"] == 1.0 and results["perceptron_OR"] == 1.0
+    assert results["perceptron_XOR"] <= 0.75  # not linearly separable
+    assert results["mlp_XOR"] == 1.0
+
+
+def test_digits_mlp_reaches_96_percent():
+    results = load("digits_mlp").train_and_evaluate({"progress": False})
+    assert results["test_accuracy"] >= 0.96
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adagrad", "rmsprop"])
+def test_digits_mlp_every_optimizer_learns(optimizer):
+    results = load("digits_mlp").train_and_evaluate({"optimizer": optimizer, "epochs": 5, "progress": False})
+    assert results["test_accuracy"] >= 0.85
+
+
+def test_digits_mlp_step_benchmark_runs():
+    result = load("digits_mlp").benchmark_step(repeats=1, steps=20)
+    assert result["nnjax_us_per_step"] > 0 and result["jax_us_per_step"] > 0
+
+
+def test_house_prices_beats_linear_with_r2_over_090():
+    results = load("house_prices").train_and_evaluate()
+    assert results["mlp_r2"] >= 0.9
+    assert results["mlp_rmse"] < results["linear_rmse"]

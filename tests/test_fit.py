@@ -1,0 +1,106 @@
+"""fit / evaluate / predict: the three execution modes agree, history, callbacks, data validation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import nnjax
+from nnjax import losses, metrics
+
+MODEL = nnjax.serial(nnjax.Dense(16), nnjax.Relu(), nnjax.Dropout(0.1), nnjax.Dense(3))
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(100, 5)).astype(np.float32)
+Y = (X[:, 0] > 0).astype(np.int32) + (X[:, 1] > 0.5).astype(np.int32)
+
+
+def _fit(**kwargs):
+    args = dict(epochs=3, batch_size=16, metrics={"accuracy": metrics.accuracy}, validation_data=(X[:30], Y[:30]),
+                progress=False)
+    return nnjax.fit(MODEL, losses.softmax_cross_entropy, optax.adam(1e-2), X, Y, **{**args, **kwargs})
+
+
+def test_fused_epoch_fused_all_and_python_loop_agree():
+    results = [_fit(fused=mode) for mode in ("epoch", "all", False)]
+    for other in results[1:]:
+        for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            np.testing.assert_allclose(results[0].history[name], other.history[name], rtol=1e-5)
+        np.testing.assert_allclose(results[0].train_state.params["dense_3"]["w"],
+                                   other.train_state.params["dense_3"]["w"], rtol=1e-5, atol=1e-6)
+    assert list(results[0].history) == ["loss", "accuracy", "val_loss", "val_accuracy"]
+    assert all(len(v) == 3 for v in results[0].history.values())
+    assert int(results[0].train_state.step) == 3 * (100 // 16)
+
+
+def test_continuing_from_a_train_state_equals_one_run():
+    whole = _fit(epochs=4)
+    half = _fit(epochs=2)
+    rest = _fit(epochs=4, train_state=half.train_state)
+    assert len(rest.history["loss"]) == 2  # `epochs` is the total: epochs 3 and 4 ran
+    np.testing.assert_allclose(rest.history["loss"], whole.history["loss"][2:], rtol=1e-6)
+    np.testing.assert_array_equal(rest.train_state.params["dense_0"]["w"], whole.train_state.params["dense_0"]["w"])
+
+
+def test_callbacks_see_each_epoch_and_can_stop():
+    seen = []
+
+    def stop_after_two(epoch, train_state, logs):
+        seen.append((epoch, int(train_state.step), logs["val_loss"]))
+        return epoch == 1
+
+    result = _fit(epochs=5, callbacks=[stop_after_two])
+    assert [e for e, _, _ in seen] == [0, 1]
+    assert seen[1][1] == 2 * (100 // 16)
+    assert len(result.history["loss"]) == 2
+
+
+def test_progress_bar_and_epoch_lines(capsys):
+    _fit(epochs=2, progress=True, progress_every=2)
+    captured = capsys.readouterr()
+    text = captured.err + captured.out
+    assert "epoch 1/2" in text and "epoch 2/2" in text and "val_accuracy" in text
+    assert "12/12" in captured.err  # the tqdm bar reached the last step
+
+
+def test_predict_in_batches_equals_one_batch_and_evaluate_agrees():
+    result = _fit(epochs=1)
+    whole = nnjax.predict(MODEL, result.train_state, X, batch_size=1000)
+    batched = nnjax.predict(MODEL, result.train_state, X, batch_size=7)
+    np.testing.assert_allclose(whole, batched, rtol=1e-6, atol=1e-6)
+    values = nnjax.evaluate(MODEL, result.train_state, X, Y, loss=losses.softmax_cross_entropy,
+                            metrics={"accuracy": metrics.accuracy}, batch_size=9)
+    assert values["accuracy"] == pytest.approx(float(metrics.accuracy(whole, jnp.asarray(Y))))
+    assert values["loss"] == pytest.approx(float(losses.softmax_cross_entropy(whole, jnp.asarray(Y))), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "x, y, error, message",
+    [
+        (X, np.where(Y == 2, 3, Y), ValueError, r"fit: argument `labels` expected values in \[0, 3\)"),
+        (X, Y.astype(np.float32), TypeError, "expected integer class indices"),
+        ((X * 100).astype(np.uint8), Y, TypeError, "scale integer inputs"),
+        (X[:50], Y, ValueError, "same number of examples"),
+        (X[:0], Y[:0], ValueError, "empty data set"),
+        (np.where(X > 2, np.nan, X), Y, ValueError, "NaN or Inf"),
+    ],
+)
+def test_bad_data_is_refused_where_it_enters(x, y, error, message):
+    with pytest.raises(error, match=message):
+        nnjax.fit(MODEL, losses.softmax_cross_entropy, optax.sgd(0.1), x, y, epochs=1, progress=False)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="fit: argument `batch_size`"):
+        _fit(batch_size=0)
+    with pytest.raises(ValueError, match="fit: argument `fused`"):
+        _fit(fused="sometimes")
+
+
+def test_xor_reaches_100_percent():
+    x, y = nnjax.data.make_xor()
+    model = nnjax.serial(nnjax.Dense(8), nnjax.Tanh(), nnjax.Dense(2))
+    result = nnjax.fit(model, losses.softmax_cross_entropy, optax.adam(0.05), x, y, epochs=300, batch_size=4,
+                       fused="all", progress=False)
+    predictions = nnjax.predict(model, result.train_state, x)
+    assert float(metrics.accuracy(predictions, jnp.asarray(y))) == 1.0

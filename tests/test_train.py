@@ -1,0 +1,139 @@
+"""The pure train step: one compilation, donation, vmap over models, equality with hand-written JAX."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import nnjax
+from nnjax import losses, metrics
+
+MODEL = nnjax.serial(nnjax.Dense(16), nnjax.Relu(), nnjax.Dropout(0.1), nnjax.Dense(3))
+
+
+def _batch(n=32, seed=0):
+    rng = np.random.default_rng(seed)
+    return jnp.asarray(rng.normal(size=(n, 5)), jnp.float32), jnp.asarray(rng.integers(0, 3, n), jnp.int32)
+
+
+def test_step_compiles_once_and_donates_its_input():
+    traces = []
+
+    def counting_loss(predictions, y):
+        traces.append(1)
+        return losses.softmax_cross_entropy(predictions, y)
+
+    optimizer = optax.adam(1e-2)
+    step = nnjax.make_train_step(MODEL, counting_loss, optimizer, metrics={"accuracy": metrics.accuracy})
+    train_state = nnjax.init_train_state(MODEL, optimizer, jax.random.key(0), (5,))
+    for seed in range(3):
+        old = train_state
+        train_state, logs = step(train_state, _batch(seed=seed))
+        assert old.params["dense_0"]["w"].is_deleted()  # donated
+    assert len(traces) == 1 and step._cache_size() == 1
+    assert int(train_state.step) == 3
+    assert set(logs) == {"loss", "accuracy"} and isinstance(logs["loss"], jax.Array)
+
+
+def test_step_equals_hand_written_jax():
+    model = nnjax.serial(nnjax.Dense(8), nnjax.Tanh(), nnjax.Dense(3))
+    optimizer = optax.sgd(0.1, momentum=0.9)
+    train_state = nnjax.init_train_state(model, optimizer, jax.random.key(0), (5,))
+    w1, b1 = train_state.params["dense_0"]["w"], train_state.params["dense_0"]["b"]
+    w2, b2 = train_state.params["dense_2"]["w"], train_state.params["dense_2"]["b"]
+    raw = {"w1": w1, "b1": b1, "w2": w2, "b2": b2}
+    raw_opt = optimizer.init(raw)
+
+    def raw_loss(p, x, y):
+        logits = jnp.tanh(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
+        return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(len(y)), y])
+
+    step = nnjax.make_train_step(model, losses.softmax_cross_entropy, optimizer, jit=False)
+    for seed in range(3):
+        x, y = _batch(seed=seed)
+        train_state, logs = step(train_state, (x, y))
+        loss, grads = jax.value_and_grad(raw_loss)(raw, x, y)
+        updates, raw_opt = optimizer.update(grads, raw_opt, raw)
+        raw = optax.apply_updates(raw, updates)
+        np.testing.assert_allclose(logs["loss"], loss, rtol=1e-6)
+    np.testing.assert_allclose(train_state.params["dense_0"]["w"], raw["w1"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(train_state.params["dense_2"]["b"], raw["b2"], rtol=1e-5, atol=1e-6)
+
+
+def test_vmapped_seeds_equal_sequential_runs():
+    optimizer = optax.adam(1e-2)
+    step = nnjax.make_train_step(MODEL, losses.softmax_cross_entropy, optimizer, jit=False)
+    keys = jax.random.split(jax.random.key(42), 4)
+    stacked = jax.vmap(lambda k: nnjax.init_train_state(MODEL, optimizer, k, (5,)))(keys)
+    many_step = jax.jit(jax.vmap(step, in_axes=(0, None)))
+    one_step = jax.jit(step)
+    singles = [nnjax.init_train_state(MODEL, optimizer, k, (5,)) for k in keys]
+    for seed in range(5):
+        batch = _batch(seed=seed)
+        stacked, many_logs = many_step(stacked, batch)
+        results = [one_step(s, batch) for s in singles]
+        singles = [r[0] for r in results]
+        np.testing.assert_allclose(many_logs["loss"], [r[1]["loss"] for r in results], rtol=1e-5)
+    for i, single in enumerate(singles):
+        for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(jax.tree.map(lambda l: l[i], stacked.params))):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # different seeds really are different models
+    assert not np.allclose(stacked.params["dense_0"]["w"][0], stacked.params["dense_0"]["w"][1])
+
+
+def test_steps_fuse_under_scan_and_match_the_jitted_loop():
+    optimizer = optax.sgd(0.05)
+    step = nnjax.make_train_step(MODEL, losses.softmax_cross_entropy, optimizer, jit=False)
+    state = nnjax.init_train_state(MODEL, optimizer, jax.random.key(0), (5,))
+    xs, ys = zip(*[_batch(seed=s) for s in range(4)])
+    fused_state, fused_logs = jax.jit(lambda s: jax.lax.scan(step, s, (jnp.stack(xs), jnp.stack(ys))))(state)
+    loop_state = nnjax.init_train_state(MODEL, optimizer, jax.random.key(0), (5,))
+    jitted = jax.jit(step)
+    for x, y in zip(xs, ys):
+        loop_state, logs = jitted(loop_state, (x, y))
+    np.testing.assert_allclose(fused_logs["loss"][-1], logs["loss"], rtol=1e-5)
+    np.testing.assert_allclose(fused_state.params["dense_3"]["w"], loop_state.params["dense_3"]["w"], rtol=1e-5, atol=1e-6)
+
+
+def test_eval_step_is_inference_mode():
+    optimizer = optax.sgd(0.1)
+    train_state = nnjax.init_train_state(MODEL, optimizer, jax.random.key(0), (5,))
+    eval_step = nnjax.make_eval_step(MODEL, losses.softmax_cross_entropy, metrics={"accuracy": metrics.accuracy})
+    x, y = _batch()
+    a, b = eval_step(train_state, (x, y)), eval_step(train_state, (x, y))
+    assert float(a["loss"]) == float(b["loss"])  # no dropout: deterministic
+    logits, _ = MODEL.apply(train_state.params, train_state.state, x)
+    np.testing.assert_allclose(a["accuracy"], metrics.accuracy(logits, y))
+
+
+def test_training_randomness_comes_from_the_state_key():
+    optimizer = optax.sgd(0.1)
+    step = nnjax.make_train_step(MODEL, losses.softmax_cross_entropy, optimizer)
+    runs = []
+    for _ in range(2):
+        state = nnjax.init_train_state(MODEL, optimizer, jax.random.key(7), (5,))
+        for seed in range(3):
+            state, _ = step(state, _batch(seed=seed))
+        runs.append(np.asarray(state.params["dense_0"]["w"]))
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("batch_size", [1, 16, 1437])
+def test_batch_stochastic_and_minibatch_descent_all_train(batch_size):
+    x, y, _, _ = _digits()
+    epochs = {1: 2, 16: 5, 1437: 150}[batch_size]
+    result = nnjax.fit(nnjax.serial(nnjax.Dense(32), nnjax.Relu(), nnjax.Dense(10)), losses.softmax_cross_entropy,
+                       optax.sgd(0.02 if batch_size == 1 else 0.3), x, y, epochs=epochs, batch_size=batch_size,
+                       metrics={"accuracy": metrics.accuracy}, progress=False)
+    model = nnjax.serial(nnjax.Dense(32), nnjax.Relu(), nnjax.Dense(10))
+    final = nnjax.evaluate(model, result.train_state, x, y, loss=losses.softmax_cross_entropy,
+                           metrics={"accuracy": metrics.accuracy})
+    assert final["accuracy"] > 0.9
+    assert int(result.train_state.step) == epochs * (len(x) // batch_size)
+
+
+def _digits():
+    images, labels = nnjax.data.load_digits()
+    x = images.reshape(-1, 64).astype(np.float32) / 16
+    return nnjax.data.train_test_split(x, labels, seed=0)
