@@ -19,7 +19,7 @@ Example:
   {'b': (32,), 'w': (64, 32)}
 """
 
-from nnjax import activations, data, initializers, losses, metrics
+from nnjax import activations, data, ensemble, initializers, losses, metrics, per_example, precision, sharding
 from nnjax._src.activations import (
     Elu,
     Gelu,
@@ -36,8 +36,11 @@ from nnjax._src.activations import (
 )
 from nnjax._src.basic import Dense, Dropout, Flatten, Identity, Reshape
 from nnjax._src.core import Layer, add, concatenate, fanout, parallel, residual, serial, stateless
+from nnjax._src.ensemble import ManyResult, fit_many
 from nnjax._src.errors import LayerError, LayerTypeError
 from nnjax._src.fit import FitResult, evaluate, fit, predict
+from nnjax._src.per_example import per_example_grads
+from nnjax._src.precision import Policy, with_policy
 from nnjax._src.train import TrainState, init_train_state, make_eval_step, make_train_step, step_key
 
 __version__ = "0.1.0"
@@ -55,6 +58,8 @@ __all__ = [
     "LayerTypeError",
     "LeakyRelu",
     "LogSoftmax",
+    "ManyResult",
+    "Policy",
     "Relu",
     "Reshape",
     "Sigmoid",
@@ -69,9 +74,11 @@ __all__ = [
     "add",
     "concatenate",
     "data",
+    "ensemble",
     "evaluate",
     "fanout",
     "fit",
+    "fit_many",
     "init_train_state",
     "initializers",
     "losses",
@@ -79,9 +86,14 @@ __all__ = [
     "make_train_step",
     "metrics",
     "parallel",
+    "per_example",
+    "per_example_grads",
+    "precision",
     "predict",
     "residual",
     "serial",
+    "sharding",
     "stateless",
     "step_key",
+    "with_policy",
 ]

@@ -1,0 +1,399 @@
+"""Many models in one program: ensembles and hyperparameter sweeps as ONE vmapped, compiled step.
+
+The train step is a pure function of one ``TrainState``; ``jax.vmap`` over a *stacked* train state (every
+leaf with a leading model axis of size K) trains K models at once. Seeds differ through each model's key;
+hyperparameters differ through ``optax.inject_hyperparams``, which keeps them as arrays in the optimizer
+state, so one compiled program serves every learning rate, weight decay, ...:
+
+    result = fit_many(model, loss, optax.adamw, x, y, seeds=range(8),
+                      hyperparams={"learning_rate": [1e-3, 3e-3, 1e-2, 3e-2]}, epochs=5)   # 32 models
+    result.history["loss"].shape            # (32, 5): (model, epoch)
+    result.configs[result.best_index]       # {"seed": 3, "learning_rate": 0.003}
+    best = result.best()                    # the best model's TrainState, unstacked
+
+Each model draws its initialization, dropout keys and data order from its own key exactly as ``nnjax.fit``
+does for one seed, so model ``i`` equals the sequential run ``fit(..., seed=seeds[i])`` to float tolerance.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import SimpleNamespace
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from nnjax._src.core import Layer
+from nnjax._src.fit import _Progress, check_dataset, epoch_order, make_evaluate_fn, make_predict_fn
+from nnjax._src.train import Batch, Loss, Metric, TrainState, init_train_state, make_train_step
+from nnjax._src.types import Array, DType, PRNGKey, Shape
+
+OptimizerFn = Callable[..., optax.GradientTransformation]  # (**hyperparams) -> optimizer, e.g. optax.adam
+ManyHistory = dict[str, np.ndarray]  # name -> (models, epochs)
+ManyCallback = Callable[[int, TrainState, dict[str, np.ndarray]], Any]  # (epoch, train_states, logs) -> stop?
+
+
+# --- stacking -------------------------------------------------------------------------------------------
+
+
+def stack_train_states(train_states: Sequence[TrainState]) -> TrainState:
+    """Stacks K train states of one structure into one with a leading model axis on every leaf."""
+    if not train_states:
+        raise ValueError("stack_train_states: expected at least one train state, given none.")
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *train_states)
+
+
+def num_models(train_states: Any) -> int:
+    """The size K of the leading model axis of a stacked pytree."""
+    return int(jax.tree.leaves(train_states)[0].shape[0])
+
+
+def unstack(train_states: Any) -> list[Any]:
+    """The inverse of ``stack_train_states``: a list of K pytrees without the model axis."""
+    return [jax.tree.map(lambda leaf, i=i: leaf[i], train_states) for i in range(num_models(train_states))]
+
+
+# --- optimizers with per-model hyperparameters ----------------------------------------------------------
+
+
+def _as_keys(seeds_or_keys: Any) -> PRNGKey:
+    """A (K,) array of typed keys from int seeds (``jax.random.key(seed)``, as ``fit(seed=...)``) or keys."""
+    if isinstance(seeds_or_keys, jax.Array) and jnp.issubdtype(seeds_or_keys.dtype, jax.dtypes.prng_key):
+        return seeds_or_keys
+    seeds = [int(s) for s in seeds_or_keys]
+    return jnp.stack([jax.random.key(s) for s in seeds])
+
+
+def _hyperparam_arrays(hyperparams: Mapping[str, Any]) -> dict[str, Array]:
+    out = {}
+    for name, values in hyperparams.items():
+        a = np.asarray(values)
+        out[name] = jnp.asarray(a, jnp.float32 if np.issubdtype(a.dtype, np.floating) else a.dtype)
+    return out
+
+
+def injected(optimizer_fn: OptimizerFn, hyperparams: Mapping[str, Any]) -> optax.GradientTransformation:
+    """``optax.inject_hyperparams(optimizer_fn)(**hyperparams)``: the hyperparameters live in the optimizer
+    state (``opt_state.hyperparams[name]``) as arrays, so a stacked state can hold one value per model."""
+    return optax.inject_hyperparams(optimizer_fn)(**hyperparams)
+
+
+def init_many(
+    model: Layer,
+    optimizer: optax.GradientTransformation | OptimizerFn,
+    keys: Any,
+    input_shape: Shape,
+    dtype: DType = jnp.float32,
+    *,
+    hyperparams: Mapping[str, Any] | None = None,
+) -> TrainState:
+    """K train states stacked along a leading model axis, initialized in one vmapped call.
+
+    Args:
+      model: the network.
+      optimizer: an Optax optimizer shared by all models, or (with ``hyperparams``) a factory such as
+        ``optax.adam`` called as ``optimizer(**hyperparams)`` through ``optax.inject_hyperparams``.
+      keys: K int seeds or a ``(K,)`` key array; seed ``s`` gives the model ``init_train_state`` gives
+        for ``jax.random.key(s)`` (the one ``fit(seed=s)`` trains).
+      input_shape: one example's shape (no batch axis).
+      hyperparams: name -> K values, one per model (e.g. ``{"learning_rate": [1e-3, 1e-2]}``).
+
+    Returns:
+      A ``TrainState`` whose every leaf has a leading axis of size K.
+
+    Example:
+      >>> ts = init_many(model, optax.sgd, [0, 1], (4,), hyperparams={"learning_rate": [0.1, 0.01]})
+      >>> ts.opt_state.hyperparams["learning_rate"]   # Array([0.1, 0.01])
+    """
+    keys = _as_keys(keys)
+    if not hyperparams:
+        if not isinstance(optimizer, optax.GradientTransformation):
+            raise TypeError(
+                "init_many: argument `optimizer` is a factory but no `hyperparams` were given. Hint: pass an "
+                "optimizer (`optax.adam(1e-3)`) or hyperparams (`hyperparams={'learning_rate': [...]}`)."
+            )
+        return jax.vmap(lambda k: init_train_state(model, optimizer, k, input_shape, dtype))(keys)
+    if isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(
+            "init_many: `hyperparams` need an optimizer factory such as `optax.adam` (called with them), "
+            f"given an already built {type(optimizer).__name__}."
+        )
+    hp = _hyperparam_arrays(hyperparams)
+    sizes = {name: v.shape[:1] for name, v in hp.items()}
+    if any(s != keys.shape[:1] for s in sizes.values()):
+        raise ValueError(
+            f"init_many: expected one value per model ({keys.shape[0]}) for each hyperparameter, given {sizes}."
+        )
+    return jax.vmap(lambda k, h: init_train_state(model, injected(optimizer, h), k, input_shape, dtype))(keys, hp)
+
+
+def make_many_step(
+    model: Layer,
+    loss: Loss,
+    optimizer: optax.GradientTransformation,
+    *,
+    metrics: Mapping[str, Metric] | None = None,
+    shared_batch: bool = False,
+    jit: bool = True,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, Array]]]:
+    """The train step of K stacked models: ``jax.vmap`` of ``make_train_step``'s pure step.
+
+    Args:
+      optimizer: the optimizer of ONE model (for swept hyperparameters: ``injected(factory, one_model_values)``
+        or ``ManyResult.optimizer``; the values used are those in each model's ``opt_state``).
+      shared_batch: all models see the same batch ``(x, y)``; otherwise ``x: (K, batch, ...)``, one per model.
+      jit: ``jax.jit(..., donate_argnums=0)`` (default) or the plain vmapped function.
+
+    Returns:
+      ``(train_states, batch) -> (train_states, metrics)`` with metrics of shape ``(K,)``.
+    """
+    step = make_train_step(model, loss, optimizer, metrics=metrics, jit=False)
+    many = jax.vmap(step, in_axes=(0, None if shared_batch else 0))
+    return jax.jit(many, donate_argnums=0) if jit else many
+
+
+# --- fit_many -------------------------------------------------------------------------------------------
+
+
+class ManyResult(NamedTuple):
+    """What ``fit_many`` returns.
+
+    Attributes:
+      train_states: the K final train states, stacked (leading model axis).
+      history: name -> array ``(K, epochs)``: ``loss``, each metric, ``val_*``.
+      configs: one dict per model, ``{"seed": ..., <hyperparam>: ...}``, in model order.
+      best_index: the model with the best final ``select`` value (NaN counts as worst).
+      optimizer: the optimizer of one model (hyperparameters injected), to keep training with
+        ``make_many_step`` or, after ``best()``, ``make_train_step``/``fit(train_state=...)``.
+    """
+
+    train_states: TrainState
+    history: ManyHistory
+    configs: list[dict[str, Any]]
+    best_index: int
+    optimizer: optax.GradientTransformation
+
+    def best(self, index: int | None = None) -> TrainState:
+        """The train state of model ``index`` (default: ``best_index``), without the model axis."""
+        i = self.best_index if index is None else index
+        return jax.tree.map(lambda leaf: leaf[i], self.train_states)
+
+
+def sweep_configs(
+    seeds: Iterable[int], hyperparams: Mapping[str, Sequence[Any]] | None, grid: bool = True
+) -> list[dict]:
+    """The per-model configurations: the grid ``seeds × values × ...`` (seed outermost), or, with
+    ``grid=False``, the lists zipped (all of one length; a single seed is repeated)."""
+    seeds = [int(s) for s in seeds]
+    hyperparams = {k: list(np.asarray(v).reshape(-1).tolist()) for k, v in (hyperparams or {}).items()}
+    names = list(hyperparams)
+    if grid:
+        return [dict(zip(["seed", *names], combo)) for combo in itertools.product(seeds, *hyperparams.values())]
+    lengths = {len(v) for v in hyperparams.values()} | ({len(seeds)} if len(seeds) > 1 else set())
+    if len(lengths) > 1:
+        raise ValueError(
+            f"sweep_configs: with grid=False every list must have one length, given lengths {sorted(lengths)}."
+        )
+    k = lengths.pop() if lengths else len(seeds)
+    seeds = seeds * k if len(seeds) == 1 else seeds
+    return [{"seed": seeds[i], **{n: hyperparams[n][i] for n in names}} for i in range(k)]
+
+
+def _best_index(history: ManyHistory, select: str, mode: str) -> int:
+    if select not in history:
+        raise ValueError(f"fit_many: argument `select` expected one of {sorted(history)}, given {select!r}.")
+    final = np.asarray(history[select][:, -1], np.float64)
+    worst = np.inf if mode == "min" else -np.inf
+    final = np.where(np.isfinite(final), final, worst)
+    return int(np.argmin(final) if mode == "min" else np.argmax(final))
+
+
+def fit_many(
+    model: Layer,
+    loss: Loss,
+    optimizer: optax.GradientTransformation | OptimizerFn,
+    x: Any,
+    y: Any,
+    *,
+    seeds: Iterable[int] = (0,),
+    hyperparams: Mapping[str, Sequence[Any]] | None = None,
+    grid: bool = True,
+    epochs: int = 10,
+    batch_size: int = 32,
+    metrics: Mapping[str, Metric] | None = None,
+    validation_data: tuple[Any, Any] | None = None,
+    train_states: TrainState | None = None,
+    fused: bool | str = "epoch",
+    select: str | None = None,
+    mode: str = "min",
+    callbacks: Sequence[ManyCallback] = (),
+    progress: bool = True,
+    progress_every: int | None = None,
+) -> ManyResult:
+    """Trains K models at once, one compiled vmapped program per epoch (or per run); like K ``fit`` calls.
+
+    Model ``i`` with config ``{"seed": s, **h}`` is what ``fit(model, loss, optimizer(**h), x, y, seed=s)``
+    trains (same initialization, dropout keys and data order), up to float rounding.
+
+    Args:
+      model, loss, x, y, epochs, batch_size, metrics, validation_data, progress, progress_every: as ``fit``.
+      optimizer: an Optax optimizer shared by all models, or a factory (``optax.adam``, or your own
+        ``lambda learning_rate, weight_decay: optax.chain(...)``) called with each model's ``hyperparams``;
+        they are injected with ``optax.inject_hyperparams`` so one program serves every value.
+      seeds: the seeds (initialization, dropout, data order).
+      hyperparams: name -> list of values, e.g. ``{"learning_rate": [1e-3, 1e-2]}``.
+      grid: models are the product ``seeds × hyperparams`` (default) or the lists zipped (``False``).
+      train_states: continue from these stacked states (from ``ManyResult.train_states``).
+      fused: ``"epoch"`` (default; one program per epoch), ``"all"`` (one program for the run) or ``False``
+        (a Python loop over the vmapped, jitted step).
+      select, mode: the history entry whose final value picks ``best_index`` (default ``"val_loss"`` with
+        validation data, else ``"loss"``) and whether lower (``"min"``) or higher (``"max"``) is better.
+      callbacks: ``(epoch, train_states, logs) -> stop?`` after each epoch; ``logs`` values are ``(K,)`` arrays.
+
+    Returns:
+      ``ManyResult(train_states, history, configs, best_index, optimizer)``; ``history[name]`` is ``(K, epochs)``.
+
+    Example:
+      >>> r = fit_many(model, losses.mse, optax.sgd, x, y, seeds=[0, 1], hyperparams={"learning_rate": [0.1, 0.01]})
+      >>> r.history["loss"].shape          # (4, 10): 2 seeds x 2 learning rates, 10 epochs
+      >>> r.configs[r.best_index]          # e.g. {'seed': 1, 'learning_rate': 0.1}
+    """
+    if fused is True:
+        fused = "epoch"
+    if fused not in ("epoch", "all", False):
+        raise ValueError(f"fit_many: argument `fused` expected 'epoch', 'all' or False, given {fused!r}.")
+    if mode not in ("min", "max"):
+        raise ValueError(f"fit_many: argument `mode` expected 'min' or 'max', given {mode!r}.")
+    if not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"fit_many: argument `epochs` expected a non-negative int, given {epochs!r}.")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"fit_many: argument `batch_size` expected a positive int, given {batch_size!r}.")
+    input_shape = tuple(np.shape(x)[1:])
+    output_shape = model.output_shape(input_shape)
+    check_dataset("fit_many", model, x, y, output_shape)
+    if validation_data is not None:
+        check_dataset("fit_many(validation_data)", model, *validation_data, output_shape)
+
+    configs = sweep_configs(seeds, hyperparams, grid)
+    names = list(hyperparams or {})
+    if names:
+        if isinstance(optimizer, optax.GradientTransformation):
+            raise TypeError(
+                "fit_many: `hyperparams` need an optimizer factory such as `optax.adam`, given an already built "
+                "optimizer. Hint: fit_many(model, loss, optax.adam, x, y, hyperparams={'learning_rate': [...]})."
+            )
+        opt = injected(optimizer, {n: configs[0][n] for n in names})  # values are read from each opt_state
+    elif isinstance(optimizer, optax.GradientTransformation):
+        opt = optimizer
+    else:
+        opt = optimizer()
+    if train_states is None:
+        hp = {n: [c[n] for c in configs] for n in names}
+        train_states = init_many(
+            model, optimizer if names else opt, [c["seed"] for c in configs], input_shape, hyperparams=hp
+        )
+    k = num_models(train_states)
+    if k != len(configs):
+        raise ValueError(f"fit_many: `train_states` hold {k} models, the configs {len(configs)}.")
+
+    n = np.shape(x)[0]
+    batch_size = min(batch_size, n)
+    steps = n // batch_size
+    first_step = int(np.asarray(train_states.step).reshape(-1)[0])
+    first_epoch = first_step // steps
+    history: dict[str, list[np.ndarray]] = {}
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    val = None if validation_data is None else tuple(jnp.asarray(a) for a in validation_data)
+    total = max(0, epochs - first_epoch) * steps
+    bar = _Progress(progress and total > 0, total, first_step, progress_every or max(1, steps // 20))
+    many_step = make_many_step(model, loss, opt, metrics=metrics, jit=False)
+    evaluate_fn = jax.vmap(make_evaluate_fn(model, loss, metrics), in_axes=(0, None, None))
+    orders_fn = jax.vmap(epoch_order, in_axes=(0, None, None, None))  # (K, steps, batch)
+
+    def validate(ts, logs):
+        if val is not None:
+            logs.update({f"val_{name}": v for name, v in evaluate_fn(ts, *val).items()})
+        return logs
+
+    def run_epoch(ts, epoch):
+        def body(ts, idx):  # idx: (K, batch), one batch per model
+            ts, step_metrics = many_step(ts, (x[idx], y[idx]))
+            bar.in_program(SimpleNamespace(step=ts.step[0]), step_metrics)
+            return ts, step_metrics
+
+        orders = jnp.swapaxes(orders_fn(ts.key, epoch, n, batch_size), 0, 1)  # (steps, K, batch)
+        ts, per_step = jax.lax.scan(body, ts, orders)
+        return ts, validate(ts, jax.tree.map(lambda v: jnp.mean(v, axis=0), per_step))
+
+    def record(epoch, ts, logs, seconds) -> bool:
+        logs = {name: np.asarray(v) for name, v in logs.items()}
+        for name, value in logs.items():
+            history.setdefault(name, []).append(value)
+        bar.epoch_end(
+            epoch, epochs, (epoch + 1) * steps, {name: float(np.mean(v)) for name, v in logs.items()}, seconds
+        )
+        return any(bool(cb(epoch, ts, logs)) for cb in callbacks)
+
+    try:
+        if fused == "all" and first_epoch < epochs:
+            start = time.perf_counter()
+            run_all = jax.jit(lambda ts, es: jax.lax.scan(run_epoch, ts, es), donate_argnums=0)
+            train_states, all_logs = run_all(train_states, jnp.arange(first_epoch, epochs))
+            all_logs = jax.device_get(all_logs)
+            seconds = (time.perf_counter() - start) / (epochs - first_epoch)
+            for i, epoch in enumerate(range(first_epoch, epochs)):
+                if record(epoch, train_states, {name: v[i] for name, v in all_logs.items()}, seconds):
+                    break
+        elif first_epoch < epochs:
+            compiled_epoch = jax.jit(run_epoch, donate_argnums=0)
+            jit_step = jax.jit(many_step, donate_argnums=0)
+            jit_orders = jax.jit(orders_fn, static_argnums=(2, 3))
+            jit_validate = jax.jit(validate)
+            for epoch in range(first_epoch, epochs):
+                start = time.perf_counter()
+                if fused == "epoch":
+                    train_states, logs = compiled_epoch(train_states, epoch)
+                else:
+                    per_step = []
+                    for idx in jnp.swapaxes(jit_orders(train_states.key, epoch, n, batch_size), 0, 1):
+                        train_states, step_metrics = jit_step(train_states, (x[idx], y[idx]))
+                        per_step.append(step_metrics)
+                        if bar.bar is not None and len(per_step) % bar.every == 0:
+                            bar.report(train_states.step[0], step_metrics["loss"])
+                    logs = jit_validate(
+                        train_states, jax.tree.map(lambda *v: jnp.mean(jnp.stack(v), axis=0), *per_step)
+                    )
+                if record(epoch, train_states, logs, time.perf_counter() - start):
+                    break
+    finally:
+        bar.close()
+
+    out = {name: np.stack(values, axis=1) for name, values in history.items()}  # (K, epochs)
+    select = select or ("val_loss" if val is not None else "loss")
+    best = _best_index(out, select, mode) if out else 0
+    return ManyResult(train_states, out, configs, best, opt)
+
+
+def ensemble_predict(model: Layer, train_states: TrainState, x: Any, *, batch_size: int = 1024) -> Array:
+    """Every model's predictions for ``x``: ``(K, n, *output_shape)``; average them for an ensemble."""
+    predict_fn = jax.vmap(make_predict_fn(model, batch_size), in_axes=(0, None))
+    return jax.jit(predict_fn)(train_states, jnp.asarray(x))
+
+
+__all__ = [
+    "ManyResult",
+    "ensemble_predict",
+    "fit_many",
+    "init_many",
+    "injected",
+    "make_many_step",
+    "num_models",
+    "stack_train_states",
+    "sweep_configs",
+    "unstack",
+]

@@ -1,0 +1,173 @@
+"""Per-example gradients as a primitive, and DP-SGD built on them.
+
+    grads = per_example_grads(model, loss, params, state, (x, y))   # every leaf: (batch, *param_shape)
+
+is ``jax.vmap`` of ``jax.grad`` over the batch, each example seen as a batch of one. It costs about one
+batched backward pass (no Python loop) and is what differential privacy, influence functions, gradient
+noise scales and data-attribution methods need.
+
+DP-SGD (Abadi et al., 2016) clips each example's gradient to a global L2 norm, sums, adds Gaussian noise of
+standard deviation ``l2_norm_clip * noise_multiplier`` and divides by the batch size. The aggregation is
+Optax's own (``optax.contrib.differentially_private_aggregate``); ``make_dp_train_step`` feeds it per-example
+gradients and draws its noise from the train state's key stream, so any Optax optimizer (Adam, momentum,
+schedules) can follow it and ``init_train_state`` needs no special optimizer.
+
+Each example is run as a batch of one: layers that use batch statistics in training (BatchNorm) see a
+batch of one, which is what DP requires anyway (batch statistics mix examples); prefer LayerNorm/GroupNorm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+import optax.contrib
+
+from nnjax._src.core import Layer
+from nnjax._src.train import Batch, Loss, Metric, TrainState, _metrics, step_key
+from nnjax._src.types import Array, Params, PRNGKey, State
+
+
+def _example_keys(key: PRNGKey | None, n: int) -> PRNGKey | None:
+    return None if key is None else jax.random.split(key, n)
+
+
+def per_example_value_and_grads(
+    model: Layer,
+    loss: Loss,
+    params: Params,
+    state: State,
+    batch: Batch,
+    *,
+    key: PRNGKey | None = None,
+    train: bool = True,
+) -> tuple[tuple[Array, Any, State], Params]:
+    """Each example's loss, prediction, new state and gradient, computed by ``vmap(value_and_grad)``.
+
+    Args:
+      model: the network. loss: ``loss(predictions, targets) -> scalar`` (called on a batch of one).
+      params, state: the model's parameters and state (shared by all examples).
+      batch: ``(x, y)`` with ``x: (batch, *input_shape)``, ``y: (batch, ...)``.
+      key: randomness for training-mode layers (Dropout); example ``i`` gets ``jax.random.split(key, batch)[i]``.
+      train: run the model in training mode (default, as in the train step).
+
+    Returns:
+      ``((losses, predictions, new_states), grads)``: ``losses: (batch,)``, ``predictions: (batch, ...)``,
+      ``new_states`` and every leaf of ``grads`` with a leading batch axis.
+    """
+    x, y = batch
+    n = jax.tree.leaves(x)[0].shape[0]
+
+    def one(xi, yi, ki):
+        def loss_fn(p):
+            add_axis = lambda a: a[None]  # noqa: E731 - a batch of one
+            predictions, new_state = model.apply(p, state, jax.tree.map(add_axis, xi), key=ki, train=train)
+            return loss(predictions, jax.tree.map(add_axis, yi)), (predictions, new_state)
+
+        (value, (predictions, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return (value, jax.tree.map(lambda a: a[0], predictions), new_state), grads
+
+    keys = _example_keys(key, n)
+    return jax.vmap(one, in_axes=(0, 0, None if keys is None else 0))(x, y, keys)
+
+
+def per_example_grads(
+    model: Layer,
+    loss: Loss,
+    params: Params,
+    state: State,
+    batch: Batch,
+    *,
+    key: PRNGKey | None = None,
+    train: bool = True,
+) -> Params:
+    """The gradient of ``loss`` for each example of ``batch``: a pytree like ``params`` with a leading
+    batch axis, ``grads[...][i] = grad(loss on example i alone)``.
+
+    Their mean over the batch axis is the batch gradient of a mean-reduced loss (without batch-coupled
+    layers such as BatchNorm, and with the same keys).
+
+    Example:
+      >>> grads = per_example_grads(model, losses.mse, params, state, (x, y))
+      >>> grads["dense_0"]["w"].shape     # (batch, in, out)
+    """
+    return per_example_value_and_grads(model, loss, params, state, batch, key=key, train=train)[1]
+
+
+def per_example_norms(grads: Params) -> Array:
+    """The global L2 norm of each example's gradient (over all leaves): ``(batch,)``."""
+    return jax.vmap(optax.tree.norm)(grads)
+
+
+def clip_per_example(grads: Params, max_norm: float | Array) -> Params:
+    """Scales each example's gradient so its global L2 norm is at most ``max_norm`` (Optax's
+    ``clip_by_global_norm`` applied to each example); gradients already within the bound are unchanged."""
+    clip = optax.clip_by_global_norm(max_norm)
+    return jax.vmap(lambda g: clip.update(g, clip.init(g))[0])(grads)
+
+
+def _reduce_state(new_states: State) -> State:
+    """One state from per-example states: the mean of floating leaves, the first example's of others."""
+    return jax.tree.map(lambda a: jnp.mean(a, axis=0) if jnp.issubdtype(a.dtype, jnp.inexact) else a[0], new_states)
+
+
+def make_dp_train_step(
+    model: Layer,
+    loss: Loss,
+    optimizer: optax.GradientTransformation,
+    *,
+    l2_norm_clip: float,
+    noise_multiplier: float,
+    metrics: Mapping[str, Metric] | None = None,
+    jit: bool = True,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, Array]]]:
+    """A DP-SGD train step ``(train_state, (x, y)) -> (train_state, metrics)``, same contract as ``make_train_step``.
+
+    Per-example gradients are clipped to ``l2_norm_clip``, summed, noised with ``N(0, (l2_norm_clip *
+    noise_multiplier)^2)`` and divided by the batch size by ``optax.contrib.differentially_private_aggregate``;
+    the result goes to ``optimizer`` (any Optax optimizer, e.g. ``optax.sgd(0.1)``; initialize with the
+    usual ``init_train_state(model, optimizer, ...)``). Noise and dropout keys come from the train state's
+    step key, so runs are reproducible, vmappable (many DP models at once) and resumable.
+
+    Args:
+      l2_norm_clip: the bound on each example's gradient norm (``C``).
+      noise_multiplier: noise standard deviation relative to ``C`` (``sigma``); 0 gives clipped SGD.
+      metrics, jit: as ``make_train_step``. Metrics add ``clipped_fraction``, the fraction of examples
+        whose gradient norm exceeded ``C``.
+
+    The privacy budget (epsilon, delta) of a run depends on ``noise_multiplier``, the sampling rate and the
+    number of steps; compute it with an accountant (e.g. ``dp_accounting``). Note that ``fit`` shuffles
+    and partitions the data each epoch rather than Poisson-sampling it.
+    """
+
+    def step(train_state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Array]]:
+        model_key, noise_key = jax.random.split(step_key(train_state))
+        (values, predictions, new_states), grads = per_example_value_and_grads(
+            model, loss, train_state.params, train_state.state, batch, key=model_key
+        )
+        aggregate = optax.contrib.differentially_private_aggregate(l2_norm_clip, noise_multiplier, key=noise_key)
+        noised, _ = aggregate.update(grads, aggregate.init(train_state.params))
+        updates, opt_state = optimizer.update(noised, train_state.opt_state, train_state.params)
+        new_train_state = train_state.replace(
+            step=train_state.step + 1,
+            params=optax.apply_updates(train_state.params, updates),
+            state=_reduce_state(new_states),
+            opt_state=opt_state,
+        )
+        out = _metrics(predictions, batch[1], jnp.mean(values), metrics)
+        out["clipped_fraction"] = jnp.mean(per_example_norms(grads) > l2_norm_clip)
+        return new_train_state, out
+
+    return jax.jit(step, donate_argnums=0) if jit else step
+
+
+__all__ = [
+    "clip_per_example",
+    "make_dp_train_step",
+    "per_example_grads",
+    "per_example_norms",
+    "per_example_value_and_grads",
+]

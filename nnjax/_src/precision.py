@@ -1,0 +1,229 @@
+"""Mixed precision as a policy set once, and dynamic loss scaling for float16.
+
+    policy = Policy(compute_dtype=jnp.bfloat16)            # float32 params, bfloat16 math, float32 outputs
+    model = with_policy(nnjax.serial(...), policy)         # the same Layer contract; nothing else changes
+
+``with_policy`` keeps the master parameters in ``param_dtype``; inside ``apply`` it casts parameters,
+state and floating inputs to ``compute_dtype`` and the outputs to ``output_dtype``, so the loss is computed
+in float32 and the gradients arrive in ``param_dtype`` (the casts are differentiable).
+
+bfloat16 has float32's exponent range and needs nothing more. float16 does not: small gradients flush
+to zero. Dynamic loss scaling multiplies the loss by a large ``scale`` before the backward pass, divides the
+gradients by it, skips updates whose gradients are not finite (halving ``scale``) and doubles ``scale`` after
+``growth_interval`` finite steps. Neither Optax nor the installed packages have it except Flax, whose
+``flax.training.dynamic_scale.DynamicScale`` this module uses: ``dynamic_loss_scale(optimizer)`` keeps it in
+the optimizer state and ``make_loss_scaled_train_step`` is ``make_train_step`` with scaling.
+
+Gradient accumulation (``optax.MultiSteps``), gradient clipping (``optax.clip_by_global_norm``) and
+learning-rate schedules are Optax optimizers and work with ``make_train_step`` and ``fit`` unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training.dynamic_scale import DynamicScale
+
+from nnjax._src.core import Layer
+from nnjax._src.train import Batch, Loss, Metric, TrainState, _metrics, step_key
+from nnjax._src.types import Array, DType
+
+
+def _cast_floating(tree: Any, dtype: DType) -> Any:
+    """Casts the floating-point leaves of ``tree`` to ``dtype``; integer and key leaves are left as they are."""
+
+    def cast(a):
+        return jnp.asarray(a, dtype) if hasattr(a, "dtype") and jnp.issubdtype(a.dtype, jnp.floating) else a
+
+    return jax.tree.map(cast, tree)
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """Which dtype parameters are stored in, computed in, and returned in.
+
+    Attributes:
+      param_dtype: the dtype of the stored (master) parameters and state; the optimizer updates these.
+      compute_dtype: the dtype of the forward and backward passes (``jnp.bfloat16`` or ``jnp.float16``).
+      output_dtype: the dtype of the model's outputs, i.e. of the loss's inputs.
+
+    Example:
+      >>> Policy(compute_dtype=jnp.bfloat16)   # float32 / bfloat16 / float32
+    """
+
+    param_dtype: DType = jnp.float32
+    compute_dtype: DType = jnp.float32
+    output_dtype: DType = jnp.float32
+
+    def __post_init__(self):
+        for field in ("param_dtype", "compute_dtype", "output_dtype"):
+            dtype = jnp.dtype(getattr(self, field))
+            if not jnp.issubdtype(dtype, jnp.floating):
+                raise ValueError(f"Policy: argument `{field}` expected a floating dtype, given {dtype}.")
+            object.__setattr__(self, field, dtype)
+
+    @property
+    def needs_loss_scaling(self) -> bool:
+        """True for float16 compute, whose gradients underflow without loss scaling."""
+        return self.compute_dtype == jnp.dtype(jnp.float16)
+
+    def cast_to_param(self, tree: Any) -> Any:
+        return _cast_floating(tree, self.param_dtype)
+
+    def cast_to_compute(self, tree: Any) -> Any:
+        return _cast_floating(tree, self.compute_dtype)
+
+    def cast_to_output(self, tree: Any) -> Any:
+        return _cast_floating(tree, self.output_dtype)
+
+
+def with_policy(model: Layer, policy: Policy) -> Layer:
+    """``model`` under a mixed-precision ``policy``: the same params structure, stored in ``param_dtype``.
+
+    ``init(key, input_shape, dtype=...)`` initializes in ``policy.param_dtype`` (the ``dtype`` argument is
+    overridden by the policy). ``apply`` casts params, state and floating inputs to ``compute_dtype`` (integer
+    inputs, e.g. token ids, are left alone), runs ``model``, casts the outputs to ``output_dtype`` and the new
+    state back to the dtype of the state it was given.
+
+    Example:
+      >>> model = with_policy(serial(Dense(512), Relu(), Dense(10)), Policy(compute_dtype=jnp.bfloat16))
+      >>> params, state = model.init(jax.random.key(0), (784,))     # float32 params
+      >>> logits, _ = model.apply(params, state, x)                  # bfloat16 matmuls, float32 logits
+    """
+    if not isinstance(model, Layer):
+        raise TypeError(f"with_policy: argument `model` expected a Layer, given {type(model).__name__}.")
+    if not isinstance(policy, Policy):
+        raise TypeError(f"with_policy: argument `policy` expected a Policy, given {type(policy).__name__}.")
+
+    def init(key, input_shape, dtype=None):
+        return model.init(key, input_shape, policy.param_dtype)
+
+    def apply(params, state, x, *, key=None, train=False):
+        y, new_state = model.apply(
+            policy.cast_to_compute(params),
+            policy.cast_to_compute(state),
+            policy.cast_to_compute(x),
+            key=key,
+            train=train,
+        )
+        new_state = jax.tree.map(lambda new, old: jnp.asarray(new, jnp.result_type(old)), new_state, state)
+        return policy.cast_to_output(y), new_state
+
+    return Layer(init, apply, model.name, model.input_dtype)
+
+
+# --- dynamic loss scaling -------------------------------------------------------------------------------
+
+
+class LossScaleState(NamedTuple):
+    """The optimizer state of ``dynamic_loss_scale(optimizer)``: the loss scale and the inner state."""
+
+    loss_scale: DynamicScale
+    inner: optax.OptState
+
+
+def dynamic_loss_scale(
+    optimizer: optax.GradientTransformation,
+    *,
+    initial_scale: float = 2.0**15,
+    growth_interval: int = 2000,
+    growth_factor: float = 2.0,
+    backoff_factor: float = 0.5,
+) -> optax.GradientTransformation:
+    """Wraps ``optimizer`` so its state carries a dynamic loss scale (Flax's ``DynamicScale``).
+
+    Use it with ``make_loss_scaled_train_step``, which reads the scale, scales the loss, unscales the
+    gradients, skips non-finite updates and adjusts the scale. Its ``update`` passes gradients straight
+    to ``optimizer`` (they must be unscaled already).
+
+    Args:
+      initial_scale: the first scale (2**15 is the usual start for float16).
+      growth_interval: finite steps in a row after which the scale is multiplied by ``growth_factor``.
+      backoff_factor: the factor applied to the scale after a non-finite gradient.
+    """
+
+    def init(params):
+        scale = DynamicScale(
+            growth_factor=growth_factor,
+            backoff_factor=backoff_factor,
+            growth_interval=growth_interval,
+            fin_steps=jnp.zeros((), jnp.int32),
+            scale=jnp.asarray(initial_scale, jnp.float32),
+        )
+        return LossScaleState(scale, optimizer.init(params))
+
+    def update(updates, state, params=None):
+        updates, inner = optimizer.update(updates, state.inner, params)
+        return updates, LossScaleState(state.loss_scale, inner)
+
+    return optax.GradientTransformation(init, update)
+
+
+def make_loss_scaled_train_step(
+    model: Layer,
+    loss: Loss,
+    optimizer: optax.GradientTransformation,
+    *,
+    metrics: Mapping[str, Metric] | None = None,
+    jit: bool = True,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, Array]]]:
+    """``make_train_step`` with dynamic loss scaling; ``optimizer`` must be a ``dynamic_loss_scale(...)``.
+
+    One step: ``scale * loss`` is differentiated, gradients are divided by ``scale`` (in float32); if every
+    gradient is finite the update is applied, otherwise params, model state and optimizer state are kept
+    (the step counter still advances). Metrics add ``loss_scale`` (the scale for the next step) and
+    ``grads_finite`` (1.0 or 0.0).
+
+    Example:
+      >>> model = with_policy(mlp, Policy(compute_dtype=jnp.float16))
+      >>> opt = dynamic_loss_scale(optax.adam(1e-3))
+      >>> ts = init_train_state(model, opt, jax.random.key(0), (784,))
+      >>> step = make_loss_scaled_train_step(model, losses.softmax_cross_entropy, opt)
+    """
+
+    def step(train_state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Array]]:
+        scaled = train_state.opt_state
+        if not isinstance(scaled, LossScaleState):
+            raise TypeError(
+                "make_loss_scaled_train_step: the train state's optimizer state is not a LossScaleState. Hint: build "
+                "the optimizer as `dynamic_loss_scale(optax.adam(...))` and pass that same optimizer to "
+                "`init_train_state` and to this function."
+            )
+        x, y = batch
+        key = step_key(train_state)
+
+        def loss_fn(params):
+            predictions, new_state = model.apply(params, train_state.state, x, key=key, train=True)
+            return loss(predictions, y), (predictions, new_state)
+
+        new_scale, finite, (value, (predictions, new_state)), grads = scaled.loss_scale.value_and_grad(
+            loss_fn, has_aux=True
+        )(train_state.params)
+        grads = jax.tree.map(lambda g, p: jnp.asarray(g, jnp.result_type(p)), grads, train_state.params)
+        updates, opt_state = optimizer.update(grads, scaled, train_state.params)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+        new_train_state = train_state.replace(
+            step=train_state.step + 1,
+            params=keep(optax.apply_updates(train_state.params, updates), train_state.params),
+            state=keep(new_state, train_state.state),
+            opt_state=LossScaleState(new_scale, keep(opt_state.inner, scaled.inner)),
+        )
+        out = _metrics(predictions, y, value, metrics)
+        out.update(loss_scale=new_scale.scale, grads_finite=finite.astype(jnp.float32))
+        return new_train_state, out
+
+    return jax.jit(step, donate_argnums=0) if jit else step
+
+
+__all__ = [
+    "LossScaleState",
+    "Policy",
+    "dynamic_loss_scale",
+    "make_loss_scaled_train_step",
+    "with_policy",
+]

@@ -1,0 +1,208 @@
+"""Data-parallel and FSDP training on ``jax.sharding``: the same pure step, placed on a device ``Mesh``.
+
+nnjax adds no parallel runtime: it places arrays, and XLA's SPMD partitioner (GSPMD) splits the compiled
+step and inserts the collectives (the gradient all-reduce of data parallelism, the parameter all-gathers
+and gradient reduce-scatters of FSDP).
+
+    mesh = make_mesh()                                    # all devices, one axis named "data"
+    train_state = data_parallel(train_state, mesh)        # replicated (fsdp=True: sharded params/opt state)
+    step = make_train_step(model, loss, optimizer)        # unchanged
+    train_state, metrics = step(train_state, shard_batch((x, y), mesh))   # batch split along "data"
+
+Multi-host: call ``initialize_distributed(...)`` first in every process (before any other JAX call); the
+mesh then spans every process's devices, each process builds the same train state (same key) and feeds only
+its own slice of each global batch through ``global_batch_from_process_data``.
+
+Every process runs the same program; results are global ``jax.Array``s. Read a replicated value with
+``np.asarray(a.addressable_data(0))`` (or ``jax.experimental.multihost_utils.process_allgather``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from nnjax._src.train import Batch, TrainState
+from nnjax._src.types import Array, PyTree
+
+
+def make_mesh(axis: str = "data", devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A one-axis ``Mesh`` named ``axis`` over ``devices`` (default: every device of every process)."""
+    devices = list(jax.devices() if devices is None else devices)
+    return Mesh(np.array(devices), (axis,))
+
+
+def _mesh_size(mesh: Mesh, axis: str) -> int:
+    if axis not in mesh.shape:
+        raise ValueError(f"sharding: mesh axis `{axis}` not found; the mesh has axes {tuple(mesh.shape)}.")
+    return int(mesh.shape[axis])
+
+
+def fsdp_spec(shape: tuple[int, ...], size: int, axis: str = "data") -> P:
+    """The FSDP ``PartitionSpec`` of one array: its largest dimension divisible by ``size`` is split over
+    ``axis`` (the earliest among equals); arrays with no such dimension (scalars, biases of odd width)
+    are replicated."""
+    candidates = [(d, -i) for i, d in enumerate(shape) if d % size == 0 and d >= size]
+    if size == 1 or not candidates:
+        return P()
+    _, neg_i = max(candidates)
+    spec = [None] * len(shape)
+    spec[-neg_i] = axis
+    return P(*spec)
+
+
+def train_state_shardings(train_state: TrainState, mesh: Mesh, axis: str = "data", *, fsdp: bool = False) -> Any:
+    """The ``NamedSharding`` of every leaf of ``train_state``: replicated (data parallel), or, with ``fsdp``,
+    parameters, model state and optimizer state split along their largest ``axis``-divisible dimension."""
+    size = _mesh_size(mesh, axis)
+    replicated = NamedSharding(mesh, P())
+
+    def leaf_sharding(a):
+        return NamedSharding(mesh, fsdp_spec(tuple(np.shape(a)), size, axis)) if fsdp else replicated
+
+    def sharded(tree):
+        return jax.tree.map(leaf_sharding, tree)
+
+    return train_state.replace(
+        step=replicated,
+        params=sharded(train_state.params),
+        state=sharded(train_state.state),
+        opt_state=sharded(train_state.opt_state),
+        key=replicated,
+    )
+
+
+def _place(a: Any, sharding: NamedSharding) -> Array:
+    """Puts an array (the same value in every process) on ``sharding``, which may span several processes."""
+    if sharding.is_fully_addressable:
+        return jax.device_put(a, sharding)
+    if isinstance(a, jax.Array) and jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+        impl = jax.random.key_impl(a)
+        return jax.random.wrap_key_data(_place(jax.random.key_data(a), sharding), impl=impl)
+    host = np.asarray(a)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def data_parallel(
+    train_state: TrainState, mesh: Mesh | None = None, axis: str = "data", *, fsdp: bool = False
+) -> TrainState:
+    """Places ``train_state`` on ``mesh`` for data-parallel training: replicated on every device, or, with
+    ``fsdp=True``, parameters and optimizer state sharded along ``axis`` (``train_state_shardings``).
+
+    The jitted step of ``make_train_step`` then runs data-parallel on batches from ``shard_batch``: GSPMD
+    partitions it and adds the all-reduce of the gradients (and, for FSDP, the all-gathers of parameters).
+    In several processes, every process must pass the same ``train_state`` (same key).
+
+    Example:
+      >>> ts = data_parallel(init_train_state(model, opt, jax.random.key(0), (784,)))
+    """
+    mesh = make_mesh(axis) if mesh is None else mesh
+    shardings = train_state_shardings(train_state, mesh, axis, fsdp=fsdp)
+    return jax.tree.map(_place, train_state, shardings)
+
+
+def _batch_sharding(mesh: Mesh, axis: str, tree: PyTree, where: str) -> NamedSharding:
+    size = _mesh_size(mesh, axis)
+    for a in jax.tree.leaves(tree):
+        if np.ndim(a) == 0 or np.shape(a)[0] % size:
+            raise ValueError(
+                f"{where}: expected a leading batch axis divisible by the {size} devices of mesh axis `{axis}`, "
+                f"given shape {tuple(np.shape(a))}. Hint: choose a batch size that is a multiple of {size}."
+            )
+    return NamedSharding(mesh, P(axis))
+
+
+def shard_batch(batch: Batch, mesh: Mesh | None = None, axis: str = "data") -> Batch:
+    """Splits every array of ``batch`` along its first (batch) axis over the mesh axis ``axis``.
+
+    Single process: ``batch`` is the whole global batch. (With several processes use
+    ``global_batch_from_process_data``.)
+    """
+    mesh = make_mesh(axis) if mesh is None else mesh
+    sharding = _batch_sharding(mesh, axis, batch, "shard_batch")
+    return jax.tree.map(lambda a: jax.device_put(a, sharding), batch)
+
+
+def global_batch_from_process_data(local_batch: Batch, mesh: Mesh | None = None, axis: str = "data") -> Batch:
+    """Builds global batch arrays from each process's own rows (``jax.make_array_from_process_local_data``).
+
+    Process ``p`` passes the rows that belong to its devices (e.g. rows ``p * n_local:(p + 1) * n_local``
+    of the global batch, for a mesh over ``jax.devices()``); the result has ``process_count()`` times as
+    many rows, split along ``axis``. In one process it equals ``shard_batch``.
+    """
+    mesh = make_mesh(axis) if mesh is None else mesh
+    sharding = NamedSharding(mesh, P(axis))
+    return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), local_batch)
+
+
+def jit_sharded(
+    step: Callable[[TrainState, Batch], Any], train_state: TrainState, mesh: Mesh | None = None, axis: str = "data"
+):
+    """``jax.jit`` of a plain step (``make_train_step(..., jit=False)``) with shardings pinned: the train
+    state in and out keeps the shardings it has now (from ``data_parallel``), batches are split along
+    ``axis`` and metrics are replicated. Not needed for correctness (GSPMD propagates the input shardings),
+    it guarantees FSDP parameters stay sharded between steps. The train state is donated."""
+    mesh = make_mesh(axis) if mesh is None else mesh
+    ts_sharding = jax.tree.map(lambda a: a.sharding, train_state)
+    batch_sharding = NamedSharding(mesh, P(axis))
+    return jax.jit(
+        step,
+        in_shardings=(ts_sharding, batch_sharding),
+        out_shardings=(ts_sharding, NamedSharding(mesh, P())),
+        donate_argnums=0,
+    )
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    local_device_ids: Sequence[int] | None = None,
+    cpu_collectives: str | None = "gloo",
+    **kwargs: Any,
+) -> None:
+    """Starts multi-process JAX: a thin wrapper over ``jax.distributed.initialize``; call it first.
+
+    On TPU pods, SLURM and other managed clusters every argument can be omitted (JAX detects them). By hand,
+    e.g. two processes on one machine::
+
+        initialize_distributed("127.0.0.1:12345", num_processes=2, process_id=0)   # in process 0
+        initialize_distributed("127.0.0.1:12345", num_processes=2, process_id=1)   # in process 1
+
+    Args:
+      coordinator_address: ``"host:port"`` of process 0, reachable by all processes.
+      num_processes, process_id: the number of processes and this one's index.
+      local_device_ids: restrict this process to some of its local devices.
+      cpu_collectives: the cross-process collectives for CPU devices (``"gloo"``, ``"mpi"``, or ``None`` to
+        leave JAX's setting); sets ``jax_cpu_collectives_implementation``. Without it, CPU computations
+        spanning processes fail.
+      **kwargs: passed to ``jax.distributed.initialize`` (e.g. ``initialization_timeout``).
+    """
+    if cpu_collectives is not None:
+        jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+        local_device_ids=local_device_ids,
+        **kwargs,
+    )
+
+
+__all__ = [
+    "data_parallel",
+    "fsdp_spec",
+    "global_batch_from_process_data",
+    "initialize_distributed",
+    "jit_sharded",
+    "make_mesh",
+    "shard_batch",
+    "train_state_shardings",
+]

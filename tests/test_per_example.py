@@ -1,0 +1,147 @@
+"""Per-example gradients, per-example clipping and the DP-SGD step."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import nnjax
+from nnjax._src.per_example import (
+    clip_per_example,
+    make_dp_train_step,
+    per_example_grads,
+    per_example_norms,
+    per_example_value_and_grads,
+)
+
+B = 6
+
+
+def _setup(dropout: float = 0.0):
+    layers = [nnjax.Dense(8), nnjax.Tanh()]
+    if dropout:
+        layers.append(nnjax.Dropout(dropout))
+    model = nnjax.serial(*layers, nnjax.Dense(3))
+    params, state = model.init(jax.random.key(0), (5,))
+    rs = np.random.RandomState(1)
+    x = jnp.asarray(rs.randn(B, 5).astype(np.float32))
+    y = jnp.asarray(rs.randint(0, 3, size=B).astype(np.int32))
+    return model, params, state, x, y
+
+
+def _close(a, b, atol=1e-6):
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, atol=atol, rtol=1e-5), a, b)
+
+
+def test_per_example_grads_equal_a_loop_of_single_example_grads():
+    model, params, state, x, y = _setup()
+    loss = nnjax.losses.softmax_cross_entropy
+    grads = jax.jit(lambda p, x, y: per_example_grads(model, loss, p, state, (x, y)))(params, x, y)
+    single = jax.jit(jax.grad(lambda p, xi, yi: loss(model.apply(p, state, xi, train=True)[0], yi)))
+    for i in range(B):
+        _close(jax.tree.map(lambda g, i=i: g[i], grads), single(params, x[i : i + 1], y[i : i + 1]))
+    assert grads["dense_0"]["w"].shape == (B, 5, 8)
+
+
+def test_per_example_grads_with_dropout_use_one_key_per_example():
+    model, params, state, x, y = _setup(dropout=0.5)
+    loss, key = nnjax.losses.softmax_cross_entropy, jax.random.key(7)
+    grads = jax.jit(lambda p, x, y, k: per_example_grads(model, loss, p, state, (x, y), key=k))(params, x, y, key)
+    single = jax.jit(jax.grad(lambda p, xi, yi, k: loss(model.apply(p, state, xi, key=k, train=True)[0], yi)))
+    keys = jax.random.split(key, B)
+    for i in range(B):
+        _close(jax.tree.map(lambda g, i=i: g[i], grads), single(params, x[i : i + 1], y[i : i + 1], keys[i]))
+    with pytest.raises(nnjax.LayerError, match="key"):
+        per_example_grads(model, loss, params, state, (x, y))  # dropout in training needs a key
+
+
+def test_mean_of_per_example_grads_is_the_batch_gradient():
+    model, params, state, x, y = _setup()
+    loss = nnjax.losses.softmax_cross_entropy
+    grads = jax.jit(lambda p: per_example_grads(model, loss, p, state, (x, y)))(params)
+    batch_grad = jax.jit(jax.grad(lambda p: loss(model.apply(p, state, x, train=True)[0], y)))(params)
+    _close(jax.tree.map(lambda g: g.mean(0), grads), batch_grad)
+
+
+def test_per_example_values_and_predictions():
+    model, params, state, x, y = _setup()
+    loss = nnjax.losses.softmax_cross_entropy
+    (values, predictions, _), _ = per_example_value_and_grads(model, loss, params, state, (x, y))
+    logits = model.apply(params, state, x)[0]
+    np.testing.assert_allclose(predictions, logits, atol=1e-6)
+    want = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    np.testing.assert_allclose(values, want, atol=1e-6)
+
+
+def test_clip_per_example_bounds_each_norm_and_keeps_small_ones():
+    model, params, state, x, y = _setup()
+    grads = jax.jit(lambda p: per_example_grads(model, nnjax.losses.softmax_cross_entropy, p, state, (x, y)))(params)
+    norms = np.asarray(jax.jit(per_example_norms)(grads))
+    # hand-computed global norms
+    flat = np.concatenate([np.asarray(g).reshape(B, -1) for g in jax.tree.leaves(grads)], axis=1)
+    np.testing.assert_allclose(norms, np.linalg.norm(flat, axis=1), rtol=1e-5)
+    max_norm = float(np.median(norms))
+    clipped = jax.jit(clip_per_example)(grads, max_norm)
+    new_norms = np.asarray(jax.jit(per_example_norms)(clipped))
+    assert (new_norms <= max_norm * (1 + 1e-5)).all()
+    small = norms <= max_norm
+    assert small.any() and (~small).any()
+    np.testing.assert_allclose(new_norms[small], norms[small], rtol=1e-6)  # unchanged
+    np.testing.assert_allclose(new_norms[~small], max_norm, rtol=1e-5)  # scaled onto the bound
+    # the direction is kept: clipped = grads * (max_norm / norm) for the large ones
+    scale = np.minimum(1.0, max_norm / norms)
+    _close(clipped, jax.tree.map(lambda g: g * scale.reshape((B,) + (1,) * (g.ndim - 1)), grads))
+    # and the sum agrees with Optax's DP clipping primitive
+    summed, _ = optax.per_example_global_norm_clip(jax.tree.leaves(grads), max_norm)
+    _close([g.sum(0) for g in jax.tree.leaves(clipped)], summed, atol=1e-5)
+
+
+def test_dp_step_without_noise_or_clipping_is_the_ordinary_step():
+    model, _, _, x, y = _setup()
+    loss, opt = nnjax.losses.softmax_cross_entropy, optax.sgd(0.1)
+    ts = nnjax.init_train_state(model, opt, jax.random.key(0), (5,))
+    dp = jax.jit(make_dp_train_step(model, loss, opt, l2_norm_clip=1e9, noise_multiplier=0.0, jit=False))
+    plain = jax.jit(nnjax.make_train_step(model, loss, opt, jit=False))
+    (a, ma), (b, mb) = dp(ts, (x, y)), plain(ts, (x, y))
+    _close(a.params, b.params)
+    np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-6)
+    assert float(ma["clipped_fraction"]) == 0.0
+
+
+def test_dp_step_clips_then_noises_reproducibly():
+    model, params, state, x, y = _setup()
+    loss, opt = nnjax.losses.softmax_cross_entropy, optax.sgd(1.0)
+    ts = nnjax.init_train_state(model, opt, jax.random.key(0), (5,))
+    clip = 0.05
+    no_noise = jax.jit(make_dp_train_step(model, loss, opt, l2_norm_clip=clip, noise_multiplier=0.0, jit=False))
+    new, metrics = no_noise(ts, (x, y))
+    grads = jax.jit(lambda p: per_example_grads(model, loss, p, ts.state, (x, y)))(ts.params)
+    want = jax.tree.map(lambda p, g: p - g.mean(0), ts.params, jax.jit(clip_per_example)(grads, clip))
+    _close(new.params, want)
+    assert float(metrics["clipped_fraction"]) == 1.0
+    noisy = make_dp_train_step(model, loss, opt, l2_norm_clip=clip, noise_multiplier=1.0)
+    a, _ = noisy(jax.tree.map(jnp.copy, ts), (x, y))
+    b, _ = noisy(jax.tree.map(jnp.copy, ts), (x, y))
+    _close(a.params, b.params, atol=0)  # same key -> same noise
+    delta = jax.tree.map(lambda u, v: u - v, a.params, want)
+    noise_std = np.std(np.asarray(delta["dense_0"]["w"]))
+    np.testing.assert_allclose(noise_std, clip * 1.0 / B, rtol=0.35)  # sigma * C / batch
+
+
+def test_dp_training_reaches_accuracy_with_fit_style_loop():
+    rs = np.random.RandomState(0)
+    x = rs.randn(512, 4).astype(np.float32)
+    y = (x @ np.array([1.0, -2.0, 0.5, 1.0]) > 0).astype(np.int32)
+    model = nnjax.serial(nnjax.Dense(16), nnjax.Relu(), nnjax.Dense(2))
+    loss, opt = nnjax.losses.softmax_cross_entropy, optax.adam(1e-2)
+    ts = nnjax.init_train_state(model, opt, jax.random.key(0), (4,))
+    step = make_dp_train_step(model, loss, opt, l2_norm_clip=1.0, noise_multiplier=0.5, jit=False)
+    epoch = jax.jit(lambda ts, xs, ys: jax.lax.scan(lambda t, b: step(t, b), ts, (xs, ys)))
+    for _ in range(4):
+        ts, metrics = epoch(ts, x.reshape(16, 32, 4), y.reshape(16, 32))
+    accuracy = nnjax.evaluate(model, ts, x, y, loss=loss, metrics={"acc": nnjax.metrics.accuracy})["acc"]
+    assert accuracy > 0.9, accuracy
+    assert metrics["clipped_fraction"].shape == (16,)
