@@ -41,18 +41,34 @@ from nnjax._src.errors import LayerError, LayerTypeError
 from nnjax._src.fit import FitResult, evaluate, fit, predict
 from nnjax._src.per_example import per_example_grads
 from nnjax._src.precision import Policy, with_policy
+from nnjax._src.recurrent import (
+    GRU,
+    LSTM,
+    RNN,
+    Bidirectional,
+    GRUCell,
+    LSTMCell,
+    SimpleRNN,
+    SimpleRNNCell,
+    sequence_mask,
+)
 from nnjax._src.train import TrainState, init_train_state, make_eval_step, make_train_step, step_key
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Bidirectional",
     "Dense",
     "Dropout",
     "Elu",
     "FitResult",
     "Flatten",
+    "GRU",
+    "GRUCell",
     "Gelu",
     "Identity",
+    "LSTM",
+    "LSTMCell",
     "Layer",
     "LayerError",
     "LayerTypeError",
@@ -60,10 +76,13 @@ __all__ = [
     "LogSoftmax",
     "ManyResult",
     "Policy",
+    "RNN",
     "Relu",
     "Reshape",
     "Sigmoid",
     "Silu",
+    "SimpleRNN",
+    "SimpleRNNCell",
     "Softmax",
     "Softplus",
     "Step",
@@ -91,6 +110,7 @@ __all__ = [
     "precision",
     "predict",
     "residual",
+    "sequence_mask",
     "serial",
     "sharding",
     "stateless",

@@ -1,0 +1,278 @@
+"""Recurrent cells and layers against their equations written out in NumPy."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.test_util import check_grads
+
+import nnjax
+from nnjax._src.recurrent import (
+    GRU,
+    LSTM,
+    RNN,
+    Bidirectional,
+    GRUCell,
+    LSTMCell,
+    SimpleRNN,
+    SimpleRNNCell,
+    scan_cell,
+    sequence_mask,
+)
+
+B, T, F, H = 3, 5, 4, 6
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def np_step(cell, p, carry, x):
+    """One step of each cell, written from its docstring's equations."""
+    p = {k: np.asarray(v, np.float64) for k, v in p.items()}
+    if isinstance(cell, SimpleRNNCell):
+        h = np.tanh(x @ p["w_x"] + p["b"] + carry @ p["w_h"])
+        return h, h
+    if isinstance(cell, LSTMCell):
+        h, c = carry
+        z = x @ p["w_x"] + p["b"] + h @ p["w_h"]
+        i, f, g, o = z[:, :H], z[:, H : 2 * H], z[:, 2 * H : 3 * H], z[:, 3 * H :]
+        c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+        h = sigmoid(o) * np.tanh(c)
+        return (h, c), h
+    h = carry
+    xw, hw = x @ p["w_x"] + p["b"], h @ p["w_h"]
+    r = sigmoid(xw[:, :H] + hw[:, :H])
+    z = sigmoid(xw[:, H : 2 * H] + hw[:, H : 2 * H])
+    n = np.tanh(xw[:, 2 * H :] + r * (hw[:, 2 * H :] + p["b_hn"]))
+    h = (1 - z) * n + z * h
+    return h, h
+
+
+def np_zero_carry(cell, batch):
+    zero = np.zeros((batch, H))
+    return (zero, zero) if isinstance(cell, LSTMCell) else zero
+
+
+def np_rnn(cell, p, x, mask=None, reverse=False, carry=None):
+    """A Python loop over time; masked steps hold the carry and output 0."""
+    x = np.asarray(x, np.float64)
+    carry = np_zero_carry(cell, x.shape[0]) if carry is None else carry
+    mask = np.ones(x.shape[:2], bool) if mask is None else np.asarray(mask, bool)
+    ys = np.zeros((x.shape[0], x.shape[1], H))
+    for t in reversed(range(x.shape[1])) if reverse else range(x.shape[1]):
+        new, h = np_step(cell, p, carry, x[:, t])
+        m = mask[:, t, None]
+        carry = jax.tree.map(lambda a, b: np.where(m, a, b), new, carry)
+        ys[:, t] = np.where(m, h, 0.0)
+    last = carry[0] if isinstance(carry, tuple) else carry
+    return ys, last
+
+
+CELLS = [SimpleRNNCell(H), LSTMCell(H), GRUCell(H)]
+IDS = ["simple_rnn", "lstm", "gru"]
+
+
+def random_params(cell, key=0):
+    """Params with random biases too (init's zeros would hide bias mistakes)."""
+    params = cell.init(jax.random.key(key), F)
+    keys = jax.random.split(jax.random.key(key + 1), len(params))
+    return {k: v + 0.3 * jax.random.normal(kk, v.shape) if k.startswith("b") else v for (k, v), kk in zip(params.items(), keys)}
+
+
+def data(key=2, batch=B, steps=T):
+    return jax.random.normal(jax.random.key(key), (batch, steps, F))
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=IDS)
+def test_cell_step_matches_numpy_equations(cell):
+    p = random_params(cell)
+    x = np.asarray(data()[:, 0])
+    carry = jax.tree.map(lambda a: a + 0.5, cell.initial_carry(B))
+    new, h = cell.step(p, carry, x)
+    np_new, np_h = np_step(cell, p, jax.tree.map(np.asarray, carry), x)
+    np.testing.assert_allclose(h, np_h, rtol=1e-5, atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), new, np_new)
+
+
+def test_param_names_shapes_and_lstm_forget_bias():
+    p = LSTMCell(H).init(jax.random.key(0), F)
+    assert jax.tree.map(jnp.shape, p) == {"w_x": (F, 4 * H), "w_h": (H, 4 * H), "b": (4 * H,)}
+    np.testing.assert_array_equal(p["b"][H : 2 * H], 1.0)  # forget block, gate order i, f, g, o
+    np.testing.assert_array_equal(p["b"][:H], 0.0)
+    assert jax.tree.map(jnp.shape, GRUCell(H).init(jax.random.key(0), F))["b_hn"] == (H,)
+    assert LSTMCell(H, forget_bias=0.0).init(jax.random.key(0), F)["b"].sum() == 0.0
+
+
+@pytest.mark.parametrize("hoist", [False, True], ids=["inside", "hoisted"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("cell", CELLS, ids=IDS)
+def test_rnn_layer_matches_python_loop(cell, reverse, hoist):
+    layer = RNN(cell, reverse=reverse, hoist_input=hoist)
+    p = random_params(cell)
+    x = data()
+    ys, _ = layer.apply(p, {}, x)
+    np_ys, np_last = np_rnn(cell, p, x, reverse=reverse)
+    np.testing.assert_allclose(ys, np_ys, rtol=1e-4, atol=1e-5)
+    last, _ = RNN(cell, reverse=reverse, return_sequences=False, hoist_input=hoist).apply(p, {}, x)
+    np.testing.assert_allclose(last, np_last, rtol=1e-4, atol=1e-5)
+    # the last output is the last step's (forward) or the first step's (reverse)
+    np.testing.assert_allclose(last, ys[:, 0 if reverse else -1], rtol=1e-6)
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=IDS)
+def test_mask_padding_changes_nothing(cell):
+    p = random_params(cell)
+    lengths = jnp.array([5, 2, 3])
+    mask = sequence_mask(lengths, T)
+    x = data()
+    noise = jnp.where(mask[..., None], 0.0, 100.0 * data(key=7))  # garbage only in the padding
+    for reverse in (False, True):
+        seq = jax.jit(RNN(cell, reverse=reverse).apply)
+        last = jax.jit(RNN(cell, reverse=reverse, return_sequences=False).apply)
+        out, _ = seq(p, {}, {"x": x, "mask": mask})
+        out_noisy, _ = seq(p, {}, {"x": x + noise, "mask": mask})
+        np.testing.assert_allclose(out["x"], out_noisy["x"], rtol=1e-6)
+        np_ys, np_last = np_rnn(cell, p, x, mask=mask, reverse=reverse)
+        np.testing.assert_allclose(out["x"], np_ys, rtol=1e-4, atol=1e-5)
+        padded_last, _ = last(p, {}, {"x": x + noise, "mask": mask})
+        np.testing.assert_allclose(padded_last, np_last, rtol=1e-4, atol=1e-5)
+        # each sequence's last state equals running it alone, unpadded
+        for b, n in enumerate(lengths.tolist()):
+            alone, _ = last(p, {}, x[b : b + 1, :n])
+            np.testing.assert_allclose(padded_last[b], alone[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=IDS)
+def test_given_initial_carry(cell):
+    p = random_params(cell)
+    x = data()
+    carry = jax.tree.map(lambda a: a + 0.7, cell.initial_carry(B))
+    ys, _ = RNN(cell).apply(p, {}, {"x": x, "initial_carry": carry})
+    np_ys, _ = np_rnn(cell, p, x, carry=jax.tree.map(np.asarray, carry))
+    np.testing.assert_allclose(ys, np_ys, rtol=1e-4, atol=1e-5)
+    zero_ys, _ = RNN(cell).apply(p, {}, x)
+    assert not np.allclose(ys[:, 0], zero_ys[:, 0])
+
+
+def test_bidirectional_concat_and_last():
+    fwd, bwd = LSTMCell(H), GRUCell(H)
+    layer = Bidirectional(fwd, bwd)
+    p, _ = layer.init(jax.random.key(0), (T, F))
+    x = data()
+    ys, _ = layer.apply(p, {}, x)
+    f_ys, f_last = np_rnn(fwd, p["forward"], x)
+    b_ys, b_last = np_rnn(bwd, p["backward"], x, reverse=True)
+    np.testing.assert_allclose(ys, np.concatenate([f_ys, b_ys], -1), rtol=1e-4, atol=1e-5)
+    last, _ = Bidirectional(fwd, bwd, merge="sum", return_sequences=False).apply(p, {}, x)
+    np.testing.assert_allclose(last, f_last + b_last, rtol=1e-4, atol=1e-5)
+    assert layer.name == "Bidirectional(LSTM(6), GRU(6))"
+    mask = sequence_mask(jnp.array([5, 1, 4]), T)
+    out, _ = layer.apply(p, {}, {"x": x, "mask": mask})
+    f_ys, _ = np_rnn(fwd, p["forward"], x, mask=mask)
+    b_ys, _ = np_rnn(bwd, p["backward"], x, mask=mask, reverse=True)
+    np.testing.assert_allclose(out["x"], np.concatenate([f_ys, b_ys], -1), rtol=1e-4, atol=1e-5)
+
+
+LAYERS = [
+    LSTM(H),
+    LSTM(H, return_sequences=False),
+    GRU(H, reverse=True),
+    SimpleRNN(H, return_sequences=False),
+    LSTM(H, num_layers=2),
+    Bidirectional(GRUCell(H)),
+    Bidirectional(LSTMCell(H), merge="mean", return_sequences=False),
+]
+
+
+@pytest.mark.parametrize("layer", LAYERS, ids=[f"{layer.name}-{i}" for i, layer in enumerate(LAYERS)])
+def test_output_shape_agrees_with_apply(layer):
+    params, state = layer.init(jax.random.key(0), (T, F))
+    y, _ = layer.apply(params, state, data())
+    assert layer.output_shape((T, F)) == y.shape[1:]
+
+
+def test_names_and_serial_param_keys():
+    model = nnjax.serial(LSTM(8), GRU(4, return_sequences=False), nnjax.Dense(2))
+    params, _ = model.init(jax.random.key(0), (T, F))
+    assert list(params) == ["lstm_0", "gru_1", "dense_2"]
+    assert SimpleRNN(3).name == "SimpleRNN(3)"
+    stacked, _ = LSTM(8, num_layers=3).init(jax.random.key(0), (T, F))
+    assert list(stacked) == ["lstm_0", "lstm_1", "lstm_2"]
+
+
+def test_stacked_rnns_pass_the_mask_on():
+    model = nnjax.serial(LSTM(8), GRU(4, return_sequences=False))
+    params, state = model.init(jax.random.key(0), {"x": (T, F), "mask": (T,)})
+    mask = sequence_mask(jnp.array([2, 5, 3]), T)
+    x = data()
+    noisy = x + jnp.where(mask[..., None], 0.0, 50.0)
+    a, _ = model.apply(params, state, {"x": x, "mask": mask})
+    b, _ = model.apply(params, state, {"x": noisy, "mask": mask})
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=IDS)
+def test_check_grads_float64(x64, cell):
+    p = cell.init(jax.random.key(0), F, jnp.float64)
+    x = jax.random.normal(jax.random.key(1), (2, 3, F), jnp.float64)
+    mask = sequence_mask(jnp.array([3, 2]), 3)
+
+    def f(p, x):  # masked, reversed: the general path
+        return jnp.sum(scan_cell(cell, p, x, mask=mask, reverse=True)[1] ** 2)
+
+    check_grads(jax.jit(f), (p, x), order=2, modes=("fwd", "rev"), atol=1e-5, rtol=1e-5)
+
+
+def test_jit_agrees_and_vmap_over_models():
+    layer = LSTM(H)
+    x = data()
+    keys = jax.random.split(jax.random.key(0), 4)
+    params = jax.vmap(lambda k: layer.init(k, (T, F))[0])(keys)  # 4 models, stacked
+    ys = jax.vmap(lambda p: layer.apply(p, {}, x)[0])(params)
+    assert ys.shape == (4, B, T, H)
+    p0 = jax.tree.map(lambda a: a[0], params)
+    np.testing.assert_allclose(ys[0], layer.apply(p0, {}, x)[0], rtol=1e-5, atol=1e-6)
+    jitted = jax.jit(layer.apply)(p0, {}, x)[0]
+    np.testing.assert_allclose(jitted, layer.apply(p0, {}, x)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_train_steps_in_scan_reduce_loss():
+    model = nnjax.serial(GRU(16, return_sequences=False), nnjax.Dense(1))
+    x = data(batch=32, steps=8)
+    y = x[:, :, :1].sum(axis=1)  # the sum over time of feature 0
+    tx = optax.adam(1e-2)
+    ts = nnjax.init_train_state(model, tx, jax.random.key(0), (8, F))
+    step = nnjax.make_train_step(model, nnjax.losses.mse, tx, jit=False)
+    ts, metrics = jax.jit(lambda ts: jax.lax.scan(lambda s, _: step(s, (x, y)), ts, None, length=150))(ts)
+    assert metrics["loss"][-1] < 0.1 * metrics["loss"][0]
+
+
+def test_clear_errors():
+    layer = LSTM(H)
+    params, state = layer.init(jax.random.key(0), (T, F))
+    with pytest.raises(nnjax.LayerError, match=r"LSTM\(6\): argument `x` expected shape \(batch, T, 4\), given \(3, 5, 7\)"):
+        layer.apply(params, state, jnp.ones((B, T, 7)))
+    with pytest.raises(nnjax.LayerError, match=r"given \(5, 4\).*x\[None\]"):
+        layer.apply(params, state, jnp.ones((T, F)))
+    with pytest.raises(nnjax.LayerTypeError, match=r"LSTM\(6\): argument `x` expected a floating-point.*int32.*one_hot"):
+        layer.apply(params, state, jnp.ones((B, T, F), jnp.int32))
+    with pytest.raises(nnjax.LayerError, match=r"serial\[1\] > GRU\(3\): argument `x` expected shape \(batch, T, 4\)"):
+        model = nnjax.serial(nnjax.Dense(4), GRU(3))
+        p, s = model.init(jax.random.key(0), (T, F))
+        p["gru_1"] = GRUCell(3).init(jax.random.key(0), 4)
+        model.apply(p, s, jnp.ones((B, T, F)))  # fine
+        model.apply(p, s, jnp.ones((B, F)))  # Dense passes rank 2 through; GRU refuses
+    with pytest.raises(nnjax.LayerError, match=r"argument `mask` expected shape \(batch, T\) = \(3, 5\), given \(3, 4\)"):
+        layer.apply(params, state, {"x": data(), "mask": jnp.ones((B, 4))})
+    with pytest.raises(nnjax.LayerError, match=r"a dict with key 'x'.*given a dict with keys \['lengths', 'x'\]"):
+        layer.apply(params, state, {"x": data(), "lengths": jnp.ones((B,))})
+    with pytest.raises(nnjax.LayerError, match=r"input_shape` expected \(T, features\)"):
+        layer.init(jax.random.key(0), (F,))
+    with pytest.raises(ValueError, match="`hidden` expected a positive int, given 0"):
+        LSTM(0)
+    with pytest.raises(TypeError, match="not a layer such as LSTM"):
+        RNN(LSTM(4))
+    with pytest.raises(ValueError, match="`merge` expected one of"):
+        Bidirectional(GRUCell(3), merge="max")
