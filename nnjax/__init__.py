@@ -19,7 +19,19 @@ Example:
   {'b': (32,), 'w': (64, 32)}
 """
 
-from nnjax import activations, data, ensemble, initializers, losses, metrics, per_example, precision, sharding
+from nnjax import (
+    activations,
+    callbacks,
+    data,
+    ensemble,
+    initializers,
+    losses,
+    metrics,
+    per_example,
+    plots,
+    precision,
+    sharding,
+)
 from nnjax._src.activations import (
     Elu,
     Gelu,
@@ -35,9 +47,24 @@ from nnjax._src.activations import (
     Tanh,
 )
 from nnjax._src.basic import Dense, Dropout, Flatten, Identity, Reshape
+from nnjax._src.checkpoint import (
+    abstract_train_state,
+    checkpoint_steps,
+    latest_step,
+    restore_checkpoint,
+    save_checkpoint,
+)
 from nnjax._src.core import Layer, add, concatenate, fanout, parallel, residual, serial, stateless
 from nnjax._src.ensemble import ManyResult, fit_many
-from nnjax._src.errors import LayerError, LayerTypeError
+from nnjax._src.errors import (
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointMismatchError,
+    CheckpointNotFoundError,
+    LayerError,
+    LayerTypeError,
+    NonFiniteError,
+)
 from nnjax._src.fit import FitResult, evaluate, fit, predict
 from nnjax._src.per_example import per_example_grads
 from nnjax._src.precision import Policy, with_policy
@@ -52,12 +79,17 @@ from nnjax._src.recurrent import (
     SimpleRNNCell,
     sequence_mask,
 )
+from nnjax._src.summary import summarize, summary
 from nnjax._src.train import TrainState, init_train_state, make_eval_step, make_train_step, step_key
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Bidirectional",
+    "CheckpointCorruptError",
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "CheckpointNotFoundError",
     "Dense",
     "Dropout",
     "Elu",
@@ -75,6 +107,7 @@ __all__ = [
     "LeakyRelu",
     "LogSoftmax",
     "ManyResult",
+    "NonFiniteError",
     "Policy",
     "RNN",
     "Relu",
@@ -89,8 +122,11 @@ __all__ = [
     "StraightThroughStep",
     "Tanh",
     "TrainState",
+    "abstract_train_state",
     "activations",
     "add",
+    "callbacks",
+    "checkpoint_steps",
     "concatenate",
     "data",
     "ensemble",
@@ -100,6 +136,7 @@ __all__ = [
     "fit_many",
     "init_train_state",
     "initializers",
+    "latest_step",
     "losses",
     "make_eval_step",
     "make_train_step",
@@ -107,13 +144,18 @@ __all__ = [
     "parallel",
     "per_example",
     "per_example_grads",
+    "plots",
     "precision",
     "predict",
     "residual",
+    "restore_checkpoint",
+    "save_checkpoint",
     "sequence_mask",
     "serial",
     "sharding",
     "stateless",
     "step_key",
+    "summarize",
+    "summary",
     "with_policy",
 ]

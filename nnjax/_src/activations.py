@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from nnjax._src.core import Layer, stateless
-from nnjax._src.errors import check_float_input
+from nnjax._src.errors import check_float_input, check_number
 from nnjax._src.types import Array
 
 sigmoid = jax.nn.sigmoid
@@ -53,11 +53,13 @@ def _activation(fn, name: str) -> Layer:
 
 def Step(threshold: float = 0.0) -> Layer:  # noqa: N802 - layer constructors are CamelCase, as in stax
     """Layer applying ``step(x, threshold)``: outputs 0 or 1; zero gradient."""
+    check_number("Step", "threshold", threshold)
     return _activation(lambda x: step(x, threshold), f"Step({threshold})")
 
 
 def StraightThroughStep(threshold: float = 0.0) -> Layer:  # noqa: N802
     """Layer applying ``straight_through_step(x, threshold)``: 0/1 forward, identity gradient."""
+    check_number("StraightThroughStep", "threshold", threshold)
     return _activation(lambda x: straight_through_step(x, threshold), f"StraightThroughStep({threshold})")
 
 
@@ -78,16 +80,20 @@ def Relu() -> Layer:  # noqa: N802
 
 def LeakyRelu(negative_slope: float = 0.01) -> Layer:  # noqa: N802
     """Layer applying ``leaky_relu``: ``x`` if ``x >= 0`` else ``negative_slope * x``."""
+    check_number("LeakyRelu", "negative_slope", negative_slope)
     return _activation(lambda x: leaky_relu(x, negative_slope), f"LeakyRelu({negative_slope})")
 
 
 def Elu(alpha: float = 1.0) -> Layer:  # noqa: N802
     """Layer applying ``elu``: ``x`` if ``x > 0`` else ``alpha * (exp(x) - 1)``."""
+    check_number("Elu", "alpha", alpha)
     return _activation(lambda x: elu(x, alpha), f"Elu({alpha})")
 
 
 def Gelu(approximate: bool = True) -> Layer:  # noqa: N802
     """Layer applying ``gelu`` (tanh approximation by default)."""
+    if not isinstance(approximate, bool):
+        raise TypeError(f"Gelu: argument `approximate` expected a bool, given {approximate!r}.")
     return _activation(lambda x: gelu(x, approximate=approximate), f"Gelu(approximate={approximate})")
 
 
@@ -103,9 +109,11 @@ def Softplus() -> Layer:  # noqa: N802
 
 def Softmax(axis: int = -1) -> Layer:  # noqa: N802
     """Layer applying ``softmax`` along ``axis``: class probabilities that sum to 1."""
+    check_number("Softmax", "axis", axis, integer=True)
     return _activation(lambda x: softmax(x, axis=axis), f"Softmax(axis={axis})")
 
 
 def LogSoftmax(axis: int = -1) -> Layer:  # noqa: N802
     """Layer applying ``log_softmax`` along ``axis``."""
+    check_number("LogSoftmax", "axis", axis, integer=True)
     return _activation(lambda x: log_softmax(x, axis=axis), f"LogSoftmax(axis={axis})")

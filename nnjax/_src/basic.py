@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from nnjax._src import initializers
 from nnjax._src.core import Layer, stateless
-from nnjax._src.errors import LayerError, check_float_input, check_rank
+from nnjax._src.errors import LayerError, check_float_input, check_number, check_rank
 from nnjax._src.types import Shape
 
 
@@ -32,8 +32,7 @@ def Dense(  # noqa: N802 - layer constructors are CamelCase, as in stax
     Shapes: ``x: (batch, ..., in_features) -> y: (batch, ..., features)``.
     """
     name = f"Dense({features})"
-    if not isinstance(features, int) or features < 1:
-        raise ValueError(f"{name}: argument `features` expected a positive int, given {features!r}.")
+    check_number(name, "features", features, low=1, integer=True, what="a positive int")
     w_fn, b_fn = initializers.get(w_init, f"{name} w_init"), initializers.get(b_init, f"{name} b_init")
 
     def init(key, input_shape: Shape, dtype=jnp.float32):
@@ -70,8 +69,7 @@ def Dropout(rate: float) -> Layer:  # noqa: N802
     ``train=False``. In training it needs ``key``.
     """
     name = f"Dropout({rate})"
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"{name}: argument `rate` expected a drop probability in [0, 1), given {rate!r}.")
+    check_number(name, "rate", rate, low=0.0, high=1.0, high_inclusive=False, what="a drop probability in [0, 1)")
 
     def init(key, input_shape, dtype=jnp.float32):
         return {}, {}
@@ -102,8 +100,12 @@ def Flatten() -> Layer:  # noqa: N802
 
 def Reshape(shape: Shape) -> Layer:  # noqa: N802
     """Reshapes each example: ``(batch, *in_shape) -> (batch, *shape)``; one entry of ``shape`` may be -1."""
+    name = f"Reshape({shape!r})"
+    if not isinstance(shape, (tuple, list)) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise TypeError(f"{name}: argument `shape` expected a tuple of ints, given {shape!r}.")
     shape = tuple(shape)
-    name = f"Reshape({shape})"
+    if shape.count(-1) > 1 or any(d < 1 and d != -1 for d in shape):
+        raise ValueError(f"{name}: argument `shape` expected positive sizes and at most one -1, given {shape}.")
 
     def fn(x):
         size = math.prod(x.shape[1:])

@@ -10,6 +10,19 @@ import numpy as np
 from nnjax._src.errors import check_same_leading
 
 
+def _check_examples(where: str, **arrays: Any) -> None:
+    """Same number of examples in each array, and at least one."""
+    check_same_leading(where, **arrays)
+    for name, a in arrays.items():
+        if np.ndim(a) == 0 or np.shape(a)[0] == 0:
+            raise ValueError(f"{where}: argument `{name}` expected at least one example (shape (n, ...), n >= 1), given shape {np.shape(a)}.")
+
+
+def _check_finite(where: str, name: str, x: np.ndarray) -> None:
+    if np.issubdtype(x.dtype, np.inexact) and not np.isfinite(x).all():
+        raise ValueError(f"{where}: argument `{name}` holds {int((~np.isfinite(x)).sum())} NaN or Inf values (shape {x.shape}).")
+
+
 def train_test_split(
     x: Any, y: Any, *, test_fraction: float = 0.2, seed: int = 0, stratify: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -20,11 +33,13 @@ def train_test_split(
       seed: seeds the shuffle.
       stratify: keep each class's share equal in both parts (``y`` must hold class labels).
     """
-    check_same_leading("train_test_split", x=x, y=y)
-    if not 0.0 < test_fraction < 1.0:
+    _check_examples("train_test_split", x=x, y=y)
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float, np.floating)) or not 0.0 < test_fraction < 1.0:
         raise ValueError(f"train_test_split: argument `test_fraction` expected a value in (0, 1), given {test_fraction!r}.")
     x, y = np.asarray(x), np.asarray(y)
     rng = np.random.default_rng(seed)
+    if stratify and not np.issubdtype(y.dtype, np.integer):
+        raise TypeError(f"train_test_split: argument `y` expected integer class labels with stratify=True, given dtype {y.dtype}.")
     if stratify:
         test = []
         for label in np.unique(y):
@@ -44,8 +59,8 @@ def train_test_split(
 
 def batches(x: Any, y: Any, batch_size: int, *, seed: int | None = 0, drop_last: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yields ``(x_batch, y_batch)`` mini-batches, shuffled by ``seed`` (``None``: in order)."""
-    check_same_leading("batches", x=x, y=y)
-    if batch_size < 1:
+    _check_examples("batches", x=x, y=y)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batches: argument `batch_size` expected a positive int, given {batch_size!r}.")
     n = np.shape(x)[0]
     order = np.arange(n) if seed is None else np.random.default_rng(seed).permutation(n)
@@ -62,7 +77,13 @@ class Scaler(NamedTuple):
     scale: np.ndarray
 
     def transform(self, x: Any) -> np.ndarray:
-        return ((np.asarray(x) - self.shift) / self.scale).astype(np.float32)
+        x = np.asarray(x)
+        if x.shape[1:] != self.shift.shape:
+            raise ValueError(
+                f"Scaler.transform: argument `x` expected shape (n, {', '.join(map(str, self.shift.shape))}) like the data "
+                f"it was fitted on, given {x.shape}."
+            )
+        return ((x - self.shift) / self.scale).astype(np.float32)
 
     def inverse(self, x: Any) -> np.ndarray:
         return np.asarray(x) * self.scale + self.shift
@@ -74,12 +95,16 @@ def _safe(scale: np.ndarray) -> np.ndarray:
 
 def standardizer(x_train: Any) -> Scaler:
     """Fits per-feature standardization (zero mean, unit variance) on ``x_train: (n, ...)``."""
+    _check_examples("standardizer", x_train=x_train)
     x_train = np.asarray(x_train, np.float64)
+    _check_finite("standardizer", "x_train", x_train)
     return Scaler(x_train.mean(axis=0), _safe(x_train.std(axis=0)))
 
 
 def min_max_scaler(x_train: Any) -> Scaler:
     """Fits per-feature normalization to [0, 1] on ``x_train: (n, ...)``."""
+    _check_examples("min_max_scaler", x_train=x_train)
     x_train = np.asarray(x_train, np.float64)
+    _check_finite("min_max_scaler", "x_train", x_train)
     low = x_train.min(axis=0)
     return Scaler(low, _safe(x_train.max(axis=0) - low))

@@ -83,3 +83,74 @@ def check_same_leading(where: str, **arrays: Any) -> None:
     if len(set(sizes.values())) > 1:
         given = ", ".join(f"`{n}` {tuple(jnp.shape(a))}" for n, a in arrays.items())
         raise ValueError(f"{where}: expected the same number of examples in each argument, given {given}.")
+
+
+def leaf_path(path: Any) -> str:
+    """A pytree key path as ``"params/dense_0/w"`` (the names used in checkpoint and non-finite errors)."""
+    return jax.tree_util.keystr(path, simple=True, separator="/")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be saved or restored. The message names the directory and the step."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint directory holds no complete checkpoint (or not the step asked for)."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint does not fit the model it is restored into. The message lists every mismatched leaf."""
+
+
+class CheckpointCorruptError(CheckpointError):
+    """A checkpoint's files are unreadable, truncated, or fail their checksums."""
+
+
+class NonFiniteError(FloatingPointError):
+    """Training produced NaN or Inf. The message names the step and the first non-finite leaf.
+
+    Attributes:
+      step: the update (``train_state.step``) whose loss or gradient was not finite; None when unknown.
+      leaf: the first non-finite leaf, e.g. ``"params/dense_0/w"`` (``"loss"`` when only the loss is).
+      train_state: the last finite train state (when raised by ``fit``), else None.
+    """
+
+    def __init__(self, message: str, *, step: int | None = None, leaf: str | None = None, train_state: Any = None):
+        super().__init__(message)
+        self.step, self.leaf, self.train_state = step, leaf, train_state
+
+
+def first_nonfinite(tree: Any) -> str | None:
+    """The path of the first leaf of ``tree`` holding NaN or Inf (floating leaves only), or None.
+
+    One device reduction per leaf, read back once: use it outside compiled code (e.g. before saving).
+    """
+    leaves = [
+        (leaf_path(path), leaf)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+        if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact)
+    ]
+    if not leaves:
+        return None
+    finite = np.asarray(jax.device_get(jnp.stack([jnp.isfinite(leaf).all() for _, leaf in leaves])))
+    bad = np.flatnonzero(~finite)
+    return leaves[bad[0]][0] if bad.size else None
+
+
+def check_number(
+    where: str, argument: str, value: Any, *, low: float | None = None, high: float | None = None,
+    integer: bool = False, high_inclusive: bool = True, what: str | None = None,
+) -> None:
+    """Checks a configuration number (type and range) when a layer is built.
+
+    Raises:
+      TypeError: not a number (bools and strings are refused), or not an int when ``integer``.
+      ValueError: outside ``[low, high]`` (``[low, high)`` when not ``high_inclusive``).
+    """
+    kinds = (int,) if integer else (int, float, np.integer, np.floating)
+    expected = what or ("an int" if integer else "a number")
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise TypeError(f"{where}: argument `{argument}` expected {expected}, given {value!r} ({type(value).__name__}).")
+    below_high = high is None or (value <= high if high_inclusive else value < high)
+    if not ((low is None or value >= low) and below_high) or value != value:  # value != value: NaN
+        raise ValueError(f"{where}: argument `{argument}` expected {expected}, given {value!r}.")

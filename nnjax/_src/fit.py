@@ -25,15 +25,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from nnjax._src.checkpoint import abstract_train_state, latest_step, restore_checkpoint, save_checkpoint
 from nnjax._src.core import Layer
-from nnjax._src.errors import check_integer_labels, check_same_leading
+from nnjax._src.errors import NonFiniteError, check_integer_labels, check_same_leading
 from nnjax._src.train import (
     DATA_STREAM,
     Loss,
     Metric,
     TrainState,
+    check_nonfinite_mode,
     init_train_state,
     make_train_step,
+    nonfinite_leaf,
     stream_key,
 )
 from nnjax._src.types import Array
@@ -163,6 +166,22 @@ class _Progress:
             self.bar.close()
 
 
+def _epoch_logs(per_step: dict[str, Array]) -> dict[str, Array]:
+    """Per-epoch logs from per-step metrics ``(steps, ...)``: means; with a non-finite guard, means over
+    the applied updates only and ``"nonfinite"`` summed (the number of rejected updates)."""
+    if "nonfinite" not in per_step:
+        return jax.tree.map(jnp.mean, per_step)
+    per_step = dict(per_step)
+    applied = per_step.pop("_applied", per_step["nonfinite"] == 0)
+    count = jnp.maximum(jnp.sum(applied), 1)
+    logs = {}
+    for name, values in per_step.items():
+        mask = applied.reshape(applied.shape + (1,) * (values.ndim - 1))
+        logs[name] = jnp.sum(jnp.where(mask, values, 0)) / (count * (values.size // max(values.shape[0], 1)))
+    logs["nonfinite"] = jnp.sum(per_step["nonfinite"])
+    return logs
+
+
 def _ordered(logs: dict[str, Any]) -> dict[str, float]:
     """Host floats, loss first, validation last."""
     keys = sorted(logs, key=lambda k: (k.startswith("val_"), k.removeprefix("val_") != "loss", k))
@@ -186,6 +205,13 @@ def fit(
     callbacks: Sequence[Callback] = (),
     progress: bool = True,
     progress_every: int | None = None,
+    nonfinite: str | None = None,
+    checkpoint_dir: str | None = None,
+    resume: bool = False,
+    keep: int | None = 3,
+    checkpoint_every: int = 1,
+    best_metric: str | None = None,
+    best_mode: str = "min",
 ) -> FitResult:
     """Trains ``model`` on ``(x, y)`` with mini-batch gradient descent; returns the state and history.
 
@@ -204,6 +230,20 @@ def fit(
         returns True stops training. The state passed is donated to the next epoch: copy what you keep.
       progress: show a tqdm progress bar and one line per epoch (process 0 only).
       progress_every: steps between progress updates from inside compiled code (default ~20 per epoch).
+      nonfinite: ``None``, ``"skip"`` (reject updates whose loss, gradient or model state holds NaN/Inf;
+        ``history["nonfinite"]`` counts them per epoch) or ``"halt"`` (stop at the first one and raise
+        ``NonFiniteError`` naming the step and the first non-finite leaf; its ``train_state`` is the last
+        finite state). See ``make_train_step``.
+      checkpoint_dir: save a checkpoint (``save_checkpoint``) there every ``checkpoint_every`` epochs and
+        after the last epoch (or an early stop), with the epoch's logs as metrics. Checkpoints are taken
+        at epoch ends only (with ``fused="all"``: once, after the run). A non-finite state is never saved
+        (``NonFiniteError``).
+      resume: continue from the newest intact checkpoint in ``checkpoint_dir`` when there is one (else start
+        afresh). Data order and per-step keys derive from the root key and the epoch/step, so a resumed run
+        ends bit-identical to an uninterrupted one (same device layout). Without it, a run replaces the
+        checkpoints of earlier runs in ``checkpoint_dir`` as it reaches their steps.
+      keep, best_metric, best_mode: keep the ``keep`` newest checkpoints and the best by ``best_metric``
+        (a key of the logs, e.g. ``"val_loss"``), ``"min"`` or ``"max"``.
 
     Returns:
       ``FitResult(train_state, history)``; ``history`` maps ``loss``, each metric and ``val_*`` to
@@ -211,6 +251,7 @@ def fit(
 
     Raises:
       ValueError / TypeError: bad data (see ``check_dataset``) or bad arguments.
+      NonFiniteError: ``nonfinite="halt"`` met NaN/Inf, or a non-finite state was to be checkpointed.
     """
     if fused is True:
         fused = "epoch"
@@ -220,17 +261,32 @@ def fit(
         raise ValueError(f"fit: argument `epochs` expected a non-negative int, given {epochs!r}.")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"fit: argument `batch_size` expected a positive int, given {batch_size!r}.")
+    check_nonfinite_mode("fit", nonfinite)
+    if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise ValueError(f"fit: argument `checkpoint_every` expected a positive int (epochs), given {checkpoint_every!r}.")
+    if resume and checkpoint_dir is None:
+        raise ValueError("fit: argument `resume=True` needs `checkpoint_dir`, given None.")
     input_shape = tuple(np.shape(x)[1:])
     output_shape = model.output_shape(input_shape)
     check_dataset("fit", model, x, y, output_shape)
     if validation_data is not None:
         check_dataset("fit(validation_data)", model, *validation_data, output_shape)
-    if train_state is None:
-        train_state = init_train_state(model, optimizer, jax.random.key(seed), input_shape)
-
     n = np.shape(x)[0]
     batch_size = min(batch_size, n)
     steps = n // batch_size
+    fit_config = {"fit": {"examples": int(n), "batch_size": batch_size, "steps_per_epoch": steps, "seed": seed}}
+    if resume and latest_step(checkpoint_dir) is not None:
+        like = train_state if train_state is not None else abstract_train_state(model, optimizer, input_shape)
+        train_state, info = restore_checkpoint(checkpoint_dir, like)
+        saved = (info.get("config") or {}).get("fit", {}).get("steps_per_epoch", steps)
+        if saved != steps or int(train_state.step) % steps:
+            raise ValueError(
+                f"fit: cannot resume exactly from step {int(train_state.step)} in {checkpoint_dir}: it was saved with "
+                f"{saved} steps per epoch, this run has {steps} ({n} examples, batch_size {batch_size})."
+            )
+    if train_state is None:
+        train_state = init_train_state(model, optimizer, jax.random.key(seed), input_shape)
+
     first_step = int(train_state.step)
     first_epoch = first_step // steps
     history: History = {}
@@ -240,7 +296,7 @@ def fit(
     x, y = jnp.asarray(x), jnp.asarray(y)
     val = None if validation_data is None else tuple(jnp.asarray(a) for a in validation_data)
     bar = _Progress(progress, (epochs - first_epoch) * steps, first_step, progress_every or max(1, steps // 20))
-    step = make_train_step(model, loss, optimizer, metrics=metrics, jit=not fused)
+    step = make_train_step(model, loss, optimizer, metrics=metrics, jit=not fused, nonfinite=nonfinite)
     evaluate_fn = make_evaluate_fn(model, loss, metrics)
 
     def run_epoch(train_state, epoch):
@@ -249,18 +305,59 @@ def fit(
             bar.in_program(ts, step_metrics)
             return ts, step_metrics
 
-        train_state, per_step = jax.lax.scan(body, train_state, epoch_order(train_state.key, epoch, n, batch_size))
-        logs = jax.tree.map(jnp.mean, per_step)
+        if nonfinite == "halt":
+            # After a halt (the step stops advancing) every later update of the run is a no-op.
+            def body(ts, idx, body=body):
+                halted = ts.step != first_step + (epoch - first_epoch) * steps + idx[1]
+                new_ts, step_metrics = body(ts, idx[0])
+                step_metrics = {**step_metrics, "nonfinite": jnp.where(halted, 0, step_metrics["nonfinite"])}
+                step_metrics["_applied"] = jnp.logical_not(halted) & (step_metrics["nonfinite"] == 0)
+                return optax.tree.where(halted, ts, new_ts), step_metrics
+
+        order = epoch_order(train_state.key, epoch, n, batch_size)
+        xs = (order, jnp.arange(steps)) if nonfinite == "halt" else order
+        train_state, per_step = jax.lax.scan(body, train_state, xs)
+        logs = _epoch_logs(per_step)
         if val is not None:
             logs.update({f"val_{k}": v for k, v in evaluate_fn(train_state, *val).items()})
         return train_state, logs
+
+    def halt_if_nonfinite(logs) -> None:
+        """After a run of epochs with ``nonfinite="halt"``: raise if it halted, naming the step and leaf."""
+        if nonfinite != "halt" or not np.any(np.asarray(logs["nonfinite"]) > 0):
+            return
+        at = int(train_state.step)
+        epoch, index = first_epoch + (at - first_step) // steps, (at - first_step) % steps
+        idx = epoch_order(train_state.key, epoch, n, batch_size)[index]
+        leaf = nonfinite_leaf(model, loss, train_state, (x[idx], y[idx]))
+        newest = None if checkpoint_dir is None else latest_step(checkpoint_dir)
+        saved = "" if checkpoint_dir is None else f" Checkpoints in {checkpoint_dir}: " + (
+            "none yet." if newest is None else f"the newest is step {newest}."
+        )
+        raise NonFiniteError(
+            f"fit: non-finite loss or gradient at step {at} (epoch {epoch + 1}, batch {index} of {steps}): the first "
+            f"non-finite leaf is {leaf}. Training halted; the error's `train_state` is the last finite state "
+            f"(step {at}).{saved} Hint: lower the learning rate, check the data, or pass nonfinite='skip'.",
+            step=at,
+            leaf=leaf,
+            train_state=train_state,
+        )
+
+    def save(logs) -> None:
+        save_checkpoint(
+            checkpoint_dir, train_state, metrics=logs, config=fit_config, keep=keep, best_metric=best_metric,
+            best_mode=best_mode, overwrite=True,
+        )
 
     def record(epoch, logs, seconds) -> bool:
         logs = _ordered(logs)
         for name, value in logs.items():
             history.setdefault(name, []).append(value)
         bar.epoch_end(epoch, epochs, (epoch + 1) * steps, logs, seconds)
-        return any(bool(cb(epoch, train_state, logs)) for cb in callbacks)
+        stop = any([bool(cb(epoch, train_state, logs)) for cb in callbacks])  # every callback runs
+        if checkpoint_dir is not None and fused != "all" and (stop or (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
+            save(logs)
+        return stop
 
     try:
         if fused == "all":
@@ -268,10 +365,13 @@ def fit(
             run_all = jax.jit(lambda ts, es: jax.lax.scan(run_epoch, ts, es), donate_argnums=0)
             train_state, all_logs = run_all(train_state, jnp.arange(first_epoch, epochs))
             all_logs = jax.device_get(all_logs)
+            halt_if_nonfinite(all_logs)
             seconds = (time.perf_counter() - start) / (epochs - first_epoch)
             for i, epoch in enumerate(range(first_epoch, epochs)):
                 if record(epoch, {k: v[i] for k, v in all_logs.items()}, seconds):
                     break
+            if checkpoint_dir is not None:
+                save(_ordered({k: v[-1] for k, v in all_logs.items()}))
         else:
             compiled_epoch = jax.jit(run_epoch, donate_argnums=0)
             order_fn = jax.jit(epoch_order, static_argnums=(2, 3))
@@ -287,9 +387,12 @@ def fit(
                         per_step.append(step_metrics)
                         if bar.bar is not None and len(per_step) % bar.every == 0:
                             bar.report(train_state.step, step_metrics["loss"])
-                    logs = jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)), *per_step)
+                        if nonfinite == "halt" and int(step_metrics["nonfinite"]):
+                            break
+                    logs = _epoch_logs(jax.tree.map(lambda *v: jnp.stack(v), *per_step))
                     if val is not None:
                         logs.update({f"val_{k}": v for k, v in eval_jit(train_state, *val).items()})
+                halt_if_nonfinite(logs)
                 if record(epoch, logs, time.perf_counter() - start):
                     break
     finally:

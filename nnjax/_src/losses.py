@@ -73,11 +73,20 @@ def huber(predictions: Array, targets: Array, weights: Array | None = None, *, d
     return _reduce("huber", optax.losses.huber_loss(predictions, targets, delta=delta), weights)
 
 
-def _check_binary_labels(loss: str, labels: Array, allowed: tuple[float, ...]) -> None:
-    if is_concrete(labels) and np.size(labels) > 0 and jnp.issubdtype(jnp.result_type(labels), jnp.integer):
-        values = np.unique(np.asarray(labels))
-        if not np.isin(values, allowed).all():
-            raise ValueError(f"{loss}: argument `labels` expected values in {set(allowed)}, given values {values.tolist()[:10]}.")
+def _check_binary_labels(loss: str, labels: Array, allowed: tuple[float, ...], soft: bool = False) -> None:
+    """Concrete labels only: integers must be in ``allowed``; floats in ``[min, max]`` of it (``soft``) or in it."""
+    if not is_concrete(labels) or np.size(labels) == 0:
+        return
+    values = np.asarray(labels)
+    if jnp.issubdtype(values.dtype, jnp.integer) or not soft:
+        unique = np.unique(values)
+        if not np.isin(unique, allowed).all():
+            raise ValueError(f"{loss}: argument `labels` expected values in {set(allowed)}, given values {unique.tolist()[:10]}.")
+    elif not ((values >= min(allowed)) & (values <= max(allowed))).all():
+        raise ValueError(
+            f"{loss}: argument `labels` expected probabilities in [{min(allowed)}, {max(allowed)}], given values in "
+            f"[{np.nanmin(values)}, {np.nanmax(values)}] with shape {values.shape}."
+        )
 
 
 def binary_cross_entropy_with_logits(logits: Array, labels: Array, weights: Array | None = None) -> Array:
@@ -88,7 +97,7 @@ def binary_cross_entropy_with_logits(logits: Array, labels: Array, weights: Arra
     name = "binary_cross_entropy_with_logits"
     _check_float(name, logits, "logits")
     _check_same_shape(name, logits, labels, ("logits", "labels"))
-    _check_binary_labels(name, labels, (0, 1))
+    _check_binary_labels(name, labels, (0, 1), soft=True)
     labels = jnp.asarray(labels, jnp.result_type(logits))
     return _reduce(name, optax.losses.sigmoid_binary_cross_entropy(logits, labels), weights)
 
@@ -101,7 +110,7 @@ def binary_cross_entropy(probabilities: Array, labels: Array, weights: Array | N
     name = "binary_cross_entropy"
     _check_float(name, probabilities, "probabilities")
     _check_same_shape(name, probabilities, labels, ("probabilities", "labels"))
-    _check_binary_labels(name, labels, (0, 1))
+    _check_binary_labels(name, labels, (0, 1), soft=True)
     p = jnp.clip(probabilities, eps, 1.0 - eps)
     y = jnp.asarray(labels, p.dtype)
     return _reduce(name, -(y * jnp.log(p) + (1.0 - y) * jnp.log1p(-p)), weights)

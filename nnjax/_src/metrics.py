@@ -12,10 +12,42 @@ from nnjax._src.errors import check_integer_labels
 from nnjax._src.types import Array
 
 
-def _weighted_mean(values: Array, weights: Array | None) -> Array:
+def _shape(x: Array) -> tuple:
+    return tuple(jnp.shape(x))
+
+
+def _check_same_shape(metric: str, predictions: Array, targets: Array, names=("predictions", "targets")) -> None:
+    if _shape(predictions) != _shape(targets):
+        raise ValueError(f"{metric}: expected `{names[0]}` and `{names[1]}` of one shape, given {_shape(predictions)} and {_shape(targets)}.")
+
+
+def _check_batch(metric: str, x: Array, name: str) -> None:
+    if jnp.ndim(x) < 1:
+        raise ValueError(f"{metric}: argument `{name}` expected a batch (rank >= 1), given shape {_shape(x)}.")
+
+
+def _check_float(metric: str, x: Array, name: str) -> None:
+    if not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
+        raise TypeError(f"{metric}: argument `{name}` expected floating-point values, given dtype {jnp.result_type(x)} with shape {_shape(x)}.")
+
+
+def _check_class_scores(metric: str, logits: Array, labels: Array) -> None:
+    """``logits (batch, ..., classes)`` and integer ``labels (batch, ...)`` in ``[0, classes)``."""
+    _check_batch(metric, labels, "labels")
+    if jnp.ndim(logits) != jnp.ndim(labels) + 1 or _shape(logits)[:-1] != _shape(labels):
+        raise ValueError(
+            f"{metric}: expected `labels` of shape {_shape(logits)[:-1]} for `logits` of shape {_shape(logits)} "
+            f"(batch, ..., classes), given {_shape(labels)}."
+        )
+    check_integer_labels(metric, labels, _shape(logits)[-1])
+
+
+def _weighted_mean(values: Array, weights: Array | None, metric: str = "metric") -> Array:
     values = values.astype(jnp.float32) if not jnp.issubdtype(values.dtype, jnp.inexact) else values
     if weights is None:
         return jnp.mean(values)
+    if _shape(weights) != _shape(values)[:1]:
+        raise ValueError(f"{metric}: argument `weights` expected shape {_shape(values)[:1]} (one per example), given {_shape(weights)}.")
     weights = jnp.asarray(weights, values.dtype)
     return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), jnp.finfo(values.dtype).tiny)
 
@@ -25,26 +57,27 @@ def accuracy(logits: Array, labels: Array, weights: Array | None = None) -> Arra
 
     Shapes: ``logits: (batch, ..., classes)`` (scores or probabilities), ``labels: (batch, ...)`` integers.
     """
-    check_integer_labels("accuracy", labels)
-    if jnp.shape(logits)[:-1] != jnp.shape(labels):
-        raise ValueError(f"accuracy: expected `labels` of shape {tuple(jnp.shape(logits)[:-1])}, given {tuple(jnp.shape(labels))}.")
-    return _weighted_mean(jnp.argmax(logits, axis=-1) == labels, weights)
+    _check_class_scores("accuracy", logits, labels)
+    correct = jnp.argmax(logits, axis=-1) == labels
+    return _weighted_mean(correct.reshape(correct.shape[0], -1).mean(axis=1), weights, "accuracy")
 
 
 def binary_accuracy(logits: Array, labels: Array, weights: Array | None = None, *, threshold: float = 0.0) -> Array:
     """Share of examples with ``(logits > threshold) == labels``. Use ``threshold=0.5`` for probabilities."""
-    if jnp.shape(logits) != jnp.shape(labels):
-        raise ValueError(f"binary_accuracy: expected `logits` and `labels` of one shape, given {tuple(jnp.shape(logits))} and {tuple(jnp.shape(labels))}.")
-    return _weighted_mean((logits > threshold) == (labels > 0.5), weights)
+    _check_batch("binary_accuracy", logits, "logits")
+    _check_same_shape("binary_accuracy", logits, labels, ("logits", "labels"))
+    correct = (logits > threshold) == (labels > 0.5)
+    return _weighted_mean(correct.reshape(correct.shape[0], -1).mean(axis=1), weights, "binary_accuracy")
 
 
 def top_k_accuracy(logits: Array, labels: Array, weights: Array | None = None, *, k: int = 5) -> Array:
     """Share of examples whose label is among the ``k`` highest-scoring classes."""
-    check_integer_labels("top_k_accuracy", labels)
-    if not 1 <= k <= jnp.shape(logits)[-1]:
-        raise ValueError(f"top_k_accuracy: argument `k` expected 1 <= k <= {jnp.shape(logits)[-1]} classes, given {k}.")
+    _check_class_scores("top_k_accuracy", logits, labels)
+    if not isinstance(k, int) or not 1 <= k <= jnp.shape(logits)[-1]:
+        raise ValueError(f"top_k_accuracy: argument `k` expected an int in [1, {jnp.shape(logits)[-1]}] (the number of classes), given {k!r}.")
     _, top = jax.lax.top_k(logits, k)
-    return _weighted_mean(jnp.any(top == labels[..., None], axis=-1), weights)
+    hit = jnp.any(top == labels[..., None], axis=-1)
+    return _weighted_mean(hit.reshape(hit.shape[0], -1).mean(axis=1), weights, "top_k_accuracy")
 
 
 def confusion_matrix(predictions: Array, labels: Array, num_classes: int | None = None) -> Array:
@@ -52,30 +85,52 @@ def confusion_matrix(predictions: Array, labels: Array, num_classes: int | None 
 
     ``predictions`` are class scores ``(batch, classes)`` (argmax is taken) or class indices ``(batch,)``.
     """
-    check_integer_labels("confusion_matrix", labels)
+    name = "confusion_matrix"
+    check_integer_labels(name, labels)
     if jnp.ndim(predictions) == jnp.ndim(labels) + 1:
         num_classes = num_classes or jnp.shape(predictions)[-1]
         predictions = jnp.argmax(predictions, axis=-1)
     if num_classes is None:
-        raise ValueError("confusion_matrix: argument `num_classes` is required when `predictions` are class indices.")
+        raise ValueError(f"{name}: argument `num_classes` is required when `predictions` are class indices.")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"{name}: argument `num_classes` expected a positive int, given {num_classes!r}.")
+    if _shape(predictions) != _shape(labels):
+        raise ValueError(
+            f"{name}: expected `predictions` of shape {_shape(labels)} (class indices) or {(*_shape(labels), num_classes)} "
+            f"(scores) for `labels` of shape {_shape(labels)}, given {_shape(predictions)}."
+        )
+    check_integer_labels(name, labels, num_classes)
+    check_integer_labels(name, predictions, num_classes)
     flat = labels.reshape(-1) * num_classes + predictions.reshape(-1)
     return jnp.bincount(flat, length=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
+def _check_regression(metric: str, predictions: Array, targets: Array) -> None:
+    _check_float(metric, predictions, "predictions")
+    _check_batch(metric, predictions, "predictions")
+    _check_same_shape(metric, predictions, targets)
+
+
 def mae(predictions: Array, targets: Array, weights: Array | None = None) -> Array:
     """Mean absolute error."""
-    return _weighted_mean(jnp.abs(predictions - targets).reshape(jnp.shape(targets)[0], -1).mean(axis=1), weights)
+    _check_regression("mae", predictions, targets)
+    return _weighted_mean(jnp.abs(predictions - targets).reshape(jnp.shape(targets)[0], -1).mean(axis=1), weights, "mae")
 
 
 def rmse(predictions: Array, targets: Array, weights: Array | None = None) -> Array:
     """Root mean squared error, in the units of the targets."""
-    return jnp.sqrt(_weighted_mean(jnp.square(predictions - targets).reshape(jnp.shape(targets)[0], -1).mean(axis=1), weights))
+    _check_regression("rmse", predictions, targets)
+    return jnp.sqrt(_weighted_mean(jnp.square(predictions - targets).reshape(jnp.shape(targets)[0], -1).mean(axis=1), weights, "rmse"))
 
 
 def r2_score(predictions: Array, targets: Array) -> Array:
-    """Coefficient of determination ``1 - SS_res / SS_tot`` (1 is perfect; 0 is predicting the mean)."""
-    if jnp.shape(predictions) != jnp.shape(targets):
-        raise ValueError(f"r2_score: expected `predictions` and `targets` of one shape, given {tuple(jnp.shape(predictions))} and {tuple(jnp.shape(targets))}.")
+    """Coefficient of determination ``1 - SS_res / SS_tot`` (1 is perfect; 0 is predicting the mean).
+
+    Constant targets (``SS_tot = 0``) give 1.0 for a perfect fit and 0.0 otherwise (scikit-learn's
+    ``force_finite``), not NaN or -inf.
+    """
+    _check_regression("r2_score", predictions, targets)
     ss_res = jnp.sum(jnp.square(targets - predictions))
     ss_tot = jnp.sum(jnp.square(targets - jnp.mean(targets, axis=0)))
-    return 1.0 - ss_res / ss_tot
+    safe = jnp.where(ss_tot > 0, ss_tot, 1.0)
+    return jnp.where(ss_tot > 0, 1.0 - ss_res / safe, jnp.where(ss_res == 0, 1.0, 0.0))

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from nnjax._src.core import Layer
+from nnjax._src.errors import first_nonfinite
 from nnjax._src.types import Array, DType, Params, PRNGKey, Shape, State
 
 Loss = Callable[..., Array]  # loss(predictions, targets) -> scalar
@@ -69,6 +70,47 @@ def step_key(train_state: TrainState) -> PRNGKey:
     return stream_key(train_state.key, STEP_STREAM, train_state.step)
 
 
+NONFINITE_MODES = (None, "skip", "halt")
+
+
+def check_nonfinite_mode(where: str, nonfinite: Any) -> None:
+    """Raises ValueError unless ``nonfinite`` is None, ``"skip"`` or ``"halt"``."""
+    if nonfinite not in NONFINITE_MODES:
+        raise ValueError(f"{where}: argument `nonfinite` expected None, 'skip' or 'halt', given {nonfinite!r}.")
+
+
+def all_finite(*trees: Any) -> Array:
+    """A bool scalar: True when no floating leaf of ``trees`` holds NaN or Inf (traceable)."""
+    flags = [
+        jnp.all(jnp.isfinite(leaf))
+        for leaf in jax.tree.leaves(trees)
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+    ]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.array(True)
+
+
+def nonfinite_leaf(model: Layer, loss: Loss, train_state: TrainState, batch: Batch) -> str | None:
+    """Names what is first non-finite in the update at ``train_state.step`` for ``batch``: ``"loss"``,
+    a gradient leaf such as ``"params/dense_0/w"``, or a model state leaf ``"state/..."``; None if all are finite.
+
+    Recomputes that one update outside compiled code; ``fit`` calls it to explain a halt.
+    """
+    x, y = batch
+    key = step_key(train_state)
+
+    def loss_fn(params):
+        predictions, new_state = model.apply(params, train_state.state, x, key=key, train=True)
+        return loss(predictions, y), new_state
+
+    (value, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(train_state.params)
+    bad = first_nonfinite({"params": grads})
+    if bad is None:
+        bad = first_nonfinite({"state": new_state})
+    if bad is None and not bool(jnp.isfinite(value)):
+        bad = "loss"
+    return bad
+
+
 def _metrics(predictions: Any, targets: Any, loss_value: Array, metrics: Mapping[str, Metric] | None) -> dict[str, Array]:
     out = {"loss": loss_value}
     for name, fn in (metrics or {}).items():
@@ -83,6 +125,7 @@ def make_train_step(
     *,
     metrics: Mapping[str, Metric] | None = None,
     jit: bool = True,
+    nonfinite: str | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, Array]]]:
     """Returns the pure train step ``(train_state, (x, y)) -> (train_state, metrics)``.
 
@@ -97,7 +140,16 @@ def make_train_step(
       metrics: optional extra metrics.
       jit: return ``jax.jit(step, donate_argnums=0)`` (the input train state is donated: do not reuse it);
         ``jit=False`` returns the plain function, to ``vmap``/``scan``/``jit`` yourself.
+      nonfinite: what to do when the loss, a gradient or the new model state holds NaN or Inf.
+        ``None``: nothing (the update is applied). ``"skip"``: apply no update (params, state and
+        opt_state unchanged) but count the batch in ``step``, so data order and keys stay on schedule.
+        ``"halt"``: return the train state unchanged, ``step`` included, so the caller stops at the
+        last finite state (``fit`` raises ``NonFiniteError`` naming the step and leaf). With either,
+        metrics gain ``"nonfinite"``: 1 for a rejected update, else 0. (``optax.apply_if_finite`` is
+        not used: it checks only the gradient, lets updates through after ``max_consecutive_errors``,
+        and changes the shape of ``opt_state``.)
     """
+    check_nonfinite_mode("make_train_step", nonfinite)
 
     def step(train_state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Array]]:
         x, y = batch
@@ -115,7 +167,13 @@ def make_train_step(
             state=new_state,
             opt_state=opt_state,
         )
-        return new_train_state, _metrics(predictions, y, value, metrics)
+        step_metrics = _metrics(predictions, y, value, metrics)
+        if nonfinite is not None:
+            finite = all_finite(value, grads, new_state)
+            kept = train_state.replace(step=train_state.step + 1) if nonfinite == "skip" else train_state
+            new_train_state = optax.tree.where(finite, new_train_state, kept)
+            step_metrics["nonfinite"] = jnp.logical_not(finite).astype(jnp.int32)
+        return new_train_state, step_metrics
 
     return jax.jit(step, donate_argnums=0) if jit else step
 

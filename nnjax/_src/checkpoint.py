@@ -1,0 +1,435 @@
+"""Checkpoints of a whole training run through Orbax: save, keep the last N and the best, restore exactly.
+
+    save_checkpoint(directory, train_state, metrics={"val_loss": 0.3}, config={...}, keep=3)
+    train_state, info = restore_checkpoint(directory, like)   # like: a TrainState or its abstract shape
+
+One checkpoint is the directory ``<directory>/<step>/`` holding the train state (params, state,
+opt_state, step and key; typed PRNG keys are stored as ``jax.random.key_data`` and rewrapped) and a
+JSON record (nnjax version, your ``config``, the ``metrics``, and every leaf's shape, dtype and CRC-32).
+
+Guarantees:
+- Atomic: Orbax writes into ``<step>.orbax-checkpoint-tmp`` and renames it when complete, so a run
+  killed mid-save leaves no step directory; the stale temporary directory is removed at the next save.
+- Nothing non-finite is written: ``save_checkpoint`` raises ``NonFiniteError`` instead.
+- Restore checks every leaf against ``like`` (shapes and dtypes, derived from the model with
+  ``jax.eval_shape``) and names all mismatches; it checks each array's CRC-32 after reading.
+- A corrupt or truncated newest checkpoint: ``restore_checkpoint(step=None)`` warns and falls back
+  to the newest one that reads back intact; with an explicit ``step`` it raises ``CheckpointCorruptError``.
+- Multi-host: every process calls these functions; Orbax writes the shards each host holds (CRC-32s
+  cover only fully addressable arrays) and the primary host writes the JSON record.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import warnings
+import zlib
+from collections.abc import Mapping
+from importlib import metadata as importlib_metadata
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+from nnjax._src.core import Layer
+from nnjax._src.errors import (
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointMismatchError,
+    CheckpointNotFoundError,
+    NonFiniteError,
+    first_nonfinite,
+    leaf_path,
+)
+from nnjax._src.train import TrainState, init_train_state
+from nnjax._src.types import DType, PyTree, Shape
+
+FORMAT = "nnjax-checkpoint/1"
+_STATE, _RECORD = "train_state", "nnjax"
+
+
+def _nnjax_version() -> str:
+    try:
+        return importlib_metadata.version("nnjax")
+    except importlib_metadata.PackageNotFoundError:
+        import nnjax
+
+        return getattr(nnjax, "__version__", "unknown")
+
+
+def _directory(directory: str | os.PathLike, where: str) -> str:
+    """Orbax wants an absolute path: expand ``~`` and resolve relative paths against the working directory."""
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(f"{where}: argument `directory` expected a path, given {type(directory).__name__}.")
+    return os.path.abspath(os.path.expanduser(os.fspath(directory)))
+
+
+def _manager(
+    path: str,
+    *,
+    keep: int | None = None,
+    best_metric: str | None = None,
+    best_mode: str = "min",
+    read_only: bool = False,
+) -> ocp.CheckpointManager:
+    policies: list[Any] = [checkpoint_managers.LatestN(n=keep)]
+    best_fn = None
+    if best_metric is not None:
+        best_fn = lambda metrics: metrics[best_metric]  # noqa: E731
+        # BestN sorts ascending and keeps the tail: reverse for "min".
+        policies.append(
+            checkpoint_managers.BestN(
+                get_metric_fn=best_fn, reverse=best_mode == "min", n=1, keep_checkpoints_without_metrics=False
+            )
+        )
+    options = ocp.CheckpointManagerOptions(
+        # best_fn also makes Orbax write the metrics it ranks by; the policy says what is kept.
+        best_fn=best_fn,
+        best_mode=best_mode,
+        preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+        enable_async_checkpointing=False,
+        # A read-only use (listing, restoring) neither creates the directory nor cleans it up.
+        cleanup_tmp_directories=not read_only,
+        create=not read_only,
+    )
+    return ocp.CheckpointManager(path, options=options, item_names=(_STATE, _RECORD))
+
+
+def _steps(path: str) -> list[int]:
+    if not os.path.isdir(path):
+        return []
+    with _manager(path, read_only=True) as manager:
+        return sorted(manager.all_steps())
+
+
+def checkpoint_steps(directory: str | os.PathLike) -> list[int]:
+    """The steps of the complete checkpoints in ``directory``, oldest first (``[]`` when none).
+
+    A save killed midway leaves only a temporary directory, which is never listed.
+    """
+    return _steps(_directory(directory, "checkpoint_steps"))
+
+
+def latest_step(directory: str | os.PathLike) -> int | None:
+    """The step of the newest complete checkpoint in ``directory``, or None. (Its arrays are not read:
+    ``restore_checkpoint`` verifies them and falls back past a corrupt one.)"""
+    steps = _steps(_directory(directory, "latest_step"))
+    return steps[-1] if steps else None
+
+
+def abstract_train_state(
+    model: Layer, optimizer: optax.GradientTransformation, input_shape: Shape, dtype: DType = jnp.float32
+) -> TrainState:
+    """The shapes and dtypes of ``init_train_state(model, optimizer, key, input_shape)``, without FLOPs:
+    the ``like`` argument of ``restore_checkpoint``."""
+    return jax.eval_shape(lambda key: init_train_state(model, optimizer, key, input_shape, dtype), jax.random.key(0))
+
+
+def _is_key(leaf: Any) -> bool:
+    return hasattr(leaf, "dtype") and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+
+
+def _dtype_name(leaf: Any) -> str:
+    return str(leaf.dtype) if hasattr(leaf, "dtype") else str(np.result_type(leaf))
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"a/b": x} -> {"a": {"b": x}}``: the tree Orbax stores (plain dicts, whatever the pytree types)."""
+    tree: dict[str, Any] = {}
+    for path, value in flat.items():
+        node = tree
+        *parents, last = path.split("/")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return tree
+
+
+def _unnest(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for name, value in tree.items():
+        path = f"{prefix}{name}"
+        if isinstance(value, Mapping):
+            flat.update(_unnest(value, path + "/"))
+        else:
+            flat[path] = value
+    return flat
+
+
+def _flatten(tree: PyTree, where: str) -> tuple[list[str], list[Any], Any]:
+    pairs, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    paths = [leaf_path(path) or "<root>" for path, _ in pairs]
+    if len(set(paths)) != len(paths):
+        raise CheckpointError(
+            f"{where}: the train state has leaves whose paths collide after joining with '/': {paths}."
+        )
+    return paths, [leaf for _, leaf in pairs], treedef
+
+
+def _crc32(array: Any) -> int | None:
+    if isinstance(array, jax.Array) and not array.is_fully_addressable:
+        return None  # each host holds only its shards; Orbax writes them, we cannot checksum the whole here
+    return zlib.crc32(np.ascontiguousarray(jax.device_get(array)).view(np.uint8).reshape(-1))
+
+
+def _json_ready(where: str, argument: str, value: Any) -> Any:
+    try:
+        json.dumps(value, allow_nan=True)
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"{where}: argument `{argument}` expected JSON-serializable values (dicts, lists, str, numbers), "
+            f"given {value!r}: {error}."
+        ) from None
+    return value
+
+
+def save_checkpoint(
+    directory: str | os.PathLike,
+    train_state: TrainState,
+    *,
+    metrics: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+    keep: int | None = 3,
+    best_metric: str | None = None,
+    best_mode: str = "min",
+    overwrite: bool = False,
+) -> str:
+    """Saves ``train_state`` as checkpoint ``<directory>/<train_state.step>``; returns that path.
+
+    Args:
+      directory: where checkpoints of this run live (created if missing; relative paths and ``~`` are fine).
+      train_state: the whole state; every process calls this with its (possibly sharded) arrays.
+      metrics: name -> number for this step (e.g. the epoch's logs); stored in the record.
+      config: any JSON-serializable description of the run (hyperparameters); stored in the record.
+      keep: how many of the newest checkpoints to keep (``None``: all). Older ones are deleted after
+        this save, except the best one when ``best_metric`` is given.
+      best_metric: a key of ``metrics``; the checkpoint with its best value is kept too.
+      best_mode: ``"min"`` (e.g. a loss) or ``"max"`` (e.g. an accuracy).
+      overwrite: replace a checkpoint already saved at this step (and delete any newer ones, which
+        belong to a run that this one supersedes). Without it, an existing step raises.
+
+    Raises:
+      NonFiniteError: a floating leaf holds NaN or Inf (a non-finite state never reaches disk).
+      CheckpointError: the step is already saved (without ``overwrite``).
+      ValueError / TypeError: bad arguments, e.g. ``best_metric`` missing from ``metrics``.
+    """
+    where = "save_checkpoint"
+    path = _directory(directory, where)
+    if keep is not None and (not isinstance(keep, int) or isinstance(keep, bool) or keep < 1):
+        raise ValueError(f"{where}: argument `keep` expected a positive int or None, given {keep!r}.")
+    if best_mode not in ("min", "max"):
+        raise ValueError(f"{where}: argument `best_mode` expected 'min' or 'max', given {best_mode!r}.")
+    metrics = {name: float(np.asarray(value)) for name, value in (metrics or {}).items()}
+    if best_metric is not None and not math.isfinite(metrics.get(best_metric, math.nan)):
+        given = metrics.get(best_metric, "nothing")
+        raise ValueError(
+            f"{where}: argument `best_metric` {best_metric!r} expected a finite value in `metrics`, given {given} "
+            f"(metrics: {sorted(metrics)})."
+        )
+    config = _json_ready(where, "config", dict(config or {}))
+    step = int(np.asarray(train_state.step))
+
+    bad = first_nonfinite(train_state)
+    if bad is not None:
+        raise NonFiniteError(
+            f"{where}: refusing to save step {step} to {path}: leaf {bad} holds NaN or Inf. "
+            "Hint: train with nonfinite='skip' or 'halt' to stop non-finite updates.",
+            step=step,
+            leaf=bad,
+        )
+
+    paths, leaves, _ = _flatten(train_state, where)
+    arrays, record_leaves = {}, {}
+    for name, leaf in zip(paths, leaves, strict=True):
+        entry: dict[str, Any] = {"shape": list(np.shape(leaf)), "dtype": _dtype_name(leaf)}
+        if _is_key(leaf):
+            entry["key_impl"] = str(jax.random.key_impl(leaf))
+            leaf = jax.random.key_data(leaf)
+        elif not isinstance(leaf, jax.Array):
+            leaf = np.asarray(leaf)
+        entry["crc32"] = _crc32(leaf)
+        arrays[name], record_leaves[name] = leaf, entry
+    record = {
+        "format": FORMAT,
+        "nnjax_version": _nnjax_version(),
+        "step": step,
+        "saved_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "config": config,
+        "metrics": metrics,
+        "leaves": record_leaves,
+    }
+
+    with _manager(path, keep=keep, best_metric=best_metric, best_mode=best_mode) as manager:
+        existing = [s for s in manager.all_steps() if s >= step]
+        if existing and not overwrite:
+            raise CheckpointError(
+                f"{where}: {path} already holds a checkpoint at step {step}"
+                + (f" (and newer: {existing[1:]})" if len(existing) > 1 else "")
+                + ". Pass overwrite=True to replace it, or restore it with restore_checkpoint."
+            )
+        for old in existing:
+            manager.delete(old)
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                **{_STATE: ocp.args.StandardSave(_nest(arrays)), _RECORD: ocp.args.JsonSave(record)}
+            ),
+            metrics=metrics if best_metric is not None else None,
+            force=True,
+        )
+        manager.wait_until_finished()
+    return os.path.join(path, str(step))
+
+
+def _expected(like: PyTree, where: str) -> tuple[list[str], list[Any], Any, dict[str, dict[str, Any]]]:
+    paths, leaves, treedef = _flatten(like, where)
+    expected = {}
+    for name, leaf in zip(paths, leaves, strict=True):
+        if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
+            leaf = np.asarray(leaf)
+        expected[name] = {"shape": list(leaf.shape), "dtype": _dtype_name(leaf)}
+    return paths, leaves, treedef, expected
+
+
+def _describe(entry: Mapping[str, Any]) -> str:
+    return f"{tuple(entry['shape'])} {entry['dtype']}"
+
+
+def _check_leaves(where: str, path: str, step: int, expected: Mapping[str, Any], found: Mapping[str, Any]) -> None:
+    problems = []
+    for name, want in expected.items():
+        have = found.get(name)
+        if have is None:
+            problems.append(f"  {name}: expected {_describe(want)}, missing from the checkpoint")
+        elif (list(have["shape"]), have["dtype"]) != (list(want["shape"]), want["dtype"]):
+            problems.append(f"  {name}: expected {_describe(want)}, found {_describe(have)}")
+    for name in found:
+        if name not in expected:
+            problems.append(f"  {name}: not in the model, found {_describe(found[name])}")
+    if problems:
+        raise CheckpointMismatchError(
+            f"{where}: checkpoint step {step} in {path} does not fit the model: {len(problems)} leaves differ:\n"
+            + "\n".join(problems)
+            + "\nHint: restore into the train state of the model and optimizer that saved it "
+            "(`like=abstract_train_state(model, optimizer, input_shape)`)."
+        )
+
+
+def _target(leaf: Any, entry: Mapping[str, Any]) -> jax.ShapeDtypeStruct:
+    """The abstract array Orbax restores into, placed like ``leaf`` when ``leaf`` says where."""
+    sharding = getattr(leaf, "sharding", None)
+    if _is_key(leaf):
+        shape, dtype = (
+            jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(leaf.shape, leaf.dtype)).shape,
+            jnp.uint32,
+        )
+        if isinstance(sharding, jax.sharding.NamedSharding):
+            sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+        elif sharding is not None and not isinstance(sharding, jax.sharding.SingleDeviceSharding):
+            sharding = None
+    else:
+        shape, dtype = tuple(entry["shape"]), np.dtype(entry["dtype"])
+    if sharding is None:
+        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+
+
+def _restore_step(
+    manager: ocp.CheckpointManager, path: str, step: int, like: PyTree, where: str
+) -> tuple[PyTree, dict]:
+    try:
+        record = manager.restore(step, args=ocp.args.Composite(**{_RECORD: ocp.args.JsonRestore()}))[_RECORD]
+    except Exception as error:  # noqa: BLE001 - any failure to read the record means a broken checkpoint
+        cause = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+        raise CheckpointCorruptError(
+            f"{where}: checkpoint step {step} in {path}: its record cannot be read ({type(error).__name__}: {cause})."
+        ) from error
+    if not isinstance(record, dict) or record.get("format") != FORMAT or not isinstance(record.get("leaves"), dict):
+        raise CheckpointCorruptError(
+            f"{where}: checkpoint step {step} in {path}: its record is not an nnjax checkpoint record ({FORMAT})."
+        )
+
+    paths, leaves, treedef, expected = _expected(like, where)
+    _check_leaves(where, path, step, expected, record["leaves"])
+    targets = {name: _target(leaf, record["leaves"][name]) for name, leaf in zip(paths, leaves, strict=True)}
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(_nest(targets))}))[
+            _STATE
+        ]
+        arrays = _unnest(restored)
+        missing = set(paths) - set(arrays)
+        if missing:
+            raise KeyError(f"arrays {sorted(missing)} not found")
+    except Exception as error:  # noqa: BLE001 - tensorstore/OCDBT read errors have many types
+        cause = str(error).split("See full TensorStore details")[0].strip().splitlines()[0][:300] if str(error) else ""
+        raise CheckpointCorruptError(
+            f"{where}: checkpoint step {step} in {path}: its arrays cannot be read, the files are truncated or damaged "
+            f"({type(error).__name__}: {cause})."
+        ) from error
+    out = []
+    for name in paths:
+        array, entry = arrays[name], record["leaves"][name]
+        crc = entry.get("crc32")
+        if crc is not None and _crc32(array) != crc:
+            raise CheckpointCorruptError(
+                f"{where}: checkpoint step {step} in {path}: leaf {name} fails its CRC-32 check "
+                "(the file was changed or truncated after saving)."
+            )
+        if "key_impl" in entry:
+            array = jax.random.wrap_key_data(array, impl=entry["key_impl"])
+        out.append(array)
+    info = {k: record.get(k) for k in ("step", "nnjax_version", "saved_at", "config", "metrics")}
+    return jax.tree_util.tree_unflatten(treedef, out), info
+
+
+def restore_checkpoint(
+    directory: str | os.PathLike, like: PyTree, *, step: int | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """Restores a checkpoint into the structure of ``like``; returns ``(train_state, info)``.
+
+    Args:
+      directory: the directory given to ``save_checkpoint``.
+      like: a train state of the same model and optimizer, concrete or abstract, e.g.
+        ``abstract_train_state(model, optimizer, input_shape)``; its leaves' shardings (when given)
+        place the restored arrays; otherwise they go to the first local device.
+      step: the step to restore; default: the newest checkpoint that reads back intact.
+
+    Returns:
+      ``(train_state, info)``, ``info`` holding ``step``, ``nnjax_version``, ``saved_at``, ``config``
+      and ``metrics`` as saved.
+
+    Raises:
+      CheckpointNotFoundError: no complete checkpoint (or none at ``step``) in ``directory``.
+      CheckpointMismatchError: the checkpoint's leaves differ from ``like``'s (all are listed).
+      CheckpointCorruptError: ``step`` was given and it is unreadable or fails its checksums; or, with
+        ``step=None``, every checkpoint is. (With ``step=None`` a corrupt newest checkpoint only warns,
+        ``RuntimeWarning``, and the next older one is tried.)
+    """
+    where = "restore_checkpoint"
+    path = _directory(directory, where)
+    steps = _steps(path)
+    if not steps:
+        raise CheckpointNotFoundError(f"{where}: no complete checkpoint in {path}.")
+    if step is not None and step not in steps:
+        raise CheckpointNotFoundError(
+            f"{where}: no checkpoint at step {step} in {path}; complete checkpoints: {steps}."
+        )
+    failures = []
+    with _manager(path, read_only=True) as manager:
+        for candidate in [step] if step is not None else steps[::-1]:
+            try:
+                return _restore_step(manager, path, candidate, like, where)
+            except CheckpointCorruptError as error:
+                if step is not None:
+                    raise
+                failures.append(str(error))
+                if candidate != steps[0]:
+                    warnings.warn(f"{error} Falling back to the previous checkpoint.", RuntimeWarning, stacklevel=2)
+    raise CheckpointCorruptError(f"{where}: every checkpoint in {path} is unreadable:\n" + "\n".join(failures))

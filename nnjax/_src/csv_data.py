@@ -1,0 +1,115 @@
+"""``load_csv``: a numeric table from a CSV file with a header row, split into features and a target.
+
+For tabular regression on your own data, e.g. a house-price file::
+
+    square_feet,bedrooms,distance_km,age_years,price
+    1450,3,4.2,31,312.5
+    ...
+
+    x, y, names = load_csv("houses.csv", target="price")   # x (n, 4) float32, y (n,) float32
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "?"})
+
+
+class Table(NamedTuple):
+    """What ``load_csv`` returns: ``x (n, features)``, ``y (n,)`` (or ``(n, targets)``) and the feature names."""
+
+    x: np.ndarray
+    y: np.ndarray
+    feature_names: tuple[str, ...]
+
+
+def load_csv(
+    path: str | os.PathLike,
+    target: str | Sequence[str],
+    features: Sequence[str] | None = None,
+    *,
+    delimiter: str = ",",
+    dropna: bool = False,
+    dtype: type = np.float32,
+) -> Table:
+    """Reads numeric columns of a CSV file with a header row.
+
+    Args:
+      path: the file (UTF-8; a byte-order mark is accepted).
+      target: the column to predict, or a list of columns (then ``y`` is ``(n, len(target))``).
+      features: the input columns, in this order; default every other column.
+      delimiter: the field separator (``";"`` for many European exports, ``"\\t"`` for TSV).
+      dropna: drop rows with a missing value (empty, NA, NaN, null, ?) in a used column instead of raising.
+      dtype: the dtype of ``x`` and ``y``.
+
+    Returns:
+      ``Table(x, y, feature_names)``, which unpacks as ``x, y, names = load_csv(...)``.
+
+    Raises:
+      KeyError: a named column is not in the header (the message lists the header).
+      ValueError: a non-numeric or missing value (with its line and column), a row of the wrong length,
+        or no data rows.
+    """
+    targets = [target] if isinstance(target, str) else list(target)
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f, delimiter=delimiter)
+        try:
+            header = [name.strip() for name in next(reader)]
+        except StopIteration:
+            raise ValueError(f"load_csv: {os.fspath(path)!r} is empty; expected a header row.") from None
+        rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+    if len(set(header)) != len(header):
+        duplicates = sorted({h for h in header if header.count(h) > 1})
+        raise ValueError(f"load_csv: the header of {os.fspath(path)!r} repeats columns {duplicates}.")
+    names = [h for h in header if h not in targets] if features is None else list(features)
+    for name in [*targets, *names]:
+        if name not in header:
+            hint = " Hint: the file may use another delimiter, e.g. delimiter=';'." if len(header) == 1 else ""
+            raise KeyError(f"load_csv: column {name!r} is not in the header of {os.fspath(path)!r}: {header}.{hint}")
+    overlap = set(names) & set(targets)
+    if overlap:
+        raise ValueError(f"load_csv: columns {sorted(overlap)} are both features and target.")
+    columns = [header.index(n) for n in names], [header.index(t) for t in targets]
+    x_rows, y_rows = [], []
+    for line, row in rows:
+        if len(row) != len(header):
+            raise ValueError(
+                f"load_csv: line {line} of {os.fspath(path)!r} has {len(row)} fields, the header {len(header)}."
+            )
+        values, missing = [], False
+        for idx in [*columns[0], *columns[1]]:
+            cell = row[idx].strip()
+            if cell.lower() in MISSING:
+                missing = True
+                if dropna:
+                    break
+                raise ValueError(
+                    f"load_csv: line {line}, column {header[idx]!r} of {os.fspath(path)!r} is missing ({cell!r}). "
+                    f"Hint: pass dropna=True to skip incomplete rows, or fill the value in."
+                )
+            try:
+                value = float(cell)
+            except ValueError:
+                raise ValueError(
+                    f"load_csv: line {line}, column {header[idx]!r} of {os.fspath(path)!r} is not a number: {cell!r}. "
+                    f"Hint: encode categories as numbers first, or leave the column out with features=[...]."
+                ) from None
+            if not math.isfinite(value):
+                raise ValueError(f"load_csv: line {line}, column {header[idx]!r} of {os.fspath(path)!r} is {cell!r}.")
+            values.append(value)
+        if missing:
+            continue
+        x_rows.append(values[: len(names)])
+        y_rows.append(values[len(names) :])
+    if not x_rows:
+        raise ValueError(f"load_csv: {os.fspath(path)!r} has no complete data rows.")
+    x = np.asarray(x_rows, dtype).reshape(len(x_rows), len(names))
+    y = np.asarray(y_rows, dtype)
+    return Table(x, y[:, 0] if isinstance(target, str) else y, tuple(names))

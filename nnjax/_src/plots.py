@@ -1,0 +1,684 @@
+"""Plots of training and of models: curves, activations, the network from its weights, boundaries, images.
+
+matplotlib is an optional dependency (``pip install 'nnjax[plots]'``), imported when a plot is drawn.
+Every function returns a ``matplotlib.figure.Figure`` and, given ``path=``, saves it as a PNG. Figures are
+built without ``pyplot``, so nothing accumulates in a global figure list and any backend works (Agg in
+tests and on servers); in Jupyter a returned figure displays itself.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nnjax._src import activations as act
+from nnjax._src.core import Layer
+from nnjax._src.summary import children
+
+POSITIVE, NEGATIVE = "#1f77b4", "#d62728"  # matplotlib's tab:blue and tab:red
+
+
+_FIGURE_CLASS: Any = None
+
+
+def _figure(**kwargs: Any) -> Any:
+    """A matplotlib Figure outside pyplot's global state that Jupyter displays as a PNG when returned."""
+    global _FIGURE_CLASS
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ImportError(
+            "nnjax plots need matplotlib: pip install 'nnjax[plots]' (or pip install matplotlib)."
+        ) from error
+    if _FIGURE_CLASS is None:
+
+        class NotebookFigure(Figure):
+            """A Figure with ``_repr_png_``, so IPython shows it even when pyplot was never imported."""
+
+            def _repr_png_(self) -> bytes:
+                buffer = io.BytesIO()
+                self.savefig(buffer, format="png", dpi=90)
+                return buffer.getvalue()
+
+        _FIGURE_CLASS = NotebookFigure
+    return _FIGURE_CLASS(**kwargs)
+
+
+def _finish(fig: Any, path: str | os.PathLike | None, dpi: int = 110) -> Any:
+    if path is not None:
+        path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        fig.savefig(path, dpi=dpi, format=os.path.splitext(path)[1][1:] or "png")
+    return fig
+
+
+# --- training curves --------------------------------------------------------------------------------
+
+
+def _runs(history: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """``{run: history}``: a single history becomes one unnamed run."""
+    if not history:
+        raise ValueError("plot_history: argument `history` is empty; train for at least one epoch first.")
+    values = list(history.values())
+    if all(isinstance(v, Mapping) for v in values):
+        return dict(history)
+    if any(isinstance(v, Mapping) for v in values):
+        raise TypeError(
+            "plot_history: argument `history` mixes metrics and runs; pass {metric: values} or {run: history}."
+        )
+    return {"": history}
+
+
+def plot_history(
+    history: Mapping[str, Any],
+    *,
+    metrics: Sequence[str] | None = None,
+    logy: bool | Sequence[str] = False,
+    title: str | None = None,
+    path: str | os.PathLike | None = None,
+) -> Any:
+    """Training curves: one panel per metric, training solid and validation (``val_*``) dashed.
+
+    Args:
+      history: ``fit(...).history`` (``{"loss": [...], "val_loss": [...], ...}``), or several runs to
+        compare, ``{"sgd": history, "adam": history}`` (one colour per run).
+      metrics: the metrics to draw (default: all, in order; ``val_x`` joins ``x``'s panel).
+      logy: log-scale y axes (True for all panels, or the metric names to log-scale).
+      title: the figure's title. path: save a PNG there.
+
+    Returns:
+      The matplotlib Figure.
+    """
+    runs = _runs(history)
+    names: list[str] = []
+    for run in runs.values():
+        for key in run:
+            base = key.removeprefix("val_")
+            if base not in names:
+                names.append(base)
+    if metrics is not None:
+        missing = [m for m in metrics if m not in names]
+        if missing:
+            raise KeyError(f"plot_history: metrics {missing} are not in the history; available: {names}.")
+        names = list(metrics)
+    cols = min(3, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig = _figure(figsize=(4.6 * cols, 3.4 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).reshape(-1)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax, name in zip(axes, names, strict=False):
+        for i, (run, h) in enumerate(runs.items()):
+            colour = f"C{i}"
+            for key, style, part in ((name, "-", "train"), (f"val_{name}", "--", "val")):
+                if key not in h or len(h[key]) == 0:
+                    continue
+                values = np.asarray(h[key], dtype=np.float64)
+                epochs = np.arange(1, len(values) + 1)
+                # one run: "train"/"val"; several: the run's name on its training line (style legend below)
+                label = part if not run else (run if part == "train" else "_nolegend_")
+                marker = "o" if len(values) <= 30 else None
+                lines = ax.plot(
+                    epochs,
+                    values.reshape(len(values), -1),
+                    style,
+                    color=colour,
+                    marker=marker,
+                    markersize=3,
+                    linewidth=1.6 if values.ndim == 1 else 0.8,
+                )
+                lines[0].set_label(label)
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        if logy is True or (not isinstance(logy, bool) and name in logy):
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        handles, _ = ax.get_legend_handles_labels()
+        if len(runs) > 1 and any(f"val_{name}" in h for h in runs.values()):
+            from matplotlib.lines import Line2D
+
+            handles += [Line2D([], [], color="0.3", label="train"), Line2D([], [], color="0.3", ls="--", label="val")]
+        ax.legend(handles=handles, fontsize=8)
+    for ax in axes[len(names) :]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    return _finish(fig, path)
+
+
+# --- activation functions -----------------------------------------------------------------------------
+
+
+def _activation_table() -> dict[str, tuple[Callable[[Any], Any], str]]:
+    return {
+        "step": (lambda x: act.step(x, 0.0), "1 if x ≥ 0 else 0"),
+        "sigmoid": (act.sigmoid, "1 / (1 + e^-x)"),
+        "tanh": (act.tanh, "tanh(x)"),
+        "relu": (act.relu, "max(0, x)"),
+        "leaky_relu": (lambda x: act.leaky_relu(x, 0.1), "x if x ≥ 0 else 0.1·x"),
+        "elu": (act.elu, "x if x > 0 else e^x - 1"),
+        "gelu": (act.gelu, "x·Φ(x) (tanh approx.)"),
+        "softplus": (act.softplus, "log(1 + e^x)"),
+    }
+
+
+ACTIVATIONS = tuple(_activation_table())
+
+
+def plot_activations(
+    names: Sequence[str] | None = None,
+    *,
+    x_range: tuple[float, float] = (-4.0, 4.0),
+    derivatives: bool = True,
+    ncols: int = 4,
+    path: str | os.PathLike | None = None,
+) -> Any:
+    """A gallery of activation functions (solid) and their derivatives (dashed, by ``jax.grad``).
+
+    Args:
+      names: which to draw, from ``ACTIVATIONS`` (step, sigmoid, tanh, relu, leaky_relu, elu, gelu,
+        softplus); default all. leaky_relu is drawn with slope 0.1 so the leak is visible.
+      x_range: the input interval. derivatives: draw f'(x) too. ncols: panels per row.
+      path: save a PNG there.
+    """
+    table = _activation_table()
+    names = list(names or table)
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise ValueError(f"plot_activations: unknown activations {unknown}; choose from {list(table)}.")
+    x = jnp.linspace(*x_range, 801)
+    cols = min(ncols, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig = _figure(figsize=(3.3 * cols, 2.9 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).reshape(-1)
+    for ax, name in zip(axes, names, strict=False):
+        fn, formula = table[name]
+        y = np.asarray(fn(x))
+        ax.axhline(0, color="0.75", linewidth=0.8)
+        ax.axvline(0, color="0.75", linewidth=0.8)
+        if name == "step":  # draw the jump as a jump, not a steep line
+            ax.plot(np.asarray(x[x < 0]), y[np.asarray(x < 0)], color="C0", linewidth=2, label="f(x)")
+            ax.plot(np.asarray(x[x >= 0]), y[np.asarray(x >= 0)], color="C0", linewidth=2)
+            ax.plot([0], [1], "o", color="C0", markersize=4)
+            ax.plot([0], [0], "o", color="C0", markersize=4, markerfacecolor="white")
+        else:
+            ax.plot(np.asarray(x), y, color="C0", linewidth=2, label="f(x)")
+        if derivatives:
+            dy = np.asarray(jax.vmap(jax.grad(lambda v, fn=fn: fn(v)))(x))
+            label = "f'(x) (0 a.e., undefined at 0)" if name == "step" else "f'(x)"
+            ax.plot(np.asarray(x), dy, "--", color="C1", linewidth=1.6, label=label)
+        ax.set_title(f"{name}: {formula}", fontsize=9)
+        ax.set_xlim(*x_range)
+        if name == "step":
+            ax.set_ylim(-0.15, 1.35)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    for ax in axes[len(names) :]:
+        ax.set_visible(False)
+    return _finish(fig, path)
+
+
+# --- the network from its weights ---------------------------------------------------------------------
+
+
+def dense_stack(model: Layer, params: Any) -> list[tuple[np.ndarray, np.ndarray | None, str, list[str]]]:
+    """The dense layers of a small feed-forward net: ``[(w (in, out), b or None, name, [activation names])]``.
+
+    ``model`` is a ``Dense`` or a ``serial`` of Dense and parameter-free layers (activations, Dropout,
+    Identity). Raises ValueError for anything else, naming the layer.
+    """
+    found = children(model)
+    if found is None:
+        layers, layer_params = [model], [params]
+    elif found[0] == "serial":
+        layers = list(found[1])
+        from nnjax._src.core import child_names
+
+        layer_params = [params[name] for name in child_names(layers)]
+    else:
+        raise ValueError(f"plot_network: expected a Dense layer or a serial of dense layers, given a {found[0]}.")
+    stack: list[tuple[np.ndarray, np.ndarray | None, str, list[str]]] = []
+    for i, (layer, p) in enumerate(zip(layers, layer_params, strict=True)):
+        leaves = jax.tree.leaves(p)
+        if isinstance(p, Mapping) and "w" in p and np.ndim(p["w"]) == 2:
+            b = p.get("b")
+            stack.append(
+                (np.asarray(p["w"], np.float64), None if b is None else np.asarray(b, np.float64), layer.name, [])
+            )
+        elif not leaves:
+            if stack:
+                stack[-1][3].append(layer.name)
+        else:
+            raise ValueError(
+                f"plot_network: serial[{i}] {layer.name} has parameters of shapes "
+                f"{[tuple(np.shape(a)) for a in leaves]}; plot_network draws dense networks only (Dense layers "
+                f"and parameter-free layers such as activations)."
+            )
+    if not stack:
+        raise ValueError("plot_network: the model has no Dense layer to draw.")
+    return stack
+
+
+def plot_network(
+    model: Layer,
+    params: Any,
+    input_shape: tuple[int, ...] | None = None,
+    *,
+    hide_below: float = 0.0,
+    only_positive: bool = False,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    show_weights: bool | str = "auto",
+    max_neurons: int = 32,
+    title: str | None = None,
+    ax: Any = None,
+    path: str | os.PathLike | None = None,
+) -> Any:
+    """The network drawn from its real weights: neurons as circles by layer, synapses as lines.
+
+    A line's width follows ``|w|`` (relative to the largest weight drawn) and its colour the sign
+    (blue positive, red negative). Hidden and output neurons show their activation above the column.
+
+    Args:
+      model: a ``Dense`` or a ``serial`` of Dense and parameter-free layers.
+      params: its params (or a ``TrainState``, whose ``.params`` is used).
+      input_shape: one example's shape, checked against the first layer, e.g. ``(4,)``.
+      hide_below: do not draw synapses with ``|w| < hide_below`` (weak ones).
+      only_positive: draw a line only where the weight is positive (and ``>= hide_below``), as the
+        source texts' house-price figure does.
+      input_names, output_names: labels for the input and output neurons.
+      show_weights: write each weight on its line (``"auto"``: when at most 24 lines are drawn).
+      max_neurons: the widest layer drawable; a larger net raises ValueError.
+      title: figure title. ax: draw into this Axes. path: save a PNG there.
+
+    Raises:
+      ValueError: the model is not a small dense net, or ``input_shape`` does not match.
+    """
+    params = getattr(params, "params", params)
+    stack = dense_stack(model, params)
+    sizes = [stack[0][0].shape[0]] + [w.shape[1] for w, *_ in stack]
+    if input_shape is not None and tuple(input_shape) != (sizes[0],):
+        raise ValueError(
+            f"plot_network: argument `input_shape` expected ({sizes[0]},) to match the first layer's weights "
+            f"{stack[0][0].shape}, given {tuple(input_shape)}. Hint: plot_network draws nets on feature vectors."
+        )
+    for (w, *_), (w_next, *_) in zip(stack, stack[1:], strict=False):
+        if w.shape[1] != w_next.shape[0]:
+            raise ValueError(f"plot_network: consecutive weights {w.shape} and {w_next.shape} do not chain.")
+    if max(sizes) > max_neurons:
+        raise ValueError(
+            f"plot_network: the widest layer has {max(sizes)} neurons, more than max_neurons={max_neurons}; "
+            f"layer sizes {sizes}. Hint: draw a smaller net, or raise max_neurons."
+        )
+    for names, n, what in ((input_names, sizes[0], "input_names"), (output_names, sizes[-1], "output_names")):
+        if names is not None and len(names) != n:
+            raise ValueError(f"plot_network: argument `{what}` expected {n} names, given {len(names)}.")
+
+    def drawn(w):
+        keep = np.abs(w) >= hide_below
+        return keep & (w > 0) if only_positive else keep
+
+    visible = [drawn(w) for w, *_ in stack]
+    n_lines = int(sum(v.sum() for v in visible))
+    scale = max((np.abs(w)[v].max() for (w, *_), v in zip(stack, visible, strict=True) if v.any()), default=1.0)
+    label_weights = show_weights is True or (show_weights == "auto" and n_lines <= 12)
+
+    gap = 2.6
+    ys = [(np.arange(n)[::-1] - (n - 1) / 2) * 1.0 for n in sizes]
+    own_figure = ax is None
+    if own_figure:
+        fig = _figure(layout="constrained")
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Circle
+
+    radius = 0.22
+    for layer, ((w, _b, _name, _acts), keep) in enumerate(zip(stack, visible, strict=True)):
+        x0, x1 = layer * gap, (layer + 1) * gap
+        for i, j in zip(*np.nonzero(keep), strict=True):
+            value = w[i, j]
+            strength = abs(value) / scale if scale > 0 else 0.0
+            colour = POSITIVE if value > 0 else NEGATIVE
+            ax.plot(
+                [x0 + radius, x1 - radius],
+                [ys[layer][i], ys[layer + 1][j]],
+                color=colour,
+                linewidth=0.6 + 4.4 * strength,
+                alpha=0.35 + 0.6 * strength,
+                solid_capstyle="round",
+                zorder=1,
+            )
+            if label_weights:  # stagger labels along the lines so lines from one neuron don't stack them
+                t = 0.22 + 0.5 * (j / max(len(ys[layer + 1]) - 1, 1))
+                tx, ty = x0 + t * (x1 - x0), ys[layer][i] + t * (ys[layer + 1][j] - ys[layer][i])
+                ax.text(
+                    tx,
+                    ty,
+                    f"{value:.2f}",
+                    fontsize=7,
+                    ha="center",
+                    va="center",
+                    color=colour,
+                    zorder=4,
+                    bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.85),
+                )
+    fills = ["#d9f0d3"] + ["#deebf7"] * (len(sizes) - 2) + ["#fdd0a2"]
+    for layer, (n, y) in enumerate(zip(sizes, ys, strict=True)):
+        x = layer * gap
+        for k in range(n):
+            ax.add_patch(Circle((x, y[k]), radius, facecolor=fills[layer], edgecolor="0.2", linewidth=1.2, zorder=3))
+            if layer > 0 and label_weights and stack[layer - 1][1] is not None:
+                ax.text(
+                    x,
+                    y[k] - radius - 0.12,
+                    f"b={stack[layer - 1][1][k]:.2f}",
+                    fontsize=6.5,
+                    ha="center",
+                    va="top",
+                    color="0.3",
+                    zorder=4,
+                )
+        if layer == 0:
+            heading = f"input ({n})\n"
+        else:
+            kind = "output" if layer == len(sizes) - 1 else f"hidden {layer}"
+            acts = stack[layer - 1][3]
+            heading = f"{kind} ({n})" + (f"\n{', '.join(acts)}" if acts else "\n")
+        ax.text(x, max(yy.max() for yy in ys) + 0.75, heading, ha="center", va="bottom", fontsize=9)
+    names = list(input_names) if input_names is not None else [f"x{k + 1}" for k in range(sizes[0])]
+    for k, name in enumerate(names):
+        ax.text(-radius - 0.15, ys[0][k], name, ha="right", va="center", fontsize=9)
+    out_names = list(output_names) if output_names is not None else [f"y{k + 1}" for k in range(sizes[-1])]
+    for k, name in enumerate(out_names):
+        ax.text((len(sizes) - 1) * gap + radius + 0.15, ys[-1][k], name, ha="left", va="center", fontsize=9)
+    top, bottom = max(y.max() for y in ys) + 1.6, min(y.min() for y in ys) - 0.9
+    ax.set_xlim(-1.9, (len(sizes) - 1) * gap + 1.9)
+    ax.set_ylim(bottom, top)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    if own_figure:  # size the figure to the drawing, about 0.62 inch per unit
+        fig.set_size_inches(max(4.0, 0.62 * (ax.get_xlim()[1] - ax.get_xlim()[0]) + 0.6), 0.62 * (top - bottom) + 0.7)
+    rule = "w > 0" if only_positive else None
+    if hide_below > 0:
+        rule = f"w ≥ {hide_below:g}" if only_positive else f"|w| ≥ {hide_below:g}"
+    total = int(sum(w.size for w, *_ in stack))
+    handles = [Line2D([], [], color=POSITIVE, linewidth=2.5, label="positive weight")]
+    if not only_positive:
+        handles.append(Line2D([], [], color=NEGATIVE, linewidth=2.5, label="negative weight"))
+    ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, -0.02), ncol=2, fontsize=8, frameon=False)
+    shown = f"{n_lines} of {total} synapses drawn ({rule})" if rule else f"all {total} synapses"
+    ax.set_title(title or f"{shown}; line width ∝ |w|", fontsize=10)
+    return _finish(fig, path)
+
+
+# --- decision boundary ----------------------------------------------------------------------------------
+
+
+def _params_state(train_state: Any) -> tuple[Any, Any]:
+    if hasattr(train_state, "params"):
+        return train_state.params, getattr(train_state, "state", {})
+    if isinstance(train_state, tuple) and len(train_state) == 2:
+        return train_state
+    return train_state, {}
+
+
+def plot_decision_boundary(
+    model: Layer,
+    train_state: Any,
+    x: Any,
+    y: Any,
+    *,
+    resolution: int = 200,
+    padding: float = 0.1,
+    class_names: Sequence[str] | None = None,
+    title: str | None = None,
+    ax: Any = None,
+    path: str | os.PathLike | None = None,
+) -> Any:
+    """The regions a 2-D classifier assigns to each class, with the data points on top.
+
+    Args:
+      model: a classifier of 2 input features: outputs ``(batch, classes)`` scores, or ``(batch, 1)`` /
+        ``(batch,)`` one score (a probability in [0, 1], else a logit) for two classes.
+      train_state: a ``TrainState``, a ``(params, state)`` pair, or params alone.
+      x: ``(n, 2)`` points; y: ``(n,)`` integer labels.
+      resolution: grid points per axis. padding: margin around the data, as a fraction of its range.
+      class_names: legend labels. title: axes title. ax: draw into this Axes. path: save a PNG there.
+    """
+    x, y = np.asarray(x), np.asarray(y).reshape(-1)
+    if x.ndim != 2 or x.shape[1] != 2:
+        raise ValueError(f"plot_decision_boundary: argument `x` expected shape (n, 2), given {x.shape}.")
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"plot_decision_boundary: `x` has {x.shape[0]} points but `y` has {y.shape[0]} labels.")
+    params, state = _params_state(train_state)
+    low, high = x.min(axis=0), x.max(axis=0)
+    margin = padding * np.maximum(high - low, 1e-6)
+    g0, g1 = np.meshgrid(
+        np.linspace(low[0] - margin[0], high[0] + margin[0], resolution),
+        np.linspace(low[1] - margin[1], high[1] + margin[1], resolution),
+    )
+    grid = jnp.asarray(np.stack([g0.ravel(), g1.ravel()], axis=1), dtype=jnp.float32)
+    out = np.asarray(jax.jit(lambda p, s, g: model.apply(p, s, g, train=False)[0])(params, state, grid), np.float64)
+    if ax is None:
+        fig = _figure(figsize=(5.6, 4.8), layout="constrained")
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
+    from matplotlib.colors import ListedColormap
+
+    labels = np.unique(y)
+    if out.ndim == 2 and out.shape[1] > 1:
+        n_classes = out.shape[1]
+        colours = [f"C{k % 10}" for k in range(n_classes)]
+        classes = out.argmax(axis=1).reshape(g0.shape)
+        ax.contourf(g0, g1, classes, levels=np.arange(n_classes + 1) - 0.5, cmap=ListedColormap(colours), alpha=0.3)
+        ax.contour(g0, g1, classes, levels=np.arange(n_classes) + 0.5, colors="0.25", linewidths=0.8)
+    else:
+        score = out.reshape(-1)
+        prob = score if (score.min() >= 0 and score.max() <= 1) else 1.0 / (1.0 + np.exp(-score))
+        prob = prob.reshape(g0.shape)
+        colours = ["C0", "C1"]
+        cs = ax.contourf(g0, g1, prob, levels=np.linspace(0, 1, 11), cmap="RdBu_r", alpha=0.45)
+        ax.contour(g0, g1, prob, levels=[0.5], colors="0.15", linewidths=1.5)
+        fig.colorbar(cs, ax=ax, label="P(class 1)")
+    for k in labels:
+        mask = y == k
+        name = class_names[int(k)] if class_names is not None else f"class {int(k)}"
+        ax.scatter(
+            x[mask, 0],
+            x[mask, 1],
+            s=14,
+            color=colours[int(k) % len(colours)],
+            edgecolors="black",
+            linewidths=0.4,
+            label=name,
+            zorder=3,
+        )
+    ax.set_xlabel("x1")
+    ax.set_ylabel("x2")
+    ax.legend(fontsize=8, loc="best")
+    if title:
+        ax.set_title(title)
+    return _finish(fig, path)
+
+
+# --- confusion matrix -----------------------------------------------------------------------------------
+
+
+def plot_confusion_matrix(
+    matrix: Any,
+    class_names: Sequence[str] | None = None,
+    *,
+    normalize: bool = False,
+    title: str | None = None,
+    cmap: str = "Blues",
+    ax: Any = None,
+    path: str | os.PathLike | None = None,
+) -> Any:
+    """A confusion matrix as a heat map: row = true class, column = predicted (``nnjax.metrics.confusion_matrix``).
+
+    Args:
+      matrix: ``(classes, classes)`` counts. class_names: tick labels.
+      normalize: show each row as fractions of the true class (recall on the diagonal).
+      title: default "Confusion matrix (accuracy A)". cmap: colour map. ax: draw into this Axes.
+      path: save a PNG there.
+    """
+    counts = np.asarray(matrix, np.float64)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1]:
+        raise ValueError(
+            f"plot_confusion_matrix: argument `matrix` expected a square 2-D array, given shape {counts.shape}."
+        )
+    k = counts.shape[0]
+    if class_names is not None and len(class_names) != k:
+        raise ValueError(f"plot_confusion_matrix: argument `class_names` expected {k} names, given {len(class_names)}.")
+    shown = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1) if normalize else counts
+    if ax is None:
+        size = max(4.0, 0.5 * k + 2.5)
+        fig = _figure(figsize=(size + 0.8, size), layout="constrained")
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
+    image = ax.imshow(shown, cmap=cmap, vmin=0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
+    ax.set_xticks(
+        range(k),
+        names,
+        rotation=45 if max(len(n) for n in names) > 3 else 0,
+        ha="right" if max(len(n) for n in names) > 3 else "center",
+    )
+    ax.set_yticks(range(k), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if k <= 20:
+        threshold = shown.max() / 2 if shown.max() > 0 else 1
+        for i in range(k):
+            for j in range(k):
+                text = f"{shown[i, j]:.2f}" if normalize else f"{int(counts[i, j])}"
+                ax.text(
+                    j,
+                    i,
+                    text,
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if shown[i, j] > threshold else "black",
+                )
+    accuracy = np.trace(counts) / max(counts.sum(), 1)
+    ax.set_title(title or f"Confusion matrix (accuracy {accuracy:.1%})")
+    return _finish(fig, path)
+
+
+# --- image grids ----------------------------------------------------------------------------------------
+
+
+def _as_images(images: Any) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim == 2:  # flattened square images
+        side = math.isqrt(images.shape[1])
+        if side * side != images.shape[1]:
+            raise ValueError(
+                f"plot_images: argument `images` of shape {images.shape} are flat vectors whose length is not a "
+                f"square; reshape them to (n, height, width) first."
+            )
+        images = images.reshape(-1, side, side)
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (3, 4)):
+        raise ValueError(
+            f"plot_images: argument `images` expected (n, h, w), (n, h, w, 1), (n, h, w, 3) or flat (n, h*w), "
+            f"given shape {images.shape}."
+        )
+    return images
+
+
+def plot_images(
+    images: Any,
+    labels: Any = None,
+    *,
+    predictions: Any = None,
+    class_names: Sequence[str] | None = None,
+    ncols: int = 8,
+    max_images: int = 64,
+    cmap: str = "gray",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    title: str | None = None,
+    path: str | os.PathLike | None = None,
+) -> Any:
+    """A grid of images (digits, Fashion-MNIST, GAN samples) with optional labels and predictions.
+
+    Grey images share one intensity scale (the data's min and max), so generated samples in [-1, 1]
+    and pixels in 0..255 both display as they are.
+
+    Args:
+      images: ``(n, h, w)``, ``(n, h, w, 1|3|4)`` or flat square ``(n, h*w)``.
+      labels: ``(n,)`` true labels shown above each image. predictions: ``(n,)`` predicted classes; the
+        title becomes "pred (true)", green when right and red when wrong.
+      class_names: names for label values. ncols: images per row. max_images: draw at most this many.
+      cmap: colour map for grey images. vmin, vmax: the intensity range (default the data's; pass
+        ``-m, m`` with a diverging map such as ``"RdBu_r"`` to centre zero). title: figure title.
+      path: save a PNG there.
+    """
+    images = _as_images(images)[:max_images]
+    n = len(images)
+    if n == 0:
+        raise ValueError("plot_images: argument `images` is empty.")
+    labels = None if labels is None else np.asarray(labels).reshape(-1)[:n]
+    predictions = None if predictions is None else np.asarray(predictions).reshape(-1)[:n]
+    name = (
+        (lambda v: class_names[int(v)])
+        if class_names is not None
+        else (lambda v: str(v.item() if hasattr(v, "item") else v))
+    )
+    cols = min(ncols, n)
+    rows = math.ceil(n / cols)
+    titled = labels is not None or predictions is not None
+    fig = _figure(figsize=(1.25 * cols, (1.25 + 0.25 * titled) * rows + (0.4 if title else 0)), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).reshape(-1)
+    vmin = float(images.min()) if vmin is None else float(vmin)
+    vmax = float(images.max()) if vmax is None else float(vmax)
+    if vmax <= vmin:
+        vmax = vmin + 1
+    for i, ax in enumerate(axes):
+        ax.set_axis_off()
+        if i >= n:
+            continue
+        if images.ndim == 3:
+            ax.imshow(images[i], cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+        else:
+            rgb = images[i].astype(np.float64)
+            ax.imshow(np.clip((rgb - vmin) / (vmax - vmin), 0, 1), interpolation="nearest")
+        if predictions is not None:
+            right = labels is None or predictions[i] == labels[i]
+            text = name(predictions[i]) + ("" if labels is None else f" ({name(labels[i])})")
+            ax.set_title(text, fontsize=8, color="#2ca02c" if right else "#d62728")
+        elif labels is not None:
+            ax.set_title(name(labels[i]), fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _finish(fig, path)
+
+
+__all__ = [
+    "ACTIVATIONS",
+    "dense_stack",
+    "plot_activations",
+    "plot_confusion_matrix",
+    "plot_decision_boundary",
+    "plot_history",
+    "plot_images",
+    "plot_network",
+]

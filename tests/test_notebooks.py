@@ -1,0 +1,67 @@
+"""The notebooks: built from notebooks/build.py with outputs stripped, and each executes cleanly.
+
+Execution runs every notebook top to bottom in a fresh python3 kernel (this interpreter's ipykernel) with
+``NNJAX_SMOKE=1``, the small sizes CI uses, and checks that no cell raised and that every plotting cell
+displayed a PNG.
+"""
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+pytest.importorskip("matplotlib")
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDER = ROOT / "notebooks"
+NAMES = sorted(p.name for p in FOLDER.glob("*.ipynb"))
+
+
+def load_build():
+    spec = importlib.util.spec_from_file_location("notebooks_build", FOLDER / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_notebooks_match_build_py_and_are_stripped():
+    built = load_build().build()
+    assert sorted(built) == NAMES and len(NAMES) >= 2
+    for name, text in built.items():
+        assert (FOLDER / name).read_text() == text, f"{name} is out of date: run python notebooks/build.py"
+        nb = nbformat.reads(text, as_version=4)
+        stem = name.removesuffix(".ipynb")
+        assert f"https://colab.research.google.com/github/nnjax/nnjax/blob/main/notebooks/{name}" in nb.cells[0].source
+        assert 'if "google.colab" in sys.modules' in nb.cells[1].source and "NNJAX_SMOKE" in nb.cells[1].source
+        assert "jax.devices()" in nb.cells[2].source
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(c.outputs == [] and c.execution_count is None for c in code), f"{stem}: outputs not stripped"
+
+
+def plotting(cell) -> bool:
+    last = cell.source.strip().splitlines()[-1]
+    return last.startswith(("nn.plots.", "plt.show()")) or "display(nn.plots." in cell.source
+
+
+@pytest.mark.slow  # about 40 s to several minutes per notebook on 2 shared CPU cores
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_executes(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("NNJAX_SMOKE", "1")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    nb = nbformat.read(FOLDER / name, as_version=4)
+    client = nbclient.NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
+    client.execute()  # raises CellExecutionError, with the cell and traceback, if a cell fails
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(o.output_type != "error" for c in code for o in c.outputs)
+    for cell in code:
+        if plotting(cell):
+            kinds = [k for o in cell.outputs for k in o.get("data", {})]
+            assert "image/png" in kinds, f"{name}: the cell {cell.source.splitlines()[0]!r} displayed no figure"
+    text = "".join(o.get("text", "") for c in code for o in c.outputs)
+    assert "devices:" in text
