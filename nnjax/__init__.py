@@ -46,6 +46,12 @@ from nnjax._src.activations import (
     StraightThroughStep,
     Tanh,
 )
+from nnjax._src.attention import (
+    MultiHeadAttention,
+    TransformerDecoderBlock,
+    TransformerEncoderBlock,
+    reference_attention,
+)
 from nnjax._src.basic import Dense, Dropout, Flatten, Identity, Reshape
 from nnjax._src.checkpoint import (
     abstract_train_state,
@@ -54,7 +60,16 @@ from nnjax._src.checkpoint import (
     restore_checkpoint,
     save_checkpoint,
 )
+from nnjax._src.conv import Conv, ConvTranspose
 from nnjax._src.core import Layer, add, concatenate, fanout, parallel, residual, serial, stateless
+from nnjax._src.embedding import (
+    Embedding,
+    LearnedPositionalEmbedding,
+    SinusoidalPositionalEncoding,
+    apply_rope,
+    embedding_attend,
+    sinusoidal_positions,
+)
 from nnjax._src.ensemble import ManyResult, fit_many
 from nnjax._src.errors import (
     CheckpointCorruptError,
@@ -66,7 +81,9 @@ from nnjax._src.errors import (
     NonFiniteError,
 )
 from nnjax._src.fit import FitResult, evaluate, fit, predict
+from nnjax._src.normalization import BatchNorm, GroupNorm, LayerNorm, RMSNorm
 from nnjax._src.per_example import per_example_grads
+from nnjax._src.pooling import AvgPool, GlobalAvgPool, GlobalMaxPool, MaxPool
 from nnjax._src.precision import Policy, with_policy
 from nnjax._src.recurrent import (
     GRU,
@@ -85,30 +102,43 @@ from nnjax._src.train import TrainState, init_train_state, make_eval_step, make_
 __version__ = "0.1.0"
 
 __all__ = [
+    "AvgPool",
+    "BatchNorm",
     "Bidirectional",
     "CheckpointCorruptError",
     "CheckpointError",
     "CheckpointMismatchError",
     "CheckpointNotFoundError",
+    "Conv",
+    "ConvTranspose",
     "Dense",
     "Dropout",
     "Elu",
+    "Embedding",
     "FitResult",
     "Flatten",
     "GRU",
     "GRUCell",
     "Gelu",
+    "GlobalAvgPool",
+    "GlobalMaxPool",
+    "GroupNorm",
     "Identity",
     "LSTM",
     "LSTMCell",
     "Layer",
     "LayerError",
+    "LayerNorm",
     "LayerTypeError",
     "LeakyRelu",
+    "LearnedPositionalEmbedding",
     "LogSoftmax",
     "ManyResult",
+    "MaxPool",
+    "MultiHeadAttention",
     "NonFiniteError",
     "Policy",
+    "RMSNorm",
     "RNN",
     "Relu",
     "Reshape",
@@ -116,19 +146,24 @@ __all__ = [
     "Silu",
     "SimpleRNN",
     "SimpleRNNCell",
+    "SinusoidalPositionalEncoding",
     "Softmax",
     "Softplus",
     "Step",
     "StraightThroughStep",
     "Tanh",
     "TrainState",
+    "TransformerDecoderBlock",
+    "TransformerEncoderBlock",
     "abstract_train_state",
     "activations",
     "add",
+    "apply_rope",
     "callbacks",
     "checkpoint_steps",
     "concatenate",
     "data",
+    "embedding_attend",
     "ensemble",
     "evaluate",
     "fanout",
@@ -147,12 +182,14 @@ __all__ = [
     "plots",
     "precision",
     "predict",
+    "reference_attention",
     "residual",
     "restore_checkpoint",
     "save_checkpoint",
     "sequence_mask",
     "serial",
     "sharding",
+    "sinusoidal_positions",
     "stateless",
     "step_key",
     "summarize",

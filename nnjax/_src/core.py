@@ -90,9 +90,9 @@ def spec_shape(spec: Any) -> Shape:
 
 
 def kind(layer: Layer) -> str:
-    """The snake_case kind of a layer, from its name: ``"LeakyRelu(0.01)" -> "leaky_relu"``."""
+    """The snake_case kind of a layer, from its name: ``"LeakyRelu(0.01)" -> "leaky_relu"``, ``"RMSNorm" -> "rms_norm"``."""
     base = layer.name.split("(")[0]
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", base).lower()
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", base).lower()
 
 
 def child_names(layers: Sequence[Layer]) -> list[str]:

@@ -30,7 +30,8 @@ class TrainState:
     """Everything a training run carries, as one pytree.
 
     Attributes:
-      step: int32 scalar, number of updates applied so far.
+      step: int32 scalar, number of batches trained on so far (updates applied, or skipped by the
+        non-finite guard).
       params: the model's parameters.
       state: the model's state (e.g. BatchNorm statistics); ``{}`` when stateless.
       opt_state: the Optax optimizer's state.

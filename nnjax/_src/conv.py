@@ -1,0 +1,402 @@
+"""Convolution layers: Conv and ConvTranspose over 1, 2 or 3 spatial dimensions, channels-last.
+
+Shapes: ``x: (batch, *spatial, in_channels) -> y: (batch, *out_spatial, features)``; the number of
+spatial dimensions is ``len(kernel_size)`` (an int ``kernel_size`` means 2-D, e.g. ``3 -> (3, 3)``).
+Params: ``{"w": (*kernel_size, in_channels // groups, features), "b": (features,)}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from nnjax._src import initializers
+from nnjax._src.core import Layer
+from nnjax._src.errors import LayerError, check_float_input
+from nnjax._src.types import Array, Shape
+
+Padding = str | Sequence[tuple[int, int]]
+_SPATIAL = "DHW"
+
+
+def as_tuple(value: int | Sequence[int], n: int, where: str, argument: str) -> tuple[int, ...]:
+    """``3 -> (3,) * n``; a sequence must hold ``n`` positive ints."""
+    values = (value,) * n if isinstance(value, int) else tuple(value)
+    if len(values) != n or not all(isinstance(v, int) and v >= 1 for v in values):
+        raise ValueError(
+            f"{where}: argument `{argument}` expected a positive int or {n} positive ints, given {value!r}."
+        )
+    return values
+
+
+def as_padding(padding: Padding, n: int, where: str) -> str | tuple[tuple[int, int], ...]:
+    """``"SAME"``/``"VALID"`` (any case) or ``n`` pairs ``(low, high)`` of non-negative ints."""
+    if isinstance(padding, str):
+        if padding.upper() in ("SAME", "VALID"):
+            return padding.upper()
+    else:
+        pairs = tuple(tuple(p) if isinstance(p, Sequence) else p for p in padding)
+        if len(pairs) == n and all(
+            isinstance(p, tuple) and len(p) == 2 and all(isinstance(v, int) and v >= 0 for v in p) for p in pairs
+        ):
+            return pairs
+    raise ValueError(
+        f"{where}: argument `padding` expected 'SAME', 'VALID' or {n} pairs (low, high) of non-negative ints, "
+        f"given {padding!r}."
+    )
+
+
+def out_size(size: int, window: int, stride: int, padding: str | tuple[int, int]) -> int:
+    """Output length of a strided window sweep (convolution or pooling) along one axis."""
+    if padding == "SAME":
+        return -(-size // stride)
+    low, high = (0, 0) if padding == "VALID" else padding
+    return (size + low + high - window) // stride + 1
+
+
+def check_spatial_input(where: str, x: Any, n: int, channels: int | None) -> None:
+    """Raises LayerError unless ``x`` is ``(batch, *spatial[n], channels)``; says how to fix common mix-ups."""
+    letters = ", ".join(_SPATIAL[-n:]) if n <= 3 else f"{n} spatial axes"
+    expected = f"(batch, {letters}, {channels if channels is not None else 'channels'})"
+    shape = tuple(jnp.shape(x))
+    if len(shape) != n + 2:
+        hint = ""
+        if len(shape) == n + 1:
+            hint = (
+                " Hint: add the batch axis, e.g. `x[None]`."
+                if channels is not None and shape[-1] == channels and channels != 1
+                else " Hint: add the channel axis, e.g. `x[..., None]` for one-channel images."
+            )
+        raise LayerError(f"{where}: argument `x` expected shape {expected} (rank {n + 2}), given {shape}.{hint}")
+    if channels is not None and shape[-1] != channels:
+        hint = (
+            " Hint: nnjax is channels-last; move the channel axis last, e.g. `jnp.moveaxis(x, 1, -1)`."
+            if shape[1] == channels
+            else f" Hint: the layer was initialized for {channels} input channels; check `input_shape` at init."
+        )
+        raise LayerError(f"{where}: argument `x` expected shape {expected}, given {shape}.{hint}")
+
+
+def _dimension_numbers(n: int) -> tuple[str, str, str]:
+    spatial = _SPATIAL[-n:]
+    return f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"
+
+
+def _check_groups(name: str, input_shape: Shape, n: int, features: int, groups: int) -> int:
+    if len(input_shape) != n + 1:
+        raise LayerError(
+            f"{name}: argument `input_shape` expected {n} spatial axes and channels, e.g. "
+            f"{(28,) * n + (1,)}, given {tuple(input_shape)}."
+        )
+    in_channels = input_shape[-1]
+    if in_channels % groups:
+        raise LayerError(
+            f"{name}: in_channels (={in_channels}, the last axis of input_shape {tuple(input_shape)}) "
+            f"must be divisible by `groups` (={groups})."
+        )
+    return in_channels
+
+
+def _conv_layer(
+    kind: str,
+    features: int,
+    kernel_size: int | Sequence[int],
+    strides: int | Sequence[int],
+    padding: Padding,
+    dilation: int | Sequence[int],
+    groups: int,
+    use_bias: bool,
+    w_init: str | initializers.Initializer,
+    b_init: str | initializers.Initializer,
+) -> tuple[str, tuple, Any, Any, Any]:
+    """Validates the constructor arguments shared by Conv and ConvTranspose."""
+    if isinstance(kernel_size, int):
+        kernel_size = (kernel_size, kernel_size)
+    kernel_size = tuple(kernel_size)
+    name = f"{kind}({features}, {kernel_size})"
+    if not isinstance(features, int) or features < 1:
+        raise ValueError(f"{name}: argument `features` expected a positive int, given {features!r}.")
+    if not 1 <= len(kernel_size) <= 3:
+        raise ValueError(
+            f"{name}: argument `kernel_size` expected 1, 2 or 3 ints (one per spatial axis), given {kernel_size!r}."
+        )
+    n = len(kernel_size)
+    kernel_size = as_tuple(kernel_size, n, name, "kernel_size")
+    config = (
+        kernel_size,
+        as_tuple(strides, n, name, "strides"),
+        as_padding(padding, n, name),
+        as_tuple(dilation, n, name, "dilation"),
+    )
+    if not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"{name}: argument `groups` expected a positive int, given {groups!r}.")
+    if features % groups:
+        raise ValueError(f"{name}: `features` (={features}) must be divisible by `groups` (={groups}).")
+    w_fn = initializers.get(w_init, f"{name} w_init")
+    b_fn = initializers.get(b_init, f"{name} b_init")
+    return name, config, w_fn, b_fn, use_bias
+
+
+def _params(key, kernel_size, in_channels, groups, features, w_fn, b_fn, use_bias, dtype):
+    w_key, b_key = jax.random.split(key)
+    params = {"w": w_fn(w_key, (*kernel_size, in_channels // groups, features), dtype)}
+    if use_bias:
+        params["b"] = b_fn(b_key, (features,), dtype)
+    return params
+
+
+def _check_size(name: str, x: Array, kernel: tuple[int, ...], strides, padding) -> None:
+    spatial = tuple(x.shape[1:-1])
+    pads = [padding] * len(kernel) if isinstance(padding, str) else padding
+    if any(out_size(s, k, st, p) < 1 for s, k, st, p in zip(spatial, kernel, strides, pads, strict=False)):
+        raise LayerError(
+            f"{name}: argument `x` expected spatial sizes that fit the (dilated) kernel {kernel} with padding "
+            f"{padding!r}, given shape {tuple(x.shape)}. Hint: use padding='SAME' or pool less before this layer."
+        )
+
+
+def _same_dtype(x: Array, w: Array) -> tuple[Array, Array]:
+    dtype = jnp.result_type(x, w)
+    return x.astype(dtype), w.astype(dtype)
+
+
+def Conv(  # noqa: N802 - layer constructors are CamelCase, as in stax
+    features: int,
+    kernel_size: int | Sequence[int],
+    *,
+    strides: int | Sequence[int] = 1,
+    padding: Padding = "SAME",
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    use_bias: bool = True,
+    w_init: str | initializers.Initializer = "glorot_uniform",
+    b_init: str | initializers.Initializer = "zeros",
+) -> Layer:
+    """A convolution (cross-correlation, as in every deep-learning library) over 1, 2 or 3 spatial axes.
+
+    ``y[b, *o, f] = sum_{k, c} x[b, *(o * strides + k * dilation - pad_low), g(f) * C + c] * w[*k, c, f] + b[f]``
+    where ``C = in_channels // groups`` and ``g(f)`` is the group of output feature ``f``.
+
+    Params: ``{"w": (*kernel_size, in_channels // groups, features), "b": (features,)}``.
+
+    Args:
+      features: number of output channels.
+      kernel_size: window size per spatial axis; its length (1, 2 or 3) sets the number of spatial
+        axes; an int means 2-D (``3 -> (3, 3)``).
+      strides: step per spatial axis (int or tuple).
+      padding: ``"SAME"`` (output size ``ceil(size / stride)``), ``"VALID"`` (no padding) or one
+        ``(low, high)`` pair per spatial axis.
+      dilation: kernel dilation per spatial axis (atrous convolution).
+      groups: feature groups; ``groups = in_channels`` is a depthwise convolution. Both
+        ``in_channels`` and ``features`` must be divisible by it.
+      use_bias: add the bias ``b``.
+      w_init, b_init: initializer functions or names (see ``nnjax.initializers``).
+
+    Shapes: ``x: (batch, *spatial, in_channels) -> y: (batch, *out_spatial, features)`` (channels-last).
+
+    Raises:
+      LayerError: wrong rank or channel count, ``in_channels`` not divisible by ``groups``, input smaller
+        than the kernel. LayerTypeError: integer input (scale it first).
+
+    Example:
+      >>> layer = Conv(32, (3, 3), strides=2)
+      >>> params, state = layer.init(jax.random.key(0), (28, 28, 1))
+      >>> layer.apply(params, state, jnp.ones((8, 28, 28, 1)))[0].shape
+      (8, 14, 14, 32)
+    """
+    name, (kernel_size, strides, padding, dilation), w_fn, b_fn, use_bias = _conv_layer(
+        "Conv", features, kernel_size, strides, padding, dilation, groups, use_bias, w_init, b_init
+    )
+    n = len(kernel_size)
+    dn = _dimension_numbers(n)
+    effective = tuple((k - 1) * d + 1 for k, d in zip(kernel_size, dilation, strict=False))
+
+    def init(key, input_shape: Shape, dtype=jnp.float32):
+        in_channels = _check_groups(name, input_shape, n, features, groups)
+        return _params(key, kernel_size, in_channels, groups, features, w_fn, b_fn, use_bias, dtype), {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        check_float_input(name, x)
+        check_spatial_input(name, x, n, params["w"].shape[-2] * groups)
+        _check_size(name, x, effective, strides, padding)
+        x, w = _same_dtype(x, params["w"])
+        if use_canonical_vjp(groups):
+            y = canonical(x, w)
+        else:
+            y = lax.conv_general_dilated(
+                x, w, strides, padding, rhs_dilation=dilation, dimension_numbers=dn, feature_group_count=groups
+            )
+        if use_bias:
+            y = y + params["b"].astype(y.dtype)
+        return y, state
+
+    canonical = _canonical_vjp_conv(strides, padding, dilation, dn)
+    return Layer(init, apply, name)
+
+
+def use_canonical_vjp(groups: int) -> bool:
+    """True when Conv's gradient is computed by ``_canonical_vjp_conv``: groups == 1 on the CPU backend.
+
+    XLA:CPU runs a convolution fast only in its canonical form (batch-first input, features last,
+    ``(*kernel, in, out)`` kernel). JAX's gradient of a convolution is a convolution in another form;
+    XLA rewrites it to the canonical form at top level, but not inside a loop (``lax.scan``, e.g. a
+    ``fit`` epoch), where it then runs 10-200x slower. The custom VJP states both gradients in canonical
+    form with explicit transposes. Cost: no forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``,
+    ``jax.hessian``) through such a layer on CPU.
+    """
+    return groups == 1 and jax.default_backend() == "cpu"
+
+
+def _canonical_vjp_conv(strides, padding, dilation, dn):
+    """``conv(x, w)`` (no groups) with a VJP whose two convolutions are in XLA:CPU's canonical form."""
+    n = len(strides)
+
+    def conv(x, w):
+        return lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=dilation, dimension_numbers=dn)
+
+    def backward(residuals, g):
+        x, w = residuals
+        effective = [(k - 1) * d + 1 for k, d in zip(w.shape[:n], dilation, strict=False)]
+        spatial, out = x.shape[1:-1], g.shape[1:-1]
+        pads = [padding] * n if isinstance(padding, str) else padding
+        pads = [_explicit_pad(s, k, st, p) for s, k, st, p in zip(spatial, effective, strides, pads, strict=False)]
+        # d/dx: the stride-dilated cotangent correlated with the flipped kernel, in and out swapped.
+        w_t = jnp.swapaxes(jnp.flip(w, axis=tuple(range(n))), -1, -2)  # (*kernel, features, in)
+        dx_pads = [
+            (k - 1 - lo, s - (o - 1) * st - 1 - (k - 1 - lo) + k - 1)
+            for s, o, k, st, (lo, _) in zip(spatial, out, effective, strides, pads, strict=False)
+        ]
+        dx = lax.conv_general_dilated(
+            g, w_t, (1,) * n, dx_pads, lhs_dilation=strides, rhs_dilation=dilation, dimension_numbers=dn
+        )
+        # d/dw: a convolution with the channels as its batch and the batch as its features.
+        xp = jnp.pad(x, [(0, 0), *pads, (0, 0)])
+        xp = xp[
+            (
+                slice(None),
+                *(slice(0, (o - 1) * st + k) for o, st, k in zip(out, strides, effective, strict=False)),
+                slice(None),
+            )
+        ]
+        lhs = jnp.moveaxis(xp, (0, n + 1), (n + 1, 0))  # (in, *padded, batch)
+        rhs = jnp.moveaxis(g, 0, n)  # (*out, batch, features)
+        dw = lax.conv_general_dilated(lhs, rhs, dilation, "VALID", rhs_dilation=strides, dimension_numbers=dn)
+        return dx, jnp.moveaxis(dw, 0, n)  # dw: (in, *kernel, features) -> (*kernel, in, features)
+
+    conv_vjp = jax.custom_vjp(conv)
+    conv_vjp.defvjp(lambda x, w: (conv(x, w), (x, w)), backward)
+    return conv_vjp
+
+
+def _explicit_pad(size: int, kernel: int, stride: int, padding: str | tuple[int, int]) -> tuple[int, int]:
+    """The (low, high) padding XLA uses: SAME puts the odd pixel at the end."""
+    if padding == "VALID":
+        return 0, 0
+    if padding == "SAME":
+        total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+        return total // 2, total - total // 2
+    return tuple(padding)
+
+
+def transpose_padding(size: int, stride: int, padding: str | tuple[int, int]) -> tuple[int, int]:
+    """Padding of the stride-dilated input that makes a convolution the transpose of one with ``padding``.
+
+    ``size`` is the dilated kernel size. Follows ``lax.conv_transpose`` (Keras conventions): "SAME" gives
+    ``in * stride`` outputs, "VALID" ``in * stride + max(size - stride, 0)``, and an explicit pair
+    ``(low, high)`` crops ``low`` and ``high`` from the ends of the full ``(in - 1) * stride + size`` output.
+    """
+    if padding == "SAME":
+        total = size + stride - 2
+        low = size - 1 if stride > size - 1 else -(-total // 2)
+        return low, total - low
+    if padding == "VALID":
+        return size - 1, stride - 1 + max(size - stride, 0)
+    return size - 1 - padding[0], size - 1 - padding[1]
+
+
+def ConvTranspose(  # noqa: N802
+    features: int,
+    kernel_size: int | Sequence[int],
+    *,
+    strides: int | Sequence[int] = 1,
+    padding: Padding = "SAME",
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    use_bias: bool = True,
+    w_init: str | initializers.Initializer = "glorot_uniform",
+    b_init: str | initializers.Initializer = "zeros",
+) -> Layer:
+    """A transposed convolution ("deconvolution"): each input pixel scatters a weighted kernel into the output.
+
+    ``y_full[b, *(i * strides + k * dilation), f] += x[b, *i, g(f) * C + c] * w[*k, c, f]``, then ``y = y_full``
+    cropped (or zero-extended) by ``padding`` and plus ``b``. This is the gradient of ``Conv`` with respect
+    to its input (with ``w``'s last two axes swapped), as PyTorch's ``ConvTranspose`` (whose ``padding=p``
+    is ``padding=((p, p),) * n`` here).
+
+    Params: ``{"w": (*kernel_size, in_channels // groups, features), "b": (features,)}``.
+
+    Args:
+      features: number of output channels.
+      kernel_size: window size per spatial axis (1, 2 or 3 of them; an int means 2-D).
+      strides: upsampling factor per spatial axis.
+      padding: ``"SAME"`` (output ``size * stride``), ``"VALID"`` (output ``size * stride + max(k - stride, 0)``,
+        ``k`` the dilated kernel size) or ``(low, high)`` pairs cropped from the full scatter output
+        ``(size - 1) * stride + k``, as the padding of the convolution this transposes.
+      dilation: kernel dilation per spatial axis.
+      groups: feature groups (``in_channels`` and ``features`` must be divisible by it).
+      use_bias: add the bias ``b``.
+      w_init, b_init: initializer functions or names.
+
+    Shapes: ``x: (batch, *spatial, in_channels) -> y: (batch, *out_spatial, features)`` (channels-last).
+
+    Example:
+      >>> layer = ConvTranspose(16, (3, 3), strides=2)
+      >>> params, state = layer.init(jax.random.key(0), (7, 7, 32))
+      >>> layer.apply(params, state, jnp.ones((8, 7, 7, 32)))[0].shape
+      (8, 14, 14, 16)
+    """
+    name, (kernel_size, strides, padding, dilation), w_fn, b_fn, use_bias = _conv_layer(
+        "ConvTranspose", features, kernel_size, strides, padding, dilation, groups, use_bias, w_init, b_init
+    )
+    n = len(kernel_size)
+    dn = _dimension_numbers(n)
+    effective = tuple((k - 1) * d + 1 for k, d in zip(kernel_size, dilation, strict=False))
+    pads = [padding] * n if isinstance(padding, str) else padding
+    lax_padding = tuple(transpose_padding(k, s, p) for k, s, p in zip(effective, strides, pads, strict=False))
+
+    def init(key, input_shape: Shape, dtype=jnp.float32):
+        in_channels = _check_groups(name, input_shape, n, features, groups)
+        return _params(key, kernel_size, in_channels, groups, features, w_fn, b_fn, use_bias, dtype), {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        check_float_input(name, x)
+        check_spatial_input(name, x, n, params["w"].shape[-2] * groups)
+        sizes = [
+            (s - 1) * st + 1 + lo + hi - k + 1
+            for s, st, (lo, hi), k in zip(x.shape[1:-1], strides, lax_padding, effective, strict=False)
+        ]
+        if min(sizes) < 1:
+            raise LayerError(
+                f"{name}: argument `x` gives an empty output with padding {padding!r}, given shape {tuple(x.shape)}."
+            )
+        x, w = _same_dtype(x, params["w"])
+        w = jnp.flip(w, axis=tuple(range(n)))  # a scatter is a correlation with the flipped kernel
+        y = lax.conv_general_dilated(
+            x,
+            w,
+            (1,) * n,
+            lax_padding,
+            lhs_dilation=strides,
+            rhs_dilation=dilation,
+            dimension_numbers=dn,
+            feature_group_count=groups,
+        )
+        if use_bias:
+            y = y + params["b"].astype(y.dtype)
+        return y, state
+
+    return Layer(init, apply, name)

@@ -1,0 +1,244 @@
+"""Token embeddings and positional encodings: Embedding (with a tied output), sinusoidal, learned and rotary.
+
+    tokens (batch, T) int  --Embedding-->  (batch, T, features)  --positional-->  (batch, T, features)
+    logits = embedding_attend(embedding_params, h)   # (batch, T, vocab_size): the tied output layer
+
+Rotary position embeddings (RoPE) are not added to ``x``: ``apply_rope`` rotates queries and keys inside
+attention (``MultiHeadAttention(..., use_rope=True)``).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nnjax._src import initializers
+from nnjax._src.core import Layer
+from nnjax._src.errors import LayerError, LayerTypeError, check_float_input, is_concrete
+from nnjax._src.types import Array, Params, Shape
+
+
+def _check_positive_int(name: str, argument: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}: argument `{argument}` expected a positive int, given {value!r}.")
+
+
+def default_embedding_init() -> initializers.Initializer:
+    """Truncated normal, std ``1/sqrt(features)`` (Flax's choice): tied logits start with std near 1."""
+    return jax.nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=-1, out_axis=-2)
+
+
+def Embedding(  # noqa: N802 - layer constructors are CamelCase, as in stax
+    vocab_size: int, features: int, *, table_init: str | initializers.Initializer | None = None
+) -> Layer:
+    """A lookup table from integer tokens to vectors: ``y[b, t] = table[x[b, t]]``.
+
+    Params: ``{"table": (vocab_size, features)}``. The layer declares ``input_dtype=int32``, so ``serial``
+    and ``output_shape`` build integer example inputs. For a tied output layer (logits that reuse the
+    table) call ``embedding_attend(params, h)``.
+
+    Args:
+      vocab_size: number of distinct tokens; ids must lie in ``[0, vocab_size)``.
+      features: size of each embedding vector.
+      table_init: initializer function or name; default ``default_embedding_init()`` (std ``1/sqrt(features)``).
+
+    Shapes: ``x: (batch, ...)`` integer ids ``-> y: (batch, ..., features)``; ``input_shape`` is ``(T,)``.
+
+    Raises:
+      LayerTypeError: ``x`` is not an integer array.
+      LayerError: (eagerly, when ``x`` holds concrete values) a token id lies outside ``[0, vocab_size)``.
+        Under ``jit`` the values are unknown: an out-of-range id (negative ones included) looks up a
+        vector of NaN, so the loss turns NaN instead of silently reading another token's row.
+
+    Example:
+      >>> embed = Embedding(100, 16)
+      >>> params, state = embed.init(jax.random.key(0), (8,))
+      >>> embed.apply(params, state, jnp.zeros((2, 8), jnp.int32))[0].shape
+      (2, 8, 16)
+    """
+    name = f"Embedding({vocab_size}, {features})"
+    _check_positive_int(name, "vocab_size", vocab_size)
+    _check_positive_int(name, "features", features)
+    table_fn = default_embedding_init() if table_init is None else initializers.get(table_init, f"{name} table_init")
+
+    def init(key, input_shape: Shape, dtype=jnp.float32):
+        return {"table": table_fn(key, (vocab_size, features), dtype)}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        check_token_ids(name, x, vocab_size)
+        x = jnp.where(x < 0, vocab_size, x)  # negative ids are out of range too, not wrapped around
+        return jnp.take(params["table"], x, axis=0, mode="fill", fill_value=jnp.nan), state
+
+    return Layer(init, apply, name, input_dtype=jnp.int32)
+
+
+def check_token_ids(layer: str, x: Array, vocab_size: int) -> None:
+    """Checks integer token ids: dtype at trace time, range ``[0, vocab_size)`` when values are concrete."""
+    dtype = jnp.result_type(x)
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise LayerTypeError(
+            f"{layer}: argument `x` expected integer token ids, given dtype {dtype} with shape "
+            f"{tuple(jnp.shape(x))}. Hint: convert with `x.astype(jnp.int32)`; an Embedding takes ids, not vectors."
+        )
+    if jnp.ndim(x) < 1:
+        raise LayerError(
+            f"{layer}: argument `x` expected a batch of token ids (rank >= 1), given shape {tuple(jnp.shape(x))}."
+        )
+    if is_concrete(x) and np.size(x) > 0:
+        values = np.asarray(x)
+        low, high = int(values.min()), int(values.max())
+        if low < 0 or high >= vocab_size:
+            raise LayerError(
+                f"{layer}: argument `x` expected token ids in [0, {vocab_size}), given ids in [{low}, {high}]. "
+                f"Hint: make `vocab_size` at least {high + 1}, or check the tokenizer."
+            )
+
+
+def embedding_attend(params: Params, x: Array) -> Array:
+    """The tied output layer: logits ``x @ table.T`` scoring every token of an Embedding's table.
+
+    Args:
+      params: an ``Embedding``'s params, ``{"table": (vocab_size, features)}``.
+      x: ``(batch, ..., features)`` hidden vectors.
+
+    Returns:
+      ``(batch, ..., vocab_size)`` logits.
+
+    Raises:
+      LayerError: the last axis of ``x`` is not the table's ``features``.
+
+    Example:
+      >>> embed = Embedding(100, 16)
+      >>> params, _ = embed.init(jax.random.key(0), (8,))
+      >>> embedding_attend(params, jnp.ones((2, 8, 16))).shape
+      (2, 8, 100)
+    """
+    table = params["table"]
+    check_float_input("embedding_attend", x)
+    if jnp.ndim(x) < 1 or x.shape[-1] != table.shape[1]:
+        raise LayerError(
+            f"embedding_attend: argument `x` expected shape (..., {table.shape[1]}) to match the table "
+            f"{tuple(table.shape)}, given {tuple(jnp.shape(x))}."
+        )
+    return x @ table.T
+
+
+def sinusoidal_positions(length: int, features: int, max_wavelength: float = 10_000.0, dtype=jnp.float32) -> Array:
+    """The sinusoidal position table of "Attention Is All You Need".
+
+    ``pe[p, 2i] = sin(p / max_wavelength**(2i / features))`` and ``pe[p, 2i + 1] = cos(...)`` (same angle).
+
+    Returns:
+      ``(length, features)`` array.
+    """
+    positions = np.arange(length)[:, None]  # (T, 1)
+    even = np.arange(0, features, 2)[None, :]  # (1, ceil(D / 2))
+    angles = positions / np.power(max_wavelength, even / features)  # (T, ceil(D / 2))
+    table = np.zeros((length, features))
+    table[:, 0::2] = np.sin(angles)
+    table[:, 1::2] = np.cos(angles[:, : features // 2])
+    return jnp.asarray(table, dtype)
+
+
+def _check_sequence(name: str, x: Array) -> None:
+    check_float_input(name, x)
+    if jnp.ndim(x) != 3:
+        raise LayerError(
+            f"{name}: argument `x` expected a batch of sequences of shape (batch, T, features), given shape "
+            f"{tuple(jnp.shape(x))}. Hint: put an Embedding before it for integer tokens."
+        )
+
+
+def SinusoidalPositionalEncoding(max_wavelength: float = 10_000.0) -> Layer:  # noqa: N802
+    """Adds the fixed sinusoidal position table to a sequence: ``y = x + sinusoidal_positions(T, D)``.
+
+    No params. Shapes: ``x: (batch, T, features) -> y: (batch, T, features)``; any ``T``.
+    """
+    name = "SinusoidalPositionalEncoding"
+    if not max_wavelength > 0:
+        raise ValueError(f"{name}: argument `max_wavelength` expected a positive number, given {max_wavelength!r}.")
+
+    def init(key, input_shape, dtype=jnp.float32):
+        if len(input_shape) != 2:
+            raise LayerError(f"{name}: argument `input_shape` expected (T, features), given {tuple(input_shape)}.")
+        return {}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        _check_sequence(name, x)
+        table = sinusoidal_positions(x.shape[1], x.shape[2], max_wavelength, x.dtype)  # (T, D)
+        return x + table[None], state
+
+    return Layer(init, apply, name)
+
+
+def LearnedPositionalEmbedding(  # noqa: N802
+    max_len: int, *, table_init: str | initializers.Initializer | None = None
+) -> Layer:
+    """Adds a learned vector per position: ``y[:, t] = x[:, t] + table[t]``.
+
+    Params: ``{"table": (max_len, features)}`` (``table_init`` default: normal, std 0.02, as GPT-2).
+    Shapes: ``x: (batch, T, features) -> y: (batch, T, features)`` with ``T <= max_len``.
+    """
+    name = f"LearnedPositionalEmbedding({max_len})"
+    _check_positive_int(name, "max_len", max_len)
+    table_fn = initializers.normal(0.02) if table_init is None else initializers.get(table_init, f"{name} table_init")
+
+    def init(key, input_shape, dtype=jnp.float32):
+        if len(input_shape) != 2:
+            raise LayerError(f"{name}: argument `input_shape` expected (T, features), given {tuple(input_shape)}.")
+        if input_shape[0] > max_len:
+            raise LayerError(
+                f"{name}: argument `input_shape` expected T <= max_len={max_len}, given T={input_shape[0]}."
+            )
+        return {"table": table_fn(key, (max_len, input_shape[1]), dtype)}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        _check_sequence(name, x)
+        table = params["table"]
+        if x.shape[1] > max_len or x.shape[2] != table.shape[1]:
+            raise LayerError(
+                f"{name}: argument `x` expected shape (batch, T <= {max_len}, {table.shape[1]}), "
+                f"given {tuple(x.shape)}."
+            )
+        return x + table[None, : x.shape[1]], state
+
+    return Layer(init, apply, name)
+
+
+def apply_rope(x: Array, positions: Array, max_wavelength: float = 10_000.0) -> Array:
+    """Rotary position embedding (RoPE, Su et al. 2021), "rotate-half" layout (GPT-NeoX, LLaMA).
+
+    Feature pair ``(x[..., i], x[..., i + D/2])`` of the vector at position ``p`` is rotated by the angle
+    ``p * max_wavelength**(-2i / D)``. Rotations keep norms, and the dot product of a rotated query at
+    ``p`` with a rotated key at ``q`` depends only on ``p - q``: attention sees relative positions.
+
+    Args:
+      x: ``(batch, T, heads, head_dim)`` or ``(batch, T, features)``; the last axis must be even.
+      positions: ``(T,)`` or ``(batch, T)`` integer or float positions.
+      max_wavelength: the base of the frequencies (10000 in the paper).
+
+    Returns:
+      An array shaped and typed like ``x``.
+
+    Raises:
+      LayerError: odd last axis, or ``positions`` does not match ``x``'s ``(batch, T)``.
+    """
+    half = x.shape[-1] // 2
+    if x.ndim not in (3, 4) or x.shape[-1] % 2:
+        raise LayerError(
+            f"apply_rope: argument `x` expected shape (batch, T, [heads,] even head_dim), given {tuple(x.shape)}."
+        )
+    positions = jnp.asarray(positions)
+    if positions.shape not in ((x.shape[1],), tuple(x.shape[:2])):
+        raise LayerError(
+            f"apply_rope: argument `positions` expected shape ({x.shape[1]},) or {tuple(x.shape[:2])}, "
+            f"given {tuple(positions.shape)}."
+        )
+    dtype = jnp.promote_types(x.dtype, jnp.float32)  # angles in at least float32, even for bfloat16 x
+    frequencies = max_wavelength ** (-jnp.arange(half, dtype=dtype) * 2.0 / x.shape[-1])  # (D/2,)
+    angles = positions.astype(dtype)[..., None] * frequencies  # (T, D/2) or (B, T, D/2)
+    angles = angles.reshape((-1, x.shape[1]) + (1,) * (x.ndim - 3) + (half,))  # (B or 1, T, [1,] D/2)
+    sin, cos = jnp.sin(angles).astype(x.dtype), jnp.cos(angles).astype(x.dtype)
+    first, second = x[..., :half], x[..., half:]
+    return jnp.concatenate([first * cos - second * sin, first * sin + second * cos], axis=-1)
