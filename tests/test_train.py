@@ -31,7 +31,7 @@ def test_step_compiles_once_and_donates_its_input():
         old = train_state
         train_state, logs = step(train_state, _batch(seed=seed))
         assert old.params["dense_0"]["w"].is_deleted()  # donated
-    assert len(traces) == 1 and step._cache_size() == 1
+    assert len(traces) == 1 and step.compiled._cache_size() == 1
     assert int(train_state.step) == 3
     assert set(logs) == {"loss", "accuracy"} and isinstance(logs["loss"], jax.Array)
 
