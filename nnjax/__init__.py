@@ -96,6 +96,7 @@ from nnjax._src.recurrent import (
     SimpleRNNCell,
     sequence_mask,
 )
+from nnjax._src.stream import fit_stream, prefetch_to_device
 from nnjax._src.summary import summarize, summary
 from nnjax._src.train import TrainState, init_train_state, make_eval_step, make_train_step, step_key
 
@@ -169,6 +170,7 @@ __all__ = [
     "fanout",
     "fit",
     "fit_many",
+    "fit_stream",
     "init_train_state",
     "initializers",
     "latest_step",
@@ -182,6 +184,7 @@ __all__ = [
     "plots",
     "precision",
     "predict",
+    "prefetch_to_device",
     "reference_attention",
     "residual",
     "restore_checkpoint",
