@@ -57,8 +57,13 @@ def test_round_trip_restores_every_leaf_bit_for_bit(tmp_path):
     assert path == str(tmp_path / "7")
     restored, info = restore_checkpoint(tmp_path, abstract_train_state(MODEL, OPT, (64,)))
     assert _same(restored, ts)
-    assert jax.dtypes.issubdtype(restored.key.dtype, jax.dtypes.prng_key)
-    assert jax.random.key_impl(restored.key) == jax.random.key_impl(ts.key)
+    assert restored.key.dtype == ts.key.dtype == jnp.uint32  # TrainState keeps raw key data
+    typed = ts.replace(key=jax.random.key(5))  # typed keys are stored as key data and rewrapped
+    save_checkpoint(tmp_path / "typed", typed)
+    back, _ = restore_checkpoint(tmp_path / "typed", typed)
+    assert jax.dtypes.issubdtype(back.key.dtype, jax.dtypes.prng_key)
+    assert jax.random.key_impl(back.key) == jax.random.key_impl(typed.key)
+    assert (jax.random.key_data(back.key) == jax.random.key_data(typed.key)).all()
     assert info["step"] == 7 and info["nnjax_version"] == nnjax.__version__
     assert info["config"] == {"lr": 1e-3, "layers": [32, 10]} and info["metrics"] == {"loss": 0.5}
     # A concrete train state works as `like` too, and places arrays like it.

@@ -33,8 +33,9 @@ class TrainState(NamedTuple):
       params: the model's parameters.
       state: the model's state (e.g. BatchNorm statistics); ``{}`` when stateless.
       opt_state: the Optax optimizer's state.
-      key: the run's root key; each update's key and each epoch's data order are derived from it
-        and the step (``stream_key``), so a run is reproducible and resumable from any step.
+      key: the run's root key, kept as raw ``jax.random.key_data`` (a uint32 array: a typed key costs
+        extra Python work at every jitted call); each update's key and each epoch's data order are
+        derived from it and the step (``stream_key``), so a run is reproducible and resumable from any step.
     """
 
     step: Array
@@ -57,6 +58,8 @@ def init_train_state(
     """
     init_key, train_key = jax.random.split(key)
     params, state = model.init(init_key, input_shape, dtype)
+    if jnp.issubdtype(train_key.dtype, jax.dtypes.prng_key):
+        train_key = jax.random.key_data(train_key)  # raw data: cheaper to pass through jit every step
     return TrainState(jnp.zeros((), jnp.int32), params, state, optimizer.init(params), train_key)
 
 
@@ -64,7 +67,13 @@ STEP_STREAM, DATA_STREAM = 0, 1
 
 
 def stream_key(key: PRNGKey, stream: int, index: Array | int) -> PRNGKey:
-    """Key number ``index`` of an independent stream (updates, data order) derived from a run's root key."""
+    """Key number ``index`` of an independent stream (updates, data order) derived from a run's root key.
+
+    ``key`` is a typed key or its raw ``jax.random.key_data`` (as ``TrainState.key`` holds it); the
+    result is a typed key.
+    """
+    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)
     return jax.random.fold_in(jax.random.fold_in(key, stream), index)
 
 
