@@ -104,3 +104,15 @@ def test_xor_reaches_100_percent():
                        fused="all", progress=False)
     predictions = nnjax.predict(model, result.train_state, x)
     assert float(metrics.accuracy(predictions, jnp.asarray(y))) == 1.0
+
+
+def test_predict_and_evaluate_compile_once_per_model():
+    from nnjax._src.fit import _evaluate, _predict
+
+    result = _fit(epochs=1)
+    before = (_predict._cache_size(), _evaluate._cache_size())
+    for _ in range(3):
+        nnjax.predict(MODEL, result.train_state, X)
+        nnjax.evaluate(MODEL, result.train_state, X, Y, loss=losses.softmax_cross_entropy,
+                       metrics={"accuracy": metrics.accuracy})
+    assert _predict._cache_size() - before[0] <= 1 and _evaluate._cache_size() - before[1] <= 1

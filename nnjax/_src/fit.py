@@ -16,6 +16,7 @@ Progress is a tqdm bar fed from inside the compiled program through ``jax.debug.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -111,9 +112,23 @@ def make_evaluate_fn(
     return evaluate_fn
 
 
+@functools.partial(jax.jit, static_argnames=("model", "batch_size"))
+def _predict(train_state: TrainState, x: Array, *, model: Layer, batch_size: int) -> Array:
+    # The model is a static argument (a Layer hashes by its functions): one compilation per model and shape.
+    return make_predict_fn(model, batch_size)(train_state, x)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "loss", "metrics", "batch_size"))
+def _evaluate(train_state, x, y, *, model, loss, metrics: tuple, batch_size: int) -> dict[str, Array]:
+    return make_evaluate_fn(model, loss, dict(metrics), batch_size)(train_state, x, y)
+
+
 def predict(model: Layer, train_state: TrainState, x: Any, *, batch_size: int = 1024) -> Array:
-    """The model's outputs for ``x`` in inference mode. Shapes: ``x: (n, *input_shape) -> (n, *output_shape)``."""
-    return jax.jit(make_predict_fn(model, batch_size))(train_state, jnp.asarray(x))
+    """The model's outputs for ``x`` in inference mode. Shapes: ``x: (n, *input_shape) -> (n, *output_shape)``.
+
+    Compiled once per model, batch size and input shape: calling it again does not recompile.
+    """
+    return _predict(train_state, jnp.asarray(x), model=model, batch_size=batch_size)
 
 
 def evaluate(
@@ -128,7 +143,8 @@ def evaluate(
 ) -> dict[str, float]:
     """Loss and metrics over a whole data set, in inference mode; returns Python floats."""
     check_dataset("evaluate", model, x, y, model.output_shape(tuple(np.shape(x)[1:])))
-    values = jax.jit(make_evaluate_fn(model, loss, metrics, batch_size))(train_state, jnp.asarray(x), jnp.asarray(y))
+    values = _evaluate(train_state, jnp.asarray(x), jnp.asarray(y), model=model, loss=loss,
+                       metrics=tuple((metrics or {}).items()), batch_size=batch_size)
     return {name: float(value) for name, value in values.items()}
 
 
