@@ -1,6 +1,7 @@
 """nnjax: neural networks, end to end, as pure functions.
 
-The whole contract — every layer is a ``Layer(init, apply, name)`` of two pure functions:
+The whole contract — every layer is a ``Layer(init, apply, name)`` of two pure functions (plus an
+optional ``input_dtype``, ``int32`` for token inputs such as ``Embedding``):
 
     params, state = layer.init(key, input_shape, dtype=jnp.float32)   # input_shape: ONE example, no batch axis
     y, new_state  = layer.apply(params, state, x, key=None, train=False)  # x: (batch, *input_shape)
@@ -12,7 +13,7 @@ explicit; nothing is hidden. Combinators (``serial``, ``parallel``, ``residual``
 ``(train_state, (x, y)) -> (train_state, metrics)``; ``fit`` runs it over epochs.
 
 Example:
-  >>> import jax, optax, nnjax
+  >>> import jax, jax.numpy as jnp, nnjax
   >>> model = nnjax.serial(nnjax.Dense(32), nnjax.Relu(), nnjax.Dense(10))
   >>> params, state = model.init(jax.random.key(0), (64,))
   >>> jax.tree.map(jnp.shape, params)["dense_0"]
