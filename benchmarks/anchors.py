@@ -238,13 +238,13 @@ def to_torch(*arrs):
     return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in arrs)
 
 
-def build_jax(params, loss_fn, tx, data):
-    """Raw JAX + optax: pure functions, value_and_grad, jit with donated state."""
+def build_jax(params, loss_fn, tx, data, compiler_options=None):
+    """Raw JAX + optax: pure functions, value_and_grad, jit with donated state (and ``compiler_options``)."""
 
     def _build():
         opt_state = tx.init(params)
 
-        @partial(jax.jit, donate_argnums=(0, 1))
+        @partial(jax.jit, donate_argnums=(0, 1), compiler_options=compiler_options)
         def train_step(params, opt_state, x, y):
             loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
             updates, opt_state = tx.update(grads, opt_state, params)
@@ -1197,6 +1197,15 @@ def workload_cnn(keep):
         "raw JAX + optax (lax.conv_general_dilated, reduce_window max pool, NHWC)",
         lambda: build_jax(jax_cnn_init(jax.random.PRNGKey(0)), jax_cnn_loss, tx, jd),
     )
+    if nnjax.default_compiler_options():
+        r.add(
+            "jax",
+            "jax_opts",
+            "raw JAX as above, compiled with nnjax.default_compiler_options() (XLA's own CPU convolutions)",
+            lambda: build_jax(
+                jax_cnn_init(jax.random.PRNGKey(0)), jax_cnn_loss, tx, jd, nnjax.default_compiler_options()
+            ),
+        )
     try:
         model = nnjax_cnn()
     except Exception as e:  # noqa: BLE001 - the layer files are being written: skip cleanly

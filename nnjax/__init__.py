@@ -61,6 +61,7 @@ from nnjax._src.checkpoint import (
     restore_checkpoint,
     save_checkpoint,
 )
+from nnjax._src.compile import default_compiler_options, jit
 from nnjax._src.conv import Conv, ConvTranspose
 from nnjax._src.core import Layer, add, concatenate, fanout, parallel, residual, serial, stateless
 from nnjax._src.embedding import (
@@ -164,6 +165,7 @@ __all__ = [
     "callbacks",
     "checkpoint_steps",
     "concatenate",
+    "default_compiler_options",
     "data",
     "embedding_attend",
     "ensemble",
@@ -173,6 +175,7 @@ __all__ = [
     "fit_many",
     "fit_stream",
     "init_train_state",
+    "jit",
     "initializers",
     "latest_step",
     "losses",

@@ -107,8 +107,9 @@ def test_xor_reaches_100_percent():
 
 
 def test_predict_and_evaluate_compile_once_per_model():
-    from nnjax._src.fit import _evaluate, _predict
+    from nnjax._src.fit import compiled_evaluate, compiled_predict
 
+    _predict, _evaluate = compiled_predict(), compiled_evaluate()
     result = _fit(epochs=1)
     before = (_predict._cache_size(), _evaluate._cache_size())
     for _ in range(3):

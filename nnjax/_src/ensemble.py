@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from nnjax._src.compile import jit as compile_jit
 from nnjax._src.core import Layer
 from nnjax._src.fit import _Progress, check_dataset, epoch_order, make_evaluate_fn, make_predict_fn
 from nnjax._src.train import Batch, Loss, Metric, TrainState, init_train_state, make_train_step
@@ -147,14 +148,14 @@ def make_many_step(
       optimizer: the optimizer of ONE model (for swept hyperparameters: ``injected(factory, one_model_values)``
         or ``ManyResult.optimizer``; the values used are those in each model's ``opt_state``).
       shared_batch: all models see the same batch ``(x, y)``; otherwise ``x: (K, batch, ...)``, one per model.
-      jit: ``jax.jit(..., donate_argnums=0)`` (default) or the plain vmapped function.
+      jit: ``nnjax.jit(..., donate_argnums=0)`` (default) or the plain vmapped function.
 
     Returns:
       ``(train_states, batch) -> (train_states, metrics)`` with metrics of shape ``(K,)``.
     """
     step = make_train_step(model, loss, optimizer, metrics=metrics, jit=False)
     many = jax.vmap(step, in_axes=(0, None if shared_batch else 0))
-    return jax.jit(many, donate_argnums=0) if jit else many
+    return compile_jit(many, donate_argnums=0) if jit else many
 
 
 # --- fit_many -------------------------------------------------------------------------------------------
@@ -193,7 +194,7 @@ def sweep_configs(
     hyperparams = {k: list(np.asarray(v).reshape(-1).tolist()) for k, v in (hyperparams or {}).items()}
     names = list(hyperparams)
     if grid:
-        return [dict(zip(["seed", *names], combo)) for combo in itertools.product(seeds, *hyperparams.values())]
+        return [dict(zip(["seed", *names], combo, strict=True)) for combo in itertools.product(seeds, *hyperparams.values())]
     lengths = {len(v) for v in hyperparams.values()} | ({len(seeds)} if len(seeds) > 1 else set())
     if len(lengths) > 1:
         raise ValueError(
@@ -342,7 +343,7 @@ def fit_many(
     try:
         if fused == "all" and first_epoch < epochs:
             start = time.perf_counter()
-            run_all = jax.jit(lambda ts, es: jax.lax.scan(run_epoch, ts, es), donate_argnums=0)
+            run_all = compile_jit(lambda ts, es: jax.lax.scan(run_epoch, ts, es), donate_argnums=0)
             train_states, all_logs = run_all(train_states, jnp.arange(first_epoch, epochs))
             all_logs = jax.device_get(all_logs)
             seconds = (time.perf_counter() - start) / (epochs - first_epoch)
@@ -350,10 +351,10 @@ def fit_many(
                 if record(epoch, train_states, {name: v[i] for name, v in all_logs.items()}, seconds):
                     break
         elif first_epoch < epochs:
-            compiled_epoch = jax.jit(run_epoch, donate_argnums=0)
-            jit_step = jax.jit(many_step, donate_argnums=0)
-            jit_orders = jax.jit(orders_fn, static_argnums=(2, 3))
-            jit_validate = jax.jit(validate)
+            compiled_epoch = compile_jit(run_epoch, donate_argnums=0)
+            jit_step = compile_jit(many_step, donate_argnums=0)
+            jit_orders = compile_jit(orders_fn, static_argnums=(2, 3))
+            jit_validate = compile_jit(validate)
             for epoch in range(first_epoch, epochs):
                 start = time.perf_counter()
                 if fused == "epoch":
@@ -382,7 +383,7 @@ def fit_many(
 def ensemble_predict(model: Layer, train_states: TrainState, x: Any, *, batch_size: int = 1024) -> Array:
     """Every model's predictions for ``x``: ``(K, n, *output_shape)``; average them for an ensemble."""
     predict_fn = jax.vmap(make_predict_fn(model, batch_size), in_axes=(0, None))
-    return jax.jit(predict_fn)(train_states, jnp.asarray(x))
+    return compile_jit(predict_fn)(train_states, jnp.asarray(x))
 
 
 __all__ = [

@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 from nnjax._src.checkpoint import abstract_train_state, latest_step, restore_checkpoint, save_checkpoint
+from nnjax._src.compile import jit as compile_jit
 from nnjax._src.core import Layer
 from nnjax._src.errors import NonFiniteError, check_integer_labels, check_same_leading
 from nnjax._src.train import (
@@ -112,15 +113,24 @@ def make_evaluate_fn(
     return evaluate_fn
 
 
-@functools.partial(jax.jit, static_argnames=("model", "batch_size"))
 def _predict(train_state: TrainState, x: Array, *, model: Layer, batch_size: int) -> Array:
-    # The model is a static argument (a Layer hashes by its functions): one compilation per model and shape.
     return make_predict_fn(model, batch_size)(train_state, x)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "loss", "metrics", "batch_size"))
 def _evaluate(train_state, x, y, *, model, loss, metrics: tuple, batch_size: int) -> dict[str, Array]:
     return make_evaluate_fn(model, loss, dict(metrics), batch_size)(train_state, x, y)
+
+
+# Compiled on first use, not at import (compile_jit asks for the backend). The model is a static
+# argument (a Layer hashes by its functions): one compilation per model and input shape.
+@functools.cache
+def compiled_predict() -> Callable[..., Array]:
+    return compile_jit(_predict, static_argnames=("model", "batch_size"))
+
+
+@functools.cache
+def compiled_evaluate() -> Callable[..., dict[str, Array]]:
+    return compile_jit(_evaluate, static_argnames=("model", "loss", "metrics", "batch_size"))
 
 
 def predict(model: Layer, train_state: TrainState, x: Any, *, batch_size: int = 1024) -> Array:
@@ -128,7 +138,7 @@ def predict(model: Layer, train_state: TrainState, x: Any, *, batch_size: int = 
 
     Compiled once per model, batch size and input shape: calling it again does not recompile.
     """
-    return _predict(train_state, jnp.asarray(x), model=model, batch_size=batch_size)
+    return compiled_predict()(train_state, jnp.asarray(x), model=model, batch_size=batch_size)
 
 
 def evaluate(
@@ -143,8 +153,15 @@ def evaluate(
 ) -> dict[str, float]:
     """Loss and metrics over a whole data set, in inference mode; returns Python floats."""
     check_dataset("evaluate", model, x, y, model.output_shape(tuple(np.shape(x)[1:])))
-    values = _evaluate(train_state, jnp.asarray(x), jnp.asarray(y), model=model, loss=loss,
-                       metrics=tuple((metrics or {}).items()), batch_size=batch_size)
+    values = compiled_evaluate()(
+        train_state,
+        jnp.asarray(x),
+        jnp.asarray(y),
+        model=model,
+        loss=loss,
+        metrics=tuple((metrics or {}).items()),
+        batch_size=batch_size,
+    )
     return {name: float(value) for name, value in values.items()}
 
 
@@ -283,7 +300,9 @@ def fit(
         raise ValueError(f"fit: argument `batch_size` expected a positive int, given {batch_size!r}.")
     check_nonfinite_mode("fit", nonfinite)
     if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
-        raise ValueError(f"fit: argument `checkpoint_every` expected a positive int (epochs), given {checkpoint_every!r}.")
+        raise ValueError(
+            f"fit: argument `checkpoint_every` expected a positive int (epochs), given {checkpoint_every!r}."
+        )
     if resume and checkpoint_dir is None:
         raise ValueError("fit: argument `resume=True` needs `checkpoint_dir`, given None.")
     input_shape = tuple(np.shape(x)[1:])
@@ -351,8 +370,11 @@ def fit(
         idx = epoch_order(train_state.key, epoch, n, batch_size)[index]
         leaf = nonfinite_leaf(model, loss, train_state, (x[idx], y[idx]))
         newest = None if checkpoint_dir is None else latest_step(checkpoint_dir)
-        saved = "" if checkpoint_dir is None else f" Checkpoints in {checkpoint_dir}: " + (
-            "none yet." if newest is None else f"the newest is step {newest}."
+        saved = (
+            ""
+            if checkpoint_dir is None
+            else f" Checkpoints in {checkpoint_dir}: "
+            + ("none yet." if newest is None else f"the newest is step {newest}.")
         )
         raise NonFiniteError(
             f"fit: non-finite loss or gradient at step {at} (epoch {epoch + 1}, batch {index} of {steps}): the first "
@@ -365,8 +387,14 @@ def fit(
 
     def save(logs) -> None:
         save_checkpoint(
-            checkpoint_dir, train_state, metrics=logs, config=fit_config, keep=keep, best_metric=best_metric,
-            best_mode=best_mode, overwrite=True,
+            checkpoint_dir,
+            train_state,
+            metrics=logs,
+            config=fit_config,
+            keep=keep,
+            best_metric=best_metric,
+            best_mode=best_mode,
+            overwrite=True,
         )
 
     def record(epoch, logs, seconds) -> bool:
@@ -375,14 +403,18 @@ def fit(
             history.setdefault(name, []).append(value)
         bar.epoch_end(epoch, epochs, (epoch + 1) * steps, logs, seconds)
         stop = any([bool(cb(epoch, train_state, logs)) for cb in callbacks])  # every callback runs
-        if checkpoint_dir is not None and fused != "all" and (stop or (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
+        if (
+            checkpoint_dir is not None
+            and fused != "all"
+            and (stop or (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs)
+        ):
             save(logs)
         return stop
 
     try:
         if fused == "all":
             start = time.perf_counter()
-            run_all = jax.jit(lambda ts, es: jax.lax.scan(run_epoch, ts, es), donate_argnums=0)
+            run_all = compile_jit(lambda ts, es: jax.lax.scan(run_epoch, ts, es), donate_argnums=0)
             train_state, all_logs = run_all(train_state, jnp.arange(first_epoch, epochs))
             all_logs = jax.device_get(all_logs)
             halt_if_nonfinite(all_logs)
@@ -393,9 +425,9 @@ def fit(
             if checkpoint_dir is not None:
                 save(_ordered({k: v[-1] for k, v in all_logs.items()}))
         else:
-            compiled_epoch = jax.jit(run_epoch, donate_argnums=0)
-            order_fn = jax.jit(epoch_order, static_argnums=(2, 3))
-            eval_jit = jax.jit(evaluate_fn)
+            compiled_epoch = compile_jit(run_epoch, donate_argnums=0)
+            order_fn = compile_jit(epoch_order, static_argnums=(2, 3))
+            eval_jit = compile_jit(evaluate_fn)
             for epoch in range(first_epoch, epochs):
                 start = time.perf_counter()
                 if fused == "epoch":

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import optax
 import optax.contrib
 
+from nnjax._src.compile import jit as compile_jit
 from nnjax._src.core import Layer
 from nnjax._src.train import Batch, Loss, Metric, TrainState, _metrics, step_key
 from nnjax._src.types import Array, Params, PRNGKey, State
@@ -161,7 +162,7 @@ def make_dp_train_step(
         out["clipped_fraction"] = jnp.mean(per_example_norms(grads) > l2_norm_clip)
         return new_train_state, out
 
-    return jax.jit(step, donate_argnums=0) if jit else step
+    return compile_jit(step, donate_argnums=0) if jit else step
 
 
 __all__ = [

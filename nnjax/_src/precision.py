@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import optax
 from flax.training.dynamic_scale import DynamicScale
 
+from nnjax._src.compile import jit as compile_jit
 from nnjax._src.core import Layer
 from nnjax._src.train import Batch, Loss, Metric, TrainState, _metrics, step_key
 from nnjax._src.types import Array, DType
@@ -217,7 +218,7 @@ def make_loss_scaled_train_step(
         out.update(loss_scale=new_scale.scale, grads_finite=finite.astype(jnp.float32))
         return new_train_state, out
 
-    return jax.jit(step, donate_argnums=0) if jit else step
+    return compile_jit(step, donate_argnums=0) if jit else step
 
 
 __all__ = [

@@ -28,6 +28,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from nnjax._src.compile import jit as compile_jit
 from nnjax._src.train import Batch, TrainState
 from nnjax._src.types import Array, PyTree
 
@@ -144,14 +145,14 @@ def global_batch_from_process_data(local_batch: Batch, mesh: Mesh | None = None,
 def jit_sharded(
     step: Callable[[TrainState, Batch], Any], train_state: TrainState, mesh: Mesh | None = None, axis: str = "data"
 ):
-    """``jax.jit`` of a plain step (``make_train_step(..., jit=False)``) with shardings pinned: the train
+    """``nnjax.jit`` of a plain step (``make_train_step(..., jit=False)``) with shardings pinned: the train
     state in and out keeps the shardings it has now (from ``data_parallel``), batches are split along
     ``axis`` and metrics are replicated. Not needed for correctness (GSPMD propagates the input shardings),
     it guarantees FSDP parameters stay sharded between steps. The train state is donated."""
     mesh = make_mesh(axis) if mesh is None else mesh
     ts_sharding = jax.tree.map(lambda a: a.sharding, train_state)
     batch_sharding = NamedSharding(mesh, P(axis))
-    return jax.jit(
+    return compile_jit(
         step,
         in_shardings=(ts_sharding, batch_sharding),
         out_shardings=(ts_sharding, NamedSharding(mesh, P())),

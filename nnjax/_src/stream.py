@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from nnjax._src.compile import jit as compile_jit
 from nnjax._src.core import Layer
 from nnjax._src.fit import Callback, FitResult, History, _ordered, _Progress, make_evaluate_fn
 from nnjax._src.train import Batch, Loss, Metric, TrainState, init_train_state, make_train_step
@@ -86,7 +87,7 @@ def fit_stream(
             input_shape = tuple(jnp.shape(first_x)[1:])
         train_state = init_train_state(model, optimizer, jax.random.key(seed), tuple(input_shape))
     step = make_train_step(model, loss, optimizer, metrics=metrics)
-    evaluate_fn = jax.jit(make_evaluate_fn(model, loss, metrics))
+    evaluate_fn = compile_jit(make_evaluate_fn(model, loss, metrics))
     val = None if validation_data is None else tuple(jnp.asarray(a) for a in validation_data)
     history: History = {}
     for epoch in range(initial_epoch, epochs):
@@ -101,7 +102,7 @@ def fit_stream(
                 bar.report(train_state.step, step_metrics["loss"])
         if count == 0:
             raise ValueError(f"fit_stream: `batches({epoch})` yielded no batch.")
-        logs = jax.tree.map(lambda total: total / count, sums)
+        logs = jax.tree.map(lambda total, n=count: total / n, sums)
         if val is not None:
             logs.update({f"val_{k}": v for k, v in evaluate_fn(train_state, *val).items()})
         logs = _ordered(logs)

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from nnjax._src.compile import jit as compile_jit
 from nnjax._src.core import Layer
 from nnjax._src.errors import first_nonfinite
 from nnjax._src.types import Array, DType, Params, PRNGKey, Shape, State
@@ -123,7 +124,9 @@ def nonfinite_leaf(model: Layer, loss: Loss, train_state: TrainState, batch: Bat
     return bad
 
 
-def _metrics(predictions: Any, targets: Any, loss_value: Array, metrics: Mapping[str, Metric] | None) -> dict[str, Array]:
+def _metrics(
+    predictions: Any, targets: Any, loss_value: Array, metrics: Mapping[str, Metric] | None
+) -> dict[str, Array]:
     out = {"loss": loss_value}
     for name, fn in (metrics or {}).items():
         out[name] = fn(predictions, targets)
@@ -150,7 +153,8 @@ def make_train_step(
       loss: ``loss(predictions, targets) -> scalar``, e.g. ``nnjax.losses.softmax_cross_entropy``.
       optimizer: any ``optax.GradientTransformation``.
       metrics: optional extra metrics.
-      jit: return the step compiled by ``jax.jit`` (the input train state is donated: do not reuse it);
+      jit: return the step compiled by ``nnjax.jit`` (``jax.jit`` with nnjax's compiler options; the input
+        train state is donated: do not reuse it);
         ``jit=False`` returns the plain function, to ``vmap``/``scan``/``jit`` yourself.
       nonfinite: what to do when the loss, a gradient or the new model state holds NaN or Inf.
         ``None``: nothing (the update is applied). ``"skip"``: apply no update (params, state and
@@ -201,11 +205,13 @@ def jit_train_step(step: Callable[[TrainState, Batch], tuple[TrainState, Any]]) 
         new, step_metrics = step(TrainState(*fields, key), batch)
         return (new.step, new.params, new.state, new.opt_state), step_metrics
 
-    compiled = jax.jit(inner, donate_argnums=0)
+    compiled = compile_jit(inner, donate_argnums=0)
 
     def jitted_step(train_state: TrainState, batch: Batch) -> tuple[TrainState, Any]:
         s = train_state
-        (step, params, state, opt_state), step_metrics = compiled((s.step, s.params, s.state, s.opt_state), s.key, batch)
+        (step, params, state, opt_state), step_metrics = compiled(
+            (s.step, s.params, s.state, s.opt_state), s.key, batch
+        )
         return TrainState(step, params, state, opt_state, s.key), step_metrics
 
     jitted_step.compiled = compiled
@@ -222,4 +228,4 @@ def make_eval_step(
         predictions, _ = model.apply(train_state.params, train_state.state, x, train=False)
         return _metrics(predictions, y, loss(predictions, y), metrics)
 
-    return jax.jit(eval_step) if jit else eval_step
+    return compile_jit(eval_step) if jit else eval_step
