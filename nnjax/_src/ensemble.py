@@ -18,7 +18,6 @@ does for one seed, so model ``i`` equals the sequential run ``fit(..., seed=seed
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any, NamedTuple
@@ -30,7 +29,7 @@ import optax
 
 from nnjax._src.compile import jit as compile_jit
 from nnjax._src.core import Layer
-from nnjax._src.fit import _Progress, check_dataset, epoch_order, make_evaluate_fn, make_predict_fn
+from nnjax._src.fit import _Progress, check_dataset, epoch_order, make_evaluate_fn, make_predict_fn, run_epochs
 from nnjax._src.train import Batch, Loss, Metric, TrainState, init_train_state, make_train_step
 from nnjax._src.types import Array, DType, PRNGKey, Shape
 
@@ -194,7 +193,9 @@ def sweep_configs(
     hyperparams = {k: list(np.asarray(v).reshape(-1).tolist()) for k, v in (hyperparams or {}).items()}
     names = list(hyperparams)
     if grid:
-        return [dict(zip(["seed", *names], combo, strict=True)) for combo in itertools.product(seeds, *hyperparams.values())]
+        return [
+            dict(zip(["seed", *names], combo, strict=True)) for combo in itertools.product(seeds, *hyperparams.values())
+        ]
     lengths = {len(v) for v in hyperparams.values()} | ({len(seeds)} if len(seeds) > 1 else set())
     if len(lengths) > 1:
         raise ValueError(
@@ -340,37 +341,24 @@ def fit_many(
         )
         return any(bool(cb(epoch, ts, logs)) for cb in callbacks)
 
+    jit_step = compile_jit(many_step, donate_argnums=0)
+    jit_orders = compile_jit(orders_fn, static_argnums=(2, 3))
+    jit_validate = compile_jit(validate)
+
+    def loop_epoch(ts, epoch):
+        per_step = []
+        for idx in jnp.swapaxes(jit_orders(ts.key, epoch, n, batch_size), 0, 1):
+            ts, step_metrics = jit_step(ts, (x[idx], y[idx]))
+            per_step.append(step_metrics)
+            if bar.bar is not None and len(per_step) % bar.every == 0:
+                bar.report(ts.step[0], step_metrics["loss"])
+        return ts, jit_validate(ts, jax.tree.map(lambda *v: jnp.mean(jnp.stack(v), axis=0), *per_step))
+
     try:
-        if fused == "all" and first_epoch < epochs:
-            start = time.perf_counter()
-            run_all = compile_jit(lambda ts, es: jax.lax.scan(run_epoch, ts, es), donate_argnums=0)
-            train_states, all_logs = run_all(train_states, jnp.arange(first_epoch, epochs))
-            all_logs = jax.device_get(all_logs)
-            seconds = (time.perf_counter() - start) / (epochs - first_epoch)
-            for i, epoch in enumerate(range(first_epoch, epochs)):
-                if record(epoch, train_states, {name: v[i] for name, v in all_logs.items()}, seconds):
-                    break
-        elif first_epoch < epochs:
-            compiled_epoch = compile_jit(run_epoch, donate_argnums=0)
-            jit_step = compile_jit(many_step, donate_argnums=0)
-            jit_orders = compile_jit(orders_fn, static_argnums=(2, 3))
-            jit_validate = compile_jit(validate)
-            for epoch in range(first_epoch, epochs):
-                start = time.perf_counter()
-                if fused == "epoch":
-                    train_states, logs = compiled_epoch(train_states, epoch)
-                else:
-                    per_step = []
-                    for idx in jnp.swapaxes(jit_orders(train_states.key, epoch, n, batch_size), 0, 1):
-                        train_states, step_metrics = jit_step(train_states, (x[idx], y[idx]))
-                        per_step.append(step_metrics)
-                        if bar.bar is not None and len(per_step) % bar.every == 0:
-                            bar.report(train_states.step[0], step_metrics["loss"])
-                    logs = jit_validate(
-                        train_states, jax.tree.map(lambda *v: jnp.mean(jnp.stack(v), axis=0), *per_step)
-                    )
-                if record(epoch, train_states, logs, time.perf_counter() - start):
-                    break
+        if first_epoch < epochs:
+            train_states, _ = run_epochs(
+                fused, train_states, first_epoch, epochs, run_epoch=run_epoch, loop_epoch=loop_epoch, record=record
+            )
     finally:
         bar.close()
 

@@ -225,6 +225,51 @@ def _ordered(logs: dict[str, Any]) -> dict[str, float]:
     return {k: float(logs[k]) for k in keys}
 
 
+EpochFn = Callable[[Any, Any], tuple[Any, dict[str, Any]]]  # (train_state, epoch) -> (train_state, logs)
+
+
+def run_epochs(
+    fused: bool | str,
+    train_state: Any,
+    first_epoch: int,
+    epochs: int,
+    *,
+    run_epoch: EpochFn,
+    loop_epoch: EpochFn,
+    record: Callable[[int, Any, dict[str, Any], float], bool],
+    check: Callable[[Any, dict[str, Any]], None] = lambda train_state, logs: None,
+) -> tuple[Any, dict[str, Any]]:
+    """The epoch loop of ``fit`` and ``fit_many``; returns the final train state and its epoch's logs.
+
+    ``run_epoch(train_state, epoch)`` is traceable (one ``lax.scan`` over the epoch's batches);
+    ``fused="epoch"`` compiles it, ``fused="all"`` compiles a scan of it over every epoch (one
+    program), and ``fused=False`` calls ``loop_epoch`` (a Python loop of the jitted step) instead.
+    After each epoch's program ``check(train_state, logs)`` may raise (with ``"all"``: once, per-epoch
+    logs stacked); ``record(epoch, train_state, logs, seconds)`` returning True stops the loop (with
+    ``"all"`` the run is already done; only the recording stops).
+    """
+    if fused == "all":
+        start = time.perf_counter()
+        run_all = compile_jit(lambda ts, es: jax.lax.scan(run_epoch, ts, es), donate_argnums=0)
+        train_state, all_logs = run_all(train_state, jnp.arange(first_epoch, epochs))
+        all_logs = jax.device_get(all_logs)
+        check(train_state, all_logs)
+        seconds = (time.perf_counter() - start) / (epochs - first_epoch)
+        for i, epoch in enumerate(range(first_epoch, epochs)):
+            if record(epoch, train_state, {k: v[i] for k, v in all_logs.items()}, seconds):
+                break
+        return train_state, {k: v[-1] for k, v in all_logs.items()}
+    compiled_epoch = compile_jit(run_epoch, donate_argnums=0)
+    logs: dict[str, Any] = {}
+    for epoch in range(first_epoch, epochs):
+        start = time.perf_counter()
+        train_state, logs = compiled_epoch(train_state, epoch) if fused == "epoch" else loop_epoch(train_state, epoch)
+        check(train_state, logs)
+        if record(epoch, train_state, logs, time.perf_counter() - start):
+            break
+    return train_state, logs
+
+
 def fit(
     model: Layer,
     loss: Loss,
@@ -361,7 +406,7 @@ def fit(
             logs.update({f"val_{k}": v for k, v in evaluate_fn(train_state, *val).items()})
         return train_state, logs
 
-    def halt_if_nonfinite(logs) -> None:
+    def halt_if_nonfinite(train_state, logs) -> None:
         """After a run of epochs with ``nonfinite="halt"``: raise if it halted, naming the step and leaf."""
         if nonfinite != "halt" or not np.any(np.asarray(logs["nonfinite"]) > 0):
             return
@@ -385,7 +430,7 @@ def fit(
             train_state=train_state,
         )
 
-    def save(logs) -> None:
+    def save(train_state, logs) -> None:
         save_checkpoint(
             checkpoint_dir,
             train_state,
@@ -397,7 +442,7 @@ def fit(
             overwrite=True,
         )
 
-    def record(epoch, logs, seconds) -> bool:
+    def record(epoch, train_state, logs, seconds) -> bool:
         logs = _ordered(logs)
         for name, value in logs.items():
             history.setdefault(name, []).append(value)
@@ -408,45 +453,39 @@ def fit(
             and fused != "all"
             and (stop or (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs)
         ):
-            save(logs)
+            save(train_state, logs)
         return stop
 
+    order_fn = compile_jit(epoch_order, static_argnums=(2, 3))
+    eval_jit = compile_jit(evaluate_fn)
+
+    def loop_epoch(train_state, epoch):
+        per_step = []
+        for idx in order_fn(train_state.key, epoch, n, batch_size):
+            train_state, step_metrics = step(train_state, (x[idx], y[idx]))
+            per_step.append(step_metrics)
+            if bar.bar is not None and len(per_step) % bar.every == 0:
+                bar.report(train_state.step, step_metrics["loss"])
+            if nonfinite == "halt" and int(step_metrics["nonfinite"]):
+                break
+        logs = _epoch_logs(jax.tree.map(lambda *v: jnp.stack(v), *per_step))
+        if val is not None:
+            logs.update({f"val_{k}": v for k, v in eval_jit(train_state, *val).items()})
+        return train_state, logs
+
     try:
-        if fused == "all":
-            start = time.perf_counter()
-            run_all = compile_jit(lambda ts, es: jax.lax.scan(run_epoch, ts, es), donate_argnums=0)
-            train_state, all_logs = run_all(train_state, jnp.arange(first_epoch, epochs))
-            all_logs = jax.device_get(all_logs)
-            halt_if_nonfinite(all_logs)
-            seconds = (time.perf_counter() - start) / (epochs - first_epoch)
-            for i, epoch in enumerate(range(first_epoch, epochs)):
-                if record(epoch, {k: v[i] for k, v in all_logs.items()}, seconds):
-                    break
-            if checkpoint_dir is not None:
-                save(_ordered({k: v[-1] for k, v in all_logs.items()}))
-        else:
-            compiled_epoch = compile_jit(run_epoch, donate_argnums=0)
-            order_fn = compile_jit(epoch_order, static_argnums=(2, 3))
-            eval_jit = compile_jit(evaluate_fn)
-            for epoch in range(first_epoch, epochs):
-                start = time.perf_counter()
-                if fused == "epoch":
-                    train_state, logs = compiled_epoch(train_state, epoch)
-                else:
-                    per_step = []
-                    for idx in order_fn(train_state.key, epoch, n, batch_size):
-                        train_state, step_metrics = step(train_state, (x[idx], y[idx]))
-                        per_step.append(step_metrics)
-                        if bar.bar is not None and len(per_step) % bar.every == 0:
-                            bar.report(train_state.step, step_metrics["loss"])
-                        if nonfinite == "halt" and int(step_metrics["nonfinite"]):
-                            break
-                    logs = _epoch_logs(jax.tree.map(lambda *v: jnp.stack(v), *per_step))
-                    if val is not None:
-                        logs.update({f"val_{k}": v for k, v in eval_jit(train_state, *val).items()})
-                halt_if_nonfinite(logs)
-                if record(epoch, logs, time.perf_counter() - start):
-                    break
+        train_state, last_logs = run_epochs(
+            fused,
+            train_state,
+            first_epoch,
+            epochs,
+            run_epoch=run_epoch,
+            loop_epoch=loop_epoch,
+            record=record,
+            check=halt_if_nonfinite,
+        )
+        if fused == "all" and checkpoint_dir is not None:
+            save(train_state, _ordered(last_logs))
     finally:
         bar.close()
     return FitResult(train_state, history)
