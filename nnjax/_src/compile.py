@@ -6,7 +6,7 @@ same way, use ``nnjax.jit(step, donate_argnums=0)``; plain ``jax.jit`` gives XLA
 
 The one option today is for the CPU backend. XLA:CPU (jaxlib 0.10) hands convolutions to YNNPACK by
 default; XLA's own convolution kernels ran the anchor CNN's training step (two 3x3 convolutions on
-28x28 images, batch 128) 1.4x faster on a 2-core AMD EPYC (73 -> 52 ms; ``benchmarks/cnn_step.py``).
+28x28 images, batch 128) 1.4x faster on a 2-core AMD EPYC (77 -> 53 ms in ``benchmarks/anchors.py``).
 Dots and reductions keep the default (YNNPACK). An XLA that does not know the option compiles
 without it. Other backends get no options.
 """
