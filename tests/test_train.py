@@ -1,5 +1,6 @@
 """The pure train step: one compilation, donation, vmap over models, equality with hand-written JAX."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,9 +32,29 @@ def test_step_compiles_once_and_donates_its_input():
         old = train_state
         train_state, logs = step(train_state, _batch(seed=seed))
         assert old.params["dense_0"]["w"].is_deleted()  # donated
-    assert len(traces) == 1 and step.compiled._cache_size() == 1
     assert int(train_state.step) == 3
     assert set(logs) == {"loss", "accuracy"} and isinstance(logs["loss"], jax.Array)
+    fresh = nnjax.init_train_state(MODEL, optimizer, jax.random.key(1), (5,))  # a new (array-free) state object
+    step(fresh, _batch())
+    assert len(traces) == 1  # traced and compiled once
+
+
+def test_jitted_step_with_and_without_state_arrays_equals_the_plain_step():
+    x, y = _batch()
+    optimizer = optax.sgd(0.1)
+    stateless = nnjax.serial(nnjax.Dense(4), nnjax.Relu(), nnjax.Dense(3))
+    stateful = nnjax.serial(nnjax.Dense(4), nnjax.BatchNorm(), nnjax.Relu(), nnjax.Dense(3))
+    for model in (stateless, stateful):
+        plain = nnjax.make_train_step(model, losses.softmax_cross_entropy, optimizer, jit=False)
+        jitted = nnjax.make_train_step(model, losses.softmax_cross_entropy, optimizer)
+        expected = nnjax.init_train_state(model, optimizer, jax.random.key(0), (5,))
+        got = nnjax.init_train_state(model, optimizer, jax.random.key(0), (5,))
+        for _ in range(2):
+            expected, expected_logs = plain(expected, (x, y))
+            got, logs = jitted(got, (x, y))
+        chex.assert_trees_all_close(got, expected, rtol=1e-5, atol=1e-6)
+        chex.assert_trees_all_close(logs, expected_logs, rtol=1e-5, atol=1e-6)
+    assert jax.tree.leaves(got.state)  # BatchNorm's running statistics went through the general path
 
 
 def test_step_equals_hand_written_jax():

@@ -197,8 +197,10 @@ def make_train_step(
 def jit_train_step(step: Callable[[TrainState, Batch], tuple[TrainState, Any]]) -> Callable[..., Any]:
     """Compiles a pure train step with the train state donated, except its root key.
 
-    The key is passed in but not returned (the step never changes it): one buffer less each way per
-    call, which is most of the dispatch cost of a tiny step. The compiled function is ``.compiled``.
+    Each array passed through a jitted call costs dispatch time, which dominates a tiny step. So the
+    key is passed in but not returned (the step never changes it), and a model state without arrays
+    (``{}`` or nested empty dicts: most models) is not passed at all: it is rebuilt inside from its
+    structure. The general compiled function is ``.compiled``.
     """
 
     def inner(fields: tuple, key: PRNGKey, batch: Batch):
@@ -207,12 +209,37 @@ def jit_train_step(step: Callable[[TrainState, Batch], tuple[TrainState, Any]]) 
 
     compiled = compile_jit(inner, donate_argnums=0)
 
+    def compile_stateless(state_def: Any) -> Callable[..., Any]:
+        def inner_stateless(fields: tuple, key: PRNGKey, batch: Batch):
+            step_count, params, opt_state = fields
+            state = jax.tree.unflatten(state_def, [])
+            new, step_metrics = step(TrainState(step_count, params, state, opt_state, key), batch)
+            if jax.tree.structure(new.state) != state_def:
+                raise ValueError(
+                    f"make_train_step: the model's state had no arrays, so the new state must have none either "
+                    f"(same structure {state_def}), given {jax.tree.structure(new.state)}."
+                )
+            return (new.step, new.params, new.opt_state), step_metrics
+
+        return compile_jit(inner_stateless, donate_argnums=0)
+
+    by_structure: dict[Any, Callable[..., Any]] = {}  # array-free state structure -> its compiled step
+    stateless: list[Any] = [object(), None]  # the last array-free state object seen, its compiled step
+
     def jitted_step(train_state: TrainState, batch: Batch) -> tuple[TrainState, Any]:
         s = train_state
-        (step, params, state, opt_state), step_metrics = compiled(
-            (s.step, s.params, s.state, s.opt_state), s.key, batch
-        )
-        return TrainState(step, params, state, opt_state, s.key), step_metrics
+        if s.state is not stateless[0]:
+            leaves, state_def = jax.tree.flatten(s.state)
+            if leaves:
+                (step_count, params, state, opt_state), step_metrics = compiled(
+                    (s.step, s.params, s.state, s.opt_state), s.key, batch
+                )
+                return TrainState(step_count, params, state, opt_state, s.key), step_metrics
+            if state_def not in by_structure:
+                by_structure[state_def] = compile_stateless(state_def)
+            stateless[:] = [s.state, by_structure[state_def]]
+        (step_count, params, opt_state), step_metrics = stateless[1]((s.step, s.params, s.opt_state), s.key, batch)
+        return TrainState(step_count, params, s.state, opt_state, s.key), step_metrics
 
     jitted_step.compiled = compiled
     return jitted_step
