@@ -121,6 +121,36 @@ def test_both_paths_agree_in_value_and_gradient(kind, spatial, window, monkeypat
         assert np.count_nonzero(np.asarray(fast[1])) == g.size
 
 
+@pytest.mark.parametrize("spatial, window", [((4, 6), (2, 2)), ((5, 4, 6), (2, 2, 3))])
+def test_max_pool_ties_route_to_the_first_maximum_on_both_paths(spatial, window, monkeypatch):
+    layer = MaxPool(window)
+    x = jnp.asarray(np.random.RandomState(0).randint(0, 2, (2, *spatial, 3)).astype(np.float32))  # many ties
+    g = jnp.asarray(_data((2, *layer.output_shape(spatial + (3,))), 1))
+
+    def grad():
+        return jax.jit(jax.grad(lambda x: jnp.sum(layer.apply({}, {}, x)[0] * g)))(x)
+
+    fast = grad()
+    monkeypatch.setattr(pooling, "use_reshape_pool", lambda *args: False)
+    np.testing.assert_array_equal(fast, grad())  # XLA's select-and-scatter: first maximum in row-major order
+    assert np.count_nonzero(np.asarray(fast)) == g.size  # one winner per window, ties or not
+    # by hand: a 2x2 window [[1, 1], [0, 1]] sends its cotangent to its top-left cell only
+    one = pooling.window_max
+    d = jax.grad(lambda v: one(v.reshape(1, 2, 2), (1, 2))[0])(jnp.array([1.0, 1.0, 0.0, 1.0]))
+    np.testing.assert_array_equal(d, [1.0, 0.0, 0.0, 0.0])
+
+
+def test_max_pool_forward_mode_matches_reverse_mode():
+    layer = MaxPool(2)
+    x, t = jnp.asarray(_data((2, 4, 6, 3))), jnp.asarray(_data((2, 4, 6, 3), 1))
+    f = lambda x: layer.apply({}, {}, x)[0]  # noqa: E731
+    y, dy = jax.jvp(f, (x,), (t,))
+    np.testing.assert_allclose(y, f(x))
+    _, pullback = jax.vjp(f, x)
+    ct = jnp.asarray(_data(y.shape, 2))
+    np.testing.assert_allclose(jnp.vdot(dy, ct), jnp.vdot(t, pullback(ct)[0]), rtol=1e-5)  # <J t, c> = <t, J^T c>
+
+
 @pytest.mark.parametrize(
     "layer",
     [
