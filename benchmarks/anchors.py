@@ -1775,6 +1775,12 @@ def peak_gflops(results):
 def report(results, args, t_total, argv, load_start):
     out = machine_lines(argv, load_start)
     out += [
+        "- memory: "
+        + (
+            "`nnjax.keep_freed_memory()` applied to the whole process before the workloads (every row)"
+            if args.keep_freed_memory
+            else "glibc malloc defaults (run with --keep-freed-memory for `nnjax.keep_freed_memory()`)"
+        ),
         f"- protocol: compile and warm up first; ~{args.target_s}s per measurement (at least {args.min_units} units); "
         f"{args.repeats} repeats interleaved A B C A B C; median and min-max over repeats of the per-step time; JAX "
         "measurements end with jax.block_until_ready. Ratio = median / median of the workload's baseline "
@@ -1967,6 +1973,11 @@ def parse_args(argv=None):
         help="markdown file to write (default benchmarks/results-<date>.md; --quick or --only add a suffix)",
     )
     ap.add_argument("--no-write", action="store_true", help="print the report only")
+    ap.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="call nnjax.keep_freed_memory() first: glibc keeps freed memory, for every row (file suffix -kfm)",
+    )
     args = ap.parse_args(argv)
     quick = args.quick
     for name, full, fast in (
@@ -1994,6 +2005,8 @@ def run_benchmark(args, argv=()):
     load_start = open("/proc/loadavg").read().strip() if os.path.exists("/proc/loadavg") else "?"
     warnings.filterwarnings("ignore")
     setup_libs()
+    if args.keep_freed_memory and not nnjax.keep_freed_memory():
+        log("note: keep_freed_memory() does not apply here (not glibc): malloc defaults")
     t0 = time.perf_counter()
     results = {}
     runs = list(args.workloads)
@@ -2020,6 +2033,7 @@ def main(argv=None):
     print(text)
     if not args.no_write:
         suffix = ("-quick" if args.quick else "") + (f"-{'-'.join(args.workloads)}" if args.only else "")
+        suffix += "-kfm" if args.keep_freed_memory else ""
         path = args.out or os.path.join(HERE, f"results-{datetime.date.today().isoformat()}{suffix}.md")
         with open(path, "w") as f:
             f.write(text + "\n")

@@ -156,6 +156,7 @@ def main() -> None:
         if name != "verbose":
             parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     args = parser.parse_args()
+    nnjax.keep_freed_memory()  # a process-wide choice: XLA's temporaries reuse freed memory
     results = train_and_evaluate({**vars(args), "verbose": True})
     bits, base = results["val_bits_per_char"], results["unigram_bits_per_char"]
     print(f"text: {results['train_chars']} training / {results['val_chars']} validation characters, vocab {results['vocab']}")

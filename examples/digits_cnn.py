@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--learning-rate", type=float, default=DEFAULT_CONFIG["learning_rate"])
     parser.add_argument("--seed", type=int, default=DEFAULT_CONFIG["seed"])
     args = parser.parse_args(argv)
+    nnjax.keep_freed_memory()  # a process-wide choice: XLA's temporaries reuse freed memory
     return train_and_evaluate({key: value for key, value in vars(args).items()})
 
 

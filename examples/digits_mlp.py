@@ -139,6 +139,7 @@ def main() -> None:
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--benchmark", action="store_true", help="time nnjax's step against hand-written JAX")
     args = parser.parse_args()
+    nnjax.keep_freed_memory()  # a process-wide choice: XLA's temporaries reuse freed memory
     print(f"devices: {jax.devices()}")
     if args.benchmark:
         result = benchmark_step(args.batch_size, args.hidden)

@@ -295,6 +295,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     parser.add_argument("--quiet", action="store_true", help="print only the final summary")
     args = vars(parser.parse_args(argv))
+    nnjax.keep_freed_memory()  # a process-wide choice: XLA's temporaries reuse freed memory
     quiet = args.pop("quiet")
     result = train_and_evaluate(GANConfig(**args), verbose=not quiet)
     summary = {k: result[k] for k in ("modes_covered", "modes", "high_quality", "mmd2", "mode_shares")}

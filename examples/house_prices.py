@@ -59,6 +59,7 @@ def main() -> None:
         if name != "progress":
             parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     args = parser.parse_args()
+    nnjax.keep_freed_memory()  # a process-wide choice: XLA's temporaries reuse freed memory
     results = train_and_evaluate({**vars(args), "progress": True})
     print(f"held-out RMSE ($1000s): MLP {results['mlp_rmse']:.2f}   linear baseline {results['linear_rmse']:.2f}")
     print(f"held-out R²:            MLP {results['mlp_r2']:.4f}  linear baseline {results['linear_r2']:.4f}")

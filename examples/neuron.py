@@ -68,6 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    nnjax.keep_freed_memory()  # a process-wide choice: XLA's temporaries reuse freed memory
     results = train_and_evaluate({"seed": args.seed})
     print(f"one neuron: 0.5*0.5 + 0.6*0.7 + 0 = {results['weighted_sum']:.2f} -> step(threshold 0.5) = {results['fired']:.0f}")
     for gate in GATES:

@@ -99,6 +99,7 @@ def main() -> None:
         kwargs = {"choices": ["gru", "lstm"]} if name == "cell" else {}
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value, **kwargs)
     args = parser.parse_args()
+    nnjax.keep_freed_memory()  # a process-wide choice: XLA's temporaries reuse freed memory
     r = train_and_evaluate(vars(args))
     print(f"held-out RMSE over {r['test_points']} steps: {args.cell.upper()} {r['rnn_rmse']:.3f}   "
           f"naive last value {r['naive_rmse']:.3f}   ({100 * r['improvement']:.0f}% lower; noise std {r['noise_floor']})")

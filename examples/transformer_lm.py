@@ -315,6 +315,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=default, metavar="BOOL")
         else:
             parser.add_argument(flag, type=type(default) if default is not None else str, default=default)
+    nnjax.keep_freed_memory()  # a process-wide choice: XLA's temporaries reuse freed memory
     return train_and_evaluate(vars(parser.parse_args(argv)))
 
 

@@ -47,6 +47,7 @@ from nnjax._src.activations import (
     StraightThroughStep,
     Tanh,
 )
+from nnjax._src.allocator import keep_freed_memory
 from nnjax._src.attention import (
     MultiHeadAttention,
     TransformerDecoderBlock,
@@ -177,6 +178,7 @@ __all__ = [
     "init_train_state",
     "initializers",
     "jit",
+    "keep_freed_memory",
     "latest_step",
     "losses",
     "make_eval_step",

@@ -1,0 +1,45 @@
+"""keep_freed_memory: glibc keeps freed blocks, so touching a re-allocated block costs no page faults."""
+
+import subprocess
+import sys
+
+import pytest
+
+import nnjax
+
+# Allocates, touches and frees a 48 MiB block twice with glibc's malloc; prints the page faults of the
+# second touch. glibc's default serves such a block with fresh mmap pages each time (one fault per 4 KiB page).
+SCRIPT = """
+import ctypes, resource, sys
+import nnjax
+if sys.argv[1] == "keep":
+    assert nnjax.keep_freed_memory() is True
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+size = 48 << 20
+for attempt in range(2):
+    block = libc.malloc(size)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    ctypes.memset(block, 1, size)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    libc.free(block)
+print(faults)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc: Linux only")
+def test_keep_freed_memory_reuses_warm_pages():
+    def second_touch_faults(mode):
+        out = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True)
+        return int(out.stdout)
+
+    pages = (48 << 20) // 4096
+    assert second_touch_faults("default") >= pages // 2  # fresh pages again (huge pages would fault less)
+    assert second_touch_faults("keep") < pages // 100  # the freed block came back warm
+
+
+def test_keep_freed_memory_checks_its_argument():
+    for bad in (0, -1, 2**31, 1.5, True):
+        with pytest.raises(ValueError, match=r"keep_freed_memory: argument `limit_bytes` expected an int"):
+            nnjax.keep_freed_memory(bad)
