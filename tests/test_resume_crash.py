@@ -87,11 +87,12 @@ def _crash_trials(tmp_path, reference, trials, seed):
         kills = 1 + (trial % 3 == 2)  # every third trial is killed twice
         for _ in range(kills):
             before = checkpoint_steps(directory)
-            if rng.random() < 0.6:  # just after an epoch's end: the kill lands in (or around) its save
-                target = max(before, default=0) // STEPS_PER_EPOCH + rng.randrange(0, 2)
-                kwargs = {"kill_after_epoch": min(target, EPOCHS - 2), "delay": rng.uniform(0.0, 0.25)}
-            else:  # anywhere in the run, start-up included
-                kwargs = {"kill_at": rng.uniform(0.2, seconds)}
+            start = max(before, default=0) // STEPS_PER_EPOCH  # the epoch this run resumes at
+            if rng.random() < 0.6 and start <= EPOCHS - 2:  # just after an epoch's end: in (or around) its save
+                target = min(start + rng.randrange(0, 2), EPOCHS - 2)  # an epoch this run does announce
+                kwargs = {"kill_after_epoch": target, "delay": rng.uniform(0.0, 0.25)}
+            else:  # anywhere in the run, start-up included; a resumed run is shorter, so the window is too
+                kwargs = {"kill_at": rng.uniform(0.2, max(0.3, seconds * (EPOCHS - start) / EPOCHS))}
             code, lines, stderr = _run_worker(directory, out, **kwargs)
             assert "Falling back" not in stderr, stderr[-3000:]
             if code == 0:  # finished before the kill came
