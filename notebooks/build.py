@@ -44,7 +44,9 @@ import optax
 
 import nnjax as nn
 
-print("jax", jax.__version__, "| devices:", jax.devices())"""
+print("jax", jax.__version__, "| devices:", jax.devices())
+if jax.default_backend() == "cpu":
+    nn.keep_freed_memory()  # for this kernel: XLA's CPU temporaries reuse freed memory (faster conv steps)"""
 
 
 def notebook(name: str, title: str, intro: str, cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
