@@ -1,5 +1,6 @@
 """keep_freed_memory: glibc keeps freed blocks, so touching a re-allocated block costs no page faults."""
 
+import platform
 import subprocess
 import sys
 
@@ -28,7 +29,7 @@ print(faults)
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc: Linux only")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
 def test_keep_freed_memory_reuses_warm_pages():
     def second_touch_faults(mode):
         out = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True)

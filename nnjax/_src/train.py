@@ -227,19 +227,19 @@ def jit_train_step(step: Callable[[TrainState, Batch], tuple[TrainState, Any]]) 
     stateless: list[Any] = [object(), None]  # the last array-free state object seen, its compiled step
 
     def jitted_step(train_state: TrainState, batch: Batch) -> tuple[TrainState, Any]:
-        s = train_state
-        if s.state is not stateless[0]:
-            leaves, state_def = jax.tree.flatten(s.state)
+        step_count, params, state, opt_state, key = train_state  # one unpack: this runs every step
+        if state is not stateless[0]:
+            leaves, state_def = jax.tree.flatten(state)
             if leaves:
                 (step_count, params, state, opt_state), step_metrics = compiled(
-                    (s.step, s.params, s.state, s.opt_state), s.key, batch
+                    (step_count, params, state, opt_state), key, batch
                 )
-                return TrainState(step_count, params, state, opt_state, s.key), step_metrics
+                return TrainState(step_count, params, state, opt_state, key), step_metrics
             if state_def not in by_structure:
                 by_structure[state_def] = compile_stateless(state_def)
-            stateless[:] = [s.state, by_structure[state_def]]
-        (step_count, params, opt_state), step_metrics = stateless[1]((s.step, s.params, s.opt_state), s.key, batch)
-        return TrainState(step_count, params, s.state, opt_state, s.key), step_metrics
+            stateless[:] = [state, by_structure[state_def]]
+        (step_count, params, opt_state), step_metrics = stateless[1]((step_count, params, opt_state), key, batch)
+        return TrainState(step_count, params, state, opt_state, key), step_metrics
 
     jitted_step.compiled = compiled
     return jitted_step
