@@ -3,6 +3,7 @@
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -36,7 +37,9 @@ def test_keep_freed_memory_reuses_warm_pages():
         return int(out.stdout)
 
     pages = (48 << 20) // 4096
-    assert second_touch_faults("default") >= pages // 2  # fresh pages again (huge pages would fault less)
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not (thp.exists() and "[always]" in thp.read_text()):  # with huge pages everywhere, far fewer faults
+        assert second_touch_faults("default") >= pages // 2  # glibc's default: fresh pages again
     assert second_touch_faults("keep") < pages // 100  # the freed block came back warm
 
 
