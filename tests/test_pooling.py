@@ -140,6 +140,15 @@ def test_max_pool_ties_route_to_the_first_maximum_on_both_paths(spatial, window,
     np.testing.assert_array_equal(d, [1.0, 0.0, 0.0, 0.0])
 
 
+def test_global_max_pool_ties_route_to_the_first_maximum():
+    x = jnp.zeros((2, 3, 4, 5)).at[1, 2, 3, :].set(1.0)  # example 0: all tied; example 1: one maximum per channel
+    g = jax.grad(lambda x: jnp.sum(GlobalMaxPool().apply({}, {}, x)[0]))(x)
+    expected = np.zeros((2, 3, 4, 5))
+    expected[0, 0, 0, :] = 1.0  # the first cell in row-major order
+    expected[1, 2, 3, :] = 1.0
+    np.testing.assert_array_equal(g, expected)
+
+
 def test_max_pool_forward_mode_matches_reverse_mode():
     layer = MaxPool(2)
     x, t = jnp.asarray(_data((2, 4, 6, 3))), jnp.asarray(_data((2, 4, 6, 3), 1))

@@ -9,8 +9,9 @@ pools are computed as a reshape to ``(batch, h, wh, w, ww, channels)`` and a max
 axes instead: the same values, and a gradient that is several times cheaper. Other cases and other
 backends use ``lax.reduce_window``.
 
-Ties: a max pool's gradient goes to the first maximum of each window (row-major order), on every path,
-as XLA's ``reduce_window`` gradient and PyTorch's ``MaxPool`` route it (``jnp.max`` would split it evenly).
+Ties: the gradient of MaxPool and GlobalMaxPool goes to the first maximum of each window (row-major
+order) on every path, as XLA's ``reduce_window`` gradient and PyTorch's max pools route it (``jnp.max``
+would split it evenly among the tied cells).
 """
 
 from __future__ import annotations
@@ -178,4 +179,4 @@ def GlobalAvgPool() -> Layer:  # noqa: N802
 
 def GlobalMaxPool() -> Layer:  # noqa: N802
     """The maximum over all spatial axes: ``(batch, *spatial, channels) -> (batch, channels)``."""
-    return _global("GlobalMaxPool", jnp.max)
+    return _global("GlobalMaxPool", window_max)
