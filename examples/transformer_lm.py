@@ -315,8 +315,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=default, metavar="BOOL")
         else:
             parser.add_argument(flag, type=type(default) if default is not None else str, default=default)
+    args = vars(parser.parse_args(argv))
     nnjax.keep_freed_memory()  # a process-wide choice: XLA's temporaries reuse freed memory
-    return train_and_evaluate(vars(parser.parse_args(argv)))
+    return train_and_evaluate(args)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,9 @@
 XLA:CPU allocates a program's temporary buffers afresh on every execution. glibc's ``malloc`` serves
 blocks above its mmap threshold (128 KiB, rising to at most 32 MiB as blocks are freed) with fresh
 ``mmap`` pages and hands them back on ``free``, so every step then pays a page fault and a zeroed page
-for each 4 KiB it touches. On the anchor CNN (two 3x3
-convolutions on 28x28 images, batch 128; 2-core AMD EPYC) that was about a third of the training step:
-54 -> 37 ms with ``keep_freed_memory()``. Steps with small temporaries (an MLP, an LSTM) do not change.
+for each 4 KiB it touches. On the anchor CNN (two 3x3 convolutions on 28x28 images, batch 128; 2-core
+AMD EPYC) that was about a third of the training step: 51.7 -> 33.0 ms with ``keep_freed_memory()``
+in ``benchmarks/anchors.py --only cnn,lstm,mlp`` runs. The MLP and LSTM steps did not change.
 
 This is a process-wide choice about memory, so nnjax never makes it on import: an application calls
 ``keep_freed_memory()`` once (nnjax's example trainers do). The environment variables
