@@ -9,6 +9,7 @@ import pytest
 
 import nnjax
 from nnjax import losses, metrics
+from nnjax._src import train as nnjax_train
 
 MODEL = nnjax.serial(nnjax.Dense(16), nnjax.Relu(), nnjax.Dropout(0.1), nnjax.Dense(3))
 
@@ -18,7 +19,17 @@ def _batch(n=32, seed=0):
     return jnp.asarray(rng.normal(size=(n, 5)), jnp.float32), jnp.asarray(rng.integers(0, 3, n), jnp.int32)
 
 
-def test_step_compiles_once_and_donates_its_input():
+DETERMINISTIC = nnjax.serial(nnjax.Dense(16), nnjax.Relu(), nnjax.Dense(3))
+
+
+@pytest.mark.parametrize(
+    "model, traces_expected, counted_on",
+    [
+        (DETERMINISTIC, 1, np.generic),  # reads its counter only to add one: the host counts
+        (MODEL, 2, jax.Array),  # dropout keys come from the counter: traced once more to count on the device
+    ],
+)
+def test_step_compiles_once_and_donates_its_input(model, traces_expected, counted_on):
     traces = []
 
     def counting_loss(predictions, y):
@@ -26,17 +37,69 @@ def test_step_compiles_once_and_donates_its_input():
         return losses.softmax_cross_entropy(predictions, y)
 
     optimizer = optax.adam(1e-2)
-    step = nnjax.make_train_step(MODEL, counting_loss, optimizer, metrics={"accuracy": metrics.accuracy})
-    train_state = nnjax.init_train_state(MODEL, optimizer, jax.random.key(0), (5,))
+    step = nnjax.make_train_step(model, counting_loss, optimizer, metrics={"accuracy": metrics.accuracy})
+    train_state = nnjax.init_train_state(model, optimizer, jax.random.key(0), (5,))
     for seed in range(3):
         old = train_state
         train_state, logs = step(train_state, _batch(seed=seed))
         assert old.params["dense_0"]["w"].is_deleted()  # donated
-    assert int(train_state.step) == 3
+    assert int(train_state.step) == 3 and isinstance(train_state.step, counted_on)
+    assert train_state.step.dtype == np.int32 and train_state.step.shape == ()
     assert set(logs) == {"loss", "accuracy"} and isinstance(logs["loss"], jax.Array)
-    fresh = nnjax.init_train_state(MODEL, optimizer, jax.random.key(1), (5,))  # a new (array-free) state object
+    fresh = nnjax.init_train_state(model, optimizer, jax.random.key(1), (5,))  # a new (array-free) state object
     step(fresh, _batch())
-    assert len(traces) == 1  # traced and compiled once
+    assert len(traces) == traces_expected  # compiled once: never traced again after the first step
+
+
+def _counter_jaxpr(fn):
+    return jax.make_jaxpr(fn)(jax.ShapeDtypeStruct((), jnp.int32)).jaxpr
+
+
+def test_counter_only_increments_sees_every_other_use_of_the_counter():
+    x = jnp.ones(3)
+    key = jax.random.key(0)
+    only_increments = nnjax_train.counter_only_increments
+    assert only_increments(_counter_jaxpr(lambda c: (c + 1, x * 2)))
+    assert only_increments(_counter_jaxpr(lambda c: (c + 1, x * 2, jax.random.fold_in(key, c))[:2]))  # dead key
+    assert not only_increments(_counter_jaxpr(lambda c: (c + 2, x)))
+    assert not only_increments(_counter_jaxpr(lambda c: (c, x)))
+    assert not only_increments(_counter_jaxpr(lambda c: (c + 1, x * c)))
+    assert not only_increments(_counter_jaxpr(lambda c: (c + 1, c)))
+    assert not only_increments(_counter_jaxpr(lambda c: (c + 1, jax.random.uniform(jax.random.fold_in(key, c)))))
+    assert not only_increments(_counter_jaxpr(lambda c: (c + 1, jax.jit(lambda a: a * 0)(c))))  # nested: conservative
+
+    def prints_counter(c):
+        jax.debug.callback(lambda v: None, c)
+        return c + 1, x
+
+    assert not only_increments(_counter_jaxpr(prints_counter))  # an effect reads it
+
+
+def test_step_that_reads_its_counter_only_for_some_shapes_falls_back_on_recompiling():
+    """A layer that draws noise only for batches of 16: the host-counted step for batch 32 must not
+    serve batch 16 with a fixed key; on recompiling it sees the counter read and counts on the device."""
+
+    def init(key, input_shape, dtype=jnp.float32):
+        return {}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        if train and x.shape[0] == 16:
+            x = x + jax.random.normal(key, x.shape)
+        return x, state
+
+    model = nnjax.serial(nnjax.Dense(3), nnjax.Layer(init, apply, "NoisyAt16"))
+    optimizer = optax.sgd(0.1)
+    plain = nnjax.make_train_step(model, losses.softmax_cross_entropy, optimizer, jit=False)
+    jitted = nnjax.make_train_step(model, losses.softmax_cross_entropy, optimizer)
+    expected = got = nnjax.init_train_state(model, optimizer, jax.random.key(0), (5,))
+    expected = jax.tree.map(jnp.copy, expected)
+    for n in (32, 16, 16, 32):
+        batch = _batch(n=n, seed=n)
+        expected, expected_logs = plain(expected, batch)
+        got, logs = jitted(got, batch)
+        chex.assert_trees_all_close(logs, expected_logs, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert int(got.step) == 4 and isinstance(got.step, jax.Array)  # counted on the device after the fallback
 
 
 def test_jitted_step_with_and_without_state_arrays_equals_the_plain_step():
