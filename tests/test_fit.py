@@ -8,6 +8,7 @@ import pytest
 
 import nnjax
 from nnjax import losses, metrics
+from nnjax._src import fit as nnjax_fit
 
 MODEL = nnjax.serial(nnjax.Dense(16), nnjax.Relu(), nnjax.Dropout(0.1), nnjax.Dense(3))
 RNG = np.random.default_rng(0)
@@ -31,6 +32,31 @@ def test_fused_epoch_fused_all_and_python_loop_agree():
     assert list(results[0].history) == ["loss", "accuracy", "val_loss", "val_accuracy"]
     assert all(len(v) == 3 for v in results[0].history.values())
     assert int(results[0].train_state.step) == 3 * (100 // 16)
+
+
+def test_python_loop_over_several_gathered_chunks_agrees_with_the_fused_epoch():
+    """50 steps an epoch: the loop gathers its batches LOOP_CHUNK (32) at a time, the last chunk short;
+    a deterministic model, so its jitted step counts on the host."""
+    model = nnjax.serial(nnjax.Dense(16), nnjax.Relu(), nnjax.Dense(3))
+    assert 100 // 2 > nnjax_fit.LOOP_CHUNK
+    results = [
+        nnjax.fit(model, losses.softmax_cross_entropy, optax.sgd(0.05), X, Y, epochs=2, batch_size=2,
+                  fused=mode, progress=False)
+        for mode in ("epoch", False)
+    ]
+    np.testing.assert_allclose(results[0].history["loss"], results[1].history["loss"], rtol=1e-5)
+    np.testing.assert_allclose(results[0].train_state.params["dense_2"]["w"],
+                               results[1].train_state.params["dense_2"]["w"], rtol=1e-5, atol=1e-6)
+    assert int(results[1].train_state.step) == 2 * 50
+
+
+def test_gather_batches_equals_indexing_each_step():
+    order = jnp.asarray(RNG.permutation(100)[:96].reshape(6, 16))
+    batches = nnjax_fit.gather_batches(jnp.asarray(X), jnp.asarray(Y), order)
+    assert len(batches) == 6
+    for (xb, yb), idx in zip(batches, np.asarray(order)):
+        np.testing.assert_array_equal(xb, X[idx])
+        np.testing.assert_array_equal(yb, Y[idx])
 
 
 def test_continuing_from_a_train_state_equals_one_run():

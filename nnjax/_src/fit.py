@@ -88,6 +88,18 @@ def epoch_order(key: jax.Array, epoch: Array | int, n: int, batch_size: int) -> 
     return order[: steps * batch_size].reshape(steps, batch_size)
 
 
+LOOP_CHUNK = 32  # batches gathered per dispatch by fit(fused=False)
+
+
+def gather_batches(x: Array, y: Array, order: Array) -> list[tuple[Array, Array]]:
+    """``[(x[order[i]], y[order[i]]) for each row i]`` of ``order: (k, batch_size)``, as one program.
+
+    ``fit(fused=False)`` gathers ``LOOP_CHUNK`` batches per call instead of indexing three times per step:
+    each indexing is a dispatch of its own, and they cost more than a small model's step.
+    """
+    return [(x[idx], y[idx]) for idx in order]
+
+
 def make_predict_fn(model: Layer, batch_size: int = 1024) -> Callable[[TrainState, Any], Array]:
     """A traceable ``(train_state, x) -> predictions`` over a whole set, ``batch_size`` examples at a time."""
 
@@ -457,12 +469,15 @@ def fit(
         return stop
 
     order_fn = compile_jit(epoch_order, static_argnums=(2, 3))
+    gather_fn = compile_jit(gather_batches)
     eval_jit = compile_jit(evaluate_fn)
 
     def loop_epoch(train_state, epoch):
         per_step = []
-        for idx in order_fn(train_state.key, epoch, n, batch_size):
-            train_state, step_metrics = step(train_state, (x[idx], y[idx]))
+        order = order_fn(train_state.key, epoch, n, batch_size)
+        batches = (b for at in range(0, steps, LOOP_CHUNK) for b in gather_fn(x, y, order[at : at + LOOP_CHUNK]))
+        for batch in batches:
+            train_state, step_metrics = step(train_state, batch)
             per_step.append(step_metrics)
             if bar.bar is not None and len(per_step) % bar.every == 0:
                 bar.report(train_state.step, step_metrics["loss"])
