@@ -50,6 +50,24 @@ def test_python_loop_over_several_gathered_chunks_agrees_with_the_fused_epoch():
     assert int(results[1].train_state.step) == 2 * 50
 
 
+@pytest.mark.parametrize("n, high", [(1, 2**32), (2, 2**32), (500, 2**32), (500, 50), (64, 1)])
+def test_shuffled_indices_equals_a_stable_argsort_with_and_without_ties(n, high):
+    bits = jnp.asarray(np.random.default_rng(n).integers(0, high, n, dtype=np.uint64).astype(np.uint32))
+    got = jax.jit(nnjax_fit.shuffled_indices)(bits)
+    np.testing.assert_array_equal(got, np.argsort(np.asarray(bits), kind="stable"))
+    assert got.dtype == jnp.int32
+    if n > 1 and high == 2**32:
+        assert len(np.unique(np.asarray(bits))) == n  # the rank path really ran
+
+
+def test_epoch_orders_under_lax_map_equal_one_at_a_time():
+    keys = jax.vmap(lambda k: jax.random.key_data(k))(jax.random.split(jax.random.key(3), 3))
+    mapped = jax.jit(lambda ks: jax.lax.map(lambda k: nnjax_fit.epoch_order(k, 2, 100, 16), ks))(keys)
+    for key, order in zip(keys, mapped):
+        np.testing.assert_array_equal(order, nnjax_fit.epoch_order(key, 2, 100, 16))
+        assert order.shape == (6, 16) and len(np.unique(np.asarray(order))) == 96
+
+
 def test_gather_batches_equals_indexing_each_step():
     order = jnp.asarray(RNG.permutation(100)[:96].reshape(6, 16))
     batches = nnjax_fit.gather_batches(jnp.asarray(X), jnp.asarray(Y), order)
