@@ -63,7 +63,7 @@ def test_shuffled_indices_equals_a_stable_argsort_with_and_without_ties(n, high)
 def test_epoch_orders_under_lax_map_equal_one_at_a_time():
     keys = jax.vmap(lambda k: jax.random.key_data(k))(jax.random.split(jax.random.key(3), 3))
     mapped = jax.jit(lambda ks: jax.lax.map(lambda k: nnjax_fit.epoch_order(k, 2, 100, 16), ks))(keys)
-    for key, order in zip(keys, mapped):
+    for key, order in zip(keys, mapped, strict=True):
         np.testing.assert_array_equal(order, nnjax_fit.epoch_order(key, 2, 100, 16))
         assert order.shape == (6, 16) and len(np.unique(np.asarray(order))) == 96
 
@@ -72,7 +72,7 @@ def test_gather_batches_equals_indexing_each_step():
     order = jnp.asarray(RNG.permutation(100)[:96].reshape(6, 16))
     batches = nnjax_fit.gather_batches(jnp.asarray(X), jnp.asarray(Y), order)
     assert len(batches) == 6
-    for (xb, yb), idx in zip(batches, np.asarray(order)):
+    for (xb, yb), idx in zip(batches, np.asarray(order), strict=True):
         np.testing.assert_array_equal(xb, X[idx])
         np.testing.assert_array_equal(yb, Y[idx])
 

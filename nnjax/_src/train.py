@@ -247,7 +247,8 @@ def jit_train_step(step: Callable[[TrainState, Batch], tuple[TrainState, Any]]) 
 
     def compile_stateless(state_def: Any, count_on_host: bool) -> Callable[..., Any]:
         def run(step_count, params, opt_state, key, batch):
-            new, step_metrics = step(TrainState(step_count, params, jax.tree.unflatten(state_def, []), opt_state, key), batch)
+            state = jax.tree.unflatten(state_def, [])
+            new, step_metrics = step(TrainState(step_count, params, state, opt_state, key), batch)
             if jax.tree.structure(new.state) != state_def:
                 raise ValueError(
                     f"make_train_step: the model's state had no arrays, so the new state must have none either "
