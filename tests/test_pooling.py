@@ -1,5 +1,7 @@
 """Pooling: both code paths (reshape on CPU, lax.reduce_window) against NumPy, their gradients, shapes, errors."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -147,6 +149,36 @@ def test_global_max_pool_ties_route_to_the_first_maximum():
     expected[0, 0, 0, :] = 1.0  # the first cell in row-major order
     expected[1, 2, 3, :] = 1.0
     np.testing.assert_array_equal(g, expected)
+
+
+@pytest.mark.parametrize(
+    "shape, axis", [((3, 2, 4, 2, 5), (2, 4)), ((2, 3, 2, 3, 2, 4), (1, 3, 5)), ((4, 6, 6, 3), (1, 2))]
+)
+def test_window_max_cellwise_and_reduction_paths_agree(shape, axis, monkeypatch):
+    """Small windows run cell by cell, large ones (and this test's second pass) as reductions."""
+    rs = np.random.RandomState(0)
+    x = rs.randint(0, 3, shape).astype(np.float32)  # many ties
+    x[0, 0] = np.nan  # a NaN maximum: NaN value, zero derivative on both paths
+    x, t = jnp.asarray(x), jnp.asarray(_data(shape, 1))
+
+    def run():
+        f = jax.jit(lambda x: pooling.window_max(x, axis))
+        y, dy = jax.jit(lambda x, t: jax.jvp(f, (x,), (t,)))(x, t)
+        ct = jnp.asarray(_data(y.shape, 2))
+        return y, dy, jax.jit(lambda x: jax.vjp(f, x)[1](ct)[0])(x)
+
+    cells = math.prod(shape[a] for a in axis)
+    assert pooling._cellwise(x, axis) == (cells <= pooling.CELLWISE_MAX_CELLS)
+    first = run()
+    monkeypatch.setattr(pooling, "CELLWISE_MAX_CELLS", 0)
+    second = run()
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b)
+    y, dy, grad = first
+    np.testing.assert_array_equal(y, np.max(np.asarray(x), axis=axis))
+    assert np.isnan(y[0, 0]).all() and not np.isnan(dy).any() and not np.isnan(grad).any()
+    winners = np.count_nonzero(np.asarray(grad).reshape(-1) != 0)
+    assert winners == y.size - np.isnan(np.asarray(y)).sum()  # one winner per window with a number for maximum
 
 
 def test_max_pool_forward_mode_matches_reverse_mode():

@@ -273,18 +273,17 @@ def _canonical_vjp_conv(strides, padding, dilation, dn):
         dx = lax.conv_general_dilated(
             g, w_t, (1,) * n, dx_pads, lhs_dilation=strides, rhs_dilation=dilation, dimension_numbers=dn
         )
-        # d/dw: a convolution with the channels as its batch and the batch as its features.
-        xp = jnp.pad(x, [(0, 0), *pads, (0, 0)])
-        xp = xp[
-            (
-                slice(None),
-                *(slice(0, (o - 1) * st + k) for o, st, k in zip(out, strides, effective, strict=False)),
-                slice(None),
-            )
+        # d/dw: a convolution with the channels as its batch and the batch as its features. The input's
+        # padding is the convolution's (negative where the last rows reach no output): padding the
+        # transposed input as a separate step made XLA:CPU emit a slow transpose (anchor CNN, second
+        # convolution: 8.5 -> 7.1 ms).
+        dw_pads = [
+            (lo, (o - 1) * st + k - lo - s)
+            for s, o, st, k, (lo, _) in zip(spatial, out, strides, effective, pads, strict=True)
         ]
-        lhs = jnp.moveaxis(xp, (0, n + 1), (n + 1, 0))  # (in, *padded, batch)
+        lhs = jnp.moveaxis(x, (0, n + 1), (n + 1, 0))  # (in, *spatial, batch)
         rhs = jnp.moveaxis(g, 0, n)  # (*out, batch, features)
-        dw = lax.conv_general_dilated(lhs, rhs, dilation, "VALID", rhs_dilation=strides, dimension_numbers=dn)
+        dw = lax.conv_general_dilated(lhs, rhs, dilation, dw_pads, rhs_dilation=strides, dimension_numbers=dn)
         return dx, jnp.moveaxis(dw, 0, n)  # dw: (in, *kernel, features) -> (*kernel, in, features)
 
     conv_vjp = jax.custom_vjp(conv)

@@ -6,8 +6,11 @@ axes is ``len(window)`` (an int ``window`` means 2-D). Global pools return ``(ba
 Speed: on CPU, the gradient of ``lax.reduce_window`` max pooling (XLA's select-and-scatter) is slow;
 when windows do not overlap (``strides == window``, ``padding="VALID"``) and the backend is CPU, the
 pools are computed as a reshape to ``(batch, h, wh, w, ww, channels)`` and a max/mean over the window
-axes instead: the same values, and a gradient that is several times cheaper. Other cases and other
-backends use ``lax.reduce_window``.
+axes instead: the same values, and a gradient that is several times cheaper. Max pools over windows of
+up to ``CELLWISE_MAX_CELLS`` cells then take the maximum cell by cell (elementwise, fused with the
+ReLU before them) and keep each window's first maximum as an int8 index for the gradient: 2x2 pools of
+the anchor CNN, ReLU + pool forward and backward at batch 128, 28x28x32: 8.2 -> 1.4 ms; 14x14x64: 4.0
+-> 0.75 ms (2-core Intel Xeon). Other cases and other backends use ``lax.reduce_window``.
 
 Ties: the gradient of MaxPool and GlobalMaxPool goes to the first maximum of each window (row-major
 order) on every path, as XLA's ``reduce_window`` gradient and PyTorch's max pools route it (``jnp.max``
@@ -17,6 +20,7 @@ would split it evenly among the tied cells).
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Callable, Sequence
 
@@ -45,25 +49,58 @@ def reshape_pool(x: Array, window: tuple[int, ...], reduce: Callable[..., Array]
     return reduce(x, axis=tuple(range(2, 2 + 2 * n, 2)))
 
 
+# Window sizes up to which ``window_max`` works cell by cell (elementwise) rather than as a reduction.
+CELLWISE_MAX_CELLS = 32
+
+
+def window_cells(x: Array, axis: tuple[int, ...]) -> list[Array]:
+    """The cells of each window as separate arrays, row-major: ``x`` indexed at one offset along ``axis``."""
+    cells = []
+    for offset in itertools.product(*(range(x.shape[a]) for a in axis)):
+        index = [slice(None)] * x.ndim
+        for a, o in zip(axis, offset, strict=True):
+            index[a] = o
+        cells.append(x[tuple(index)])
+    return cells
+
+
+def _cellwise(x: Array, axis: tuple[int, ...]) -> bool:
+    return math.prod(x.shape[a] for a in axis) <= CELLWISE_MAX_CELLS
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def window_max(x: Array, axis: tuple[int, ...]) -> Array:
     """``jnp.max(x, axis)`` whose derivative takes the first maximum along ``axis`` (row-major) only.
 
     The same derivative as ``lax.reduce_window`` max pooling, ties included, and cheaper on XLA:CPU than
     ``jnp.max``'s (which counts the ties and divides). A JVP rule, so forward and reverse mode both work.
+    Windows of up to ``CELLWISE_MAX_CELLS`` cells are computed cell by cell, with elementwise maxima and
+    selects that XLA fuses with their producer (a convolution's bias and ReLU); larger ones (global
+    pools) as reductions.
     """
+    if _cellwise(x, axis):
+        return functools.reduce(jnp.maximum, window_cells(x, axis))
     return jnp.max(x, axis=axis)
 
 
 @window_max.defjvp
 def _window_max_jvp(axis: tuple[int, ...], primals: tuple[Array], tangents: tuple[Array]) -> tuple[Array, Array]:
     (x,), (dx,) = primals, tangents
-    y = jnp.max(x, axis=axis)
-    position = jnp.zeros(x.shape, jnp.int32)  # each element's row-major index within its window
-    for a in axis:
-        position = position * x.shape[a] + lax.broadcasted_iota(jnp.int32, x.shape, a)
+    y = window_max(x, axis)
     size = math.prod(x.shape[a] for a in axis)
-    first = jnp.min(jnp.where(x == jnp.expand_dims(y, axis), position, size), axis=axis, keepdims=True)
+    dtype = jnp.int8 if size < 128 else jnp.int32
+    position = jnp.zeros(x.shape, dtype)  # each element's row-major index within its window
+    for a in axis:
+        position = position * x.shape[a] + lax.broadcasted_iota(dtype, x.shape, a)
+    # `first`: the index of each window's first maximum; `size` where none equals it (a NaN maximum).
+    if _cellwise(x, axis):
+        first = jnp.full(y.shape, size, dtype)
+        for k, cell in reversed(list(enumerate(window_cells(x, axis)))):  # the first equal cell wins
+            first = jnp.where(cell == y, jnp.asarray(k, dtype), first)
+        first = jnp.expand_dims(first, axis)
+    else:
+        first = jnp.min(jnp.where(x == jnp.expand_dims(y, axis), position, size), axis=axis, keepdims=True)
+    # Transposed (reverse mode), this sum is a single select of the broadcast cotangent.
     return y, jnp.sum(jnp.where(position == first, dx, jnp.zeros_like(dx)), axis=axis)
 
 
