@@ -165,7 +165,7 @@ def test_window_max_cellwise_and_reduction_paths_agree(shape, axis, monkeypatch)
         f = jax.jit(lambda x: pooling.window_max(x, axis))
         y, dy = jax.jit(lambda x, t: jax.jvp(f, (x,), (t,)))(x, t)
         ct = jnp.asarray(_data(y.shape, 2))
-        return y, dy, jax.jit(lambda x: jax.vjp(f, x)[1](ct)[0])(x)
+        return f(x), y, dy, jax.jit(lambda x: jax.vjp(f, x)[1](ct)[0])(x)
 
     cells = math.prod(shape[a] for a in axis)
     assert pooling._cellwise(x, axis) == (cells <= pooling.CELLWISE_MAX_CELLS)
@@ -174,8 +174,9 @@ def test_window_max_cellwise_and_reduction_paths_agree(shape, axis, monkeypatch)
     second = run()
     for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(a, b)
-    y, dy, grad = first
-    np.testing.assert_array_equal(y, np.max(np.asarray(x), axis=axis))
+    value, y, dy, grad = first
+    np.testing.assert_array_equal(value, np.max(np.asarray(x), axis=axis))
+    np.testing.assert_array_equal(y, value)
     assert np.isnan(y[0, 0]).all() and not np.isnan(dy).any() and not np.isnan(grad).any()
     winners = np.count_nonzero(np.asarray(grad).reshape(-1) != 0)
     assert winners == y.size - np.isnan(np.asarray(y)).sum()  # one winner per window with a number for maximum

@@ -7,10 +7,10 @@ Speed: on CPU, the gradient of ``lax.reduce_window`` max pooling (XLA's select-a
 when windows do not overlap (``strides == window``, ``padding="VALID"``) and the backend is CPU, the
 pools are computed as a reshape to ``(batch, h, wh, w, ww, channels)`` and a max/mean over the window
 axes instead: the same values, and a gradient that is several times cheaper. Max pools over windows of
-up to ``CELLWISE_MAX_CELLS`` cells then take the maximum cell by cell (elementwise, fused with the
-ReLU before them) and keep each window's first maximum as an int8 index for the gradient: 2x2 pools of
-the anchor CNN, ReLU + pool forward and backward at batch 128, 28x28x32: 8.2 -> 1.4 ms; 14x14x64: 4.0
--> 0.75 ms (2-core Intel Xeon). Other cases and other backends use ``lax.reduce_window``.
+up to ``CELLWISE_MAX_CELLS`` cells find each window's first maximum cell by cell (elementwise, fused
+with the ReLU before them) and keep it as an int8 index for the gradient: 2x2 pools of the anchor CNN,
+ReLU + pool forward and backward at batch 128, 28x28x32: 9.9 -> 3.4 ms; 14x14x64: 3.8 -> 1.4 ms
+(2-core Intel Xeon). Other cases and other backends use ``lax.reduce_window``.
 
 Ties: the gradient of MaxPool and GlobalMaxPool goes to the first maximum of each window (row-major
 order) on every path, as XLA's ``reduce_window`` gradient and PyTorch's max pools route it (``jnp.max``
@@ -76,7 +76,10 @@ def window_max(x: Array, axis: tuple[int, ...]) -> Array:
     ``jnp.max``'s (which counts the ties and divides). A JVP rule, so forward and reverse mode both work.
     Windows of up to ``CELLWISE_MAX_CELLS`` cells are computed cell by cell, with elementwise maxima and
     selects that XLA fuses with their producer (a convolution's bias and ReLU); larger ones (global
-    pools) as reductions.
+    pools) as reductions. Under differentiation the maximum itself is a reduction even for small windows:
+    XLA materializes a reduction's output once, where it would recompute an elementwise maximum inside
+    every consumer, among them the slow transpose in the next convolution's weight gradient (anchor CNN
+    training step 40 -> 35 ms).
     """
     if _cellwise(x, axis):
         return functools.reduce(jnp.maximum, window_cells(x, axis))
@@ -86,7 +89,7 @@ def window_max(x: Array, axis: tuple[int, ...]) -> Array:
 @window_max.defjvp
 def _window_max_jvp(axis: tuple[int, ...], primals: tuple[Array], tangents: tuple[Array]) -> tuple[Array, Array]:
     (x,), (dx,) = primals, tangents
-    y = window_max(x, axis)
+    y = jnp.max(x, axis=axis)  # a reduction: see the docstring
     size = math.prod(x.shape[a] for a in axis)
     dtype = jnp.int8 if size < 128 else jnp.int32
     position = jnp.zeros(x.shape, dtype)  # each element's row-major index within its window
