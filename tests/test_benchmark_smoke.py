@@ -69,3 +69,33 @@ def test_parse_args_quick_defaults_and_unknown_workload():
         assert e.code == 2
     else:
         raise AssertionError("unknown workload accepted")
+
+
+def _load_lm():
+    path = BENCH.parent / "lm_throughput.py"
+    spec = importlib.util.spec_from_file_location("nnjax_lm_throughput", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_lm_throughput_flop_count_by_hand():
+    lm = _load_lm()
+    # one layer, d 2, MLP 3, T 5, V 7: 8*4 + 4*2*3 + 4*5*2 = 96 per layer, + 2*2*7 = 28; x3 for training
+    assert lm.model_flops_per_token(vocab=7, seq=5, d_model=2, layers=1, mlp=3) == 3 * (96 + 28)
+
+
+def test_lm_throughput_tiny_run_reports_consistent_figures(tmp_path):
+    lm = _load_lm()
+    result = lm.main(
+        ["--size", "tiny", "--steps", "2", "--repeats", "1", "--peak-n", "256", "--out", str(tmp_path / "lm.md")]
+    )
+    config = lm.SIZES["tiny"]
+    tokens = config["batch"] * config["seq"]
+    assert result["tokens_per_s"] > 0 and 0 < result["mfu"] < 1
+    assert abs(result["tokens_per_s"] * result["step_ms"] / 1e3 - tokens) < 1e-6 * tokens
+    assert abs(result["model_tflops_per_step"] - lm.model_flops_per_token(**config) * tokens / 1e12) < 1e-12
+    # XLA counts every matmul of the step and the elementwise work too: at least the model's matmul FLOPs
+    assert result["xla_tflops_per_step"] >= 0.95 * result["model_tflops_per_step"]
+    assert 5.0 < result["loss"] < 8.0  # about log(512) = 6.24 for an untrained model
+    assert "| step ms | tokens/s |" in (tmp_path / "lm.md").read_text()
