@@ -315,6 +315,7 @@ def fit_many(
     bar = _Progress(progress and total > 0, total, first_step, progress_every or max(1, steps // 20))
     many_step = make_many_step(model, loss, opt, metrics=metrics, jit=False)
     evaluate_fn = jax.vmap(make_evaluate_fn(model, loss, metrics), in_axes=(0, None, None))
+
     def orders_fn(keys, epoch, n, batch_size):  # (K, steps, batch); lax.map: vmap would run both cond branches
         return jax.lax.map(lambda key: epoch_order(key, epoch, n, batch_size), keys)
 
