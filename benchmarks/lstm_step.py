@@ -6,13 +6,14 @@ sequences of 64 steps, batch 32, next-token cross-entropy at every position, Ada
 
 Rows (all measured in one process, interleaved A B C A B C, median of ``--repeats`` measurements):
   jax            hand-written: both matmuls inside the lax.scan body (as anchors.py)
-  nnjax          nnjax.LSTM with its backend default (``hoist_input=default_hoist_input()``)
+  nnjax          nnjax.LSTM with its backend defaults (``default_hoist_input()``, ``default_feature_major()``)
+  nnjax_batch_major  input projection inside the scan, batch-major state (``feature_major=False``)
   nnjax_hoisted  input projection hoisted out of the scan as one big matmul
-  nnjax_inside   input projection inside the scan (explicit)
-  nnjax_unroll2  inside, ``unroll=2``
+  nnjax_inside   input projection inside the scan, feature-major state (explicit)
+  nnjax_unroll2  inside, feature-major, ``unroll=2``
   torch          nn.LSTM eager, 2 threads (only when ``import torch`` works)
 
-Run: python benchmarks/lstm_step.py [--repeats 5] [--steps 6]
+Run: python benchmarks/lstm_step.py [--repeats 5] [--steps 6] [--keep-freed-memory]
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 import optax
 
 import nnjax
-from nnjax._src.recurrent import LSTM, default_hoist_input
+from nnjax._src.recurrent import LSTM, default_feature_major, default_hoist_input
 
 VOCAB, EMB, HID, SEQ, BATCH = 96, 64, 256, 64, 32
 
@@ -64,9 +65,14 @@ def build_jax(tokens, labels):
     k = jax.random.split(jax.random.key(0), 4)
     s = 1.0 / math.sqrt(HID)
     u = lambda key, shape: jax.random.uniform(key, shape, jnp.float32, -s, s)  # noqa: E731
-    params = {"embed": jax.random.normal(k[0], (VOCAB, EMB)), "w_ih": u(k[1], (EMB, 4 * HID)),
-              "w_hh": u(k[2], (HID, 4 * HID)), "b": jnp.zeros((4 * HID,)),
-              "w_out": u(k[3], (HID, VOCAB)), "b_out": jnp.zeros((VOCAB,))}
+    params = {
+        "embed": jax.random.normal(k[0], (VOCAB, EMB)),
+        "w_ih": u(k[1], (EMB, 4 * HID)),
+        "w_hh": u(k[2], (HID, 4 * HID)),
+        "b": jnp.zeros((4 * HID,)),
+        "w_out": u(k[3], (HID, VOCAB)),
+        "b_out": jnp.zeros((VOCAB,)),
+    }
 
     def loss(p, tokens, labels):
         e = p["embed"][tokens.T]  # (T, B, E)
@@ -105,7 +111,11 @@ def build_torch(tokens, labels):
     import torch  # noqa: PLC0415 - optional
 
     torch.set_num_threads(2)
-    embed, lstm, out = torch.nn.Embedding(VOCAB, EMB), torch.nn.LSTM(EMB, HID, batch_first=True), torch.nn.Linear(HID, VOCAB)
+    embed, lstm, out = (
+        torch.nn.Embedding(VOCAB, EMB),
+        torch.nn.LSTM(EMB, HID, batch_first=True),
+        torch.nn.Linear(HID, VOCAB),
+    )
     params = [*embed.parameters(), *lstm.parameters(), *out.parameters()]
     opt = torch.optim.Adam(params, lr=1e-3)
     x, y = torch.as_tensor(np.asarray(tokens), dtype=torch.long), torch.as_tensor(np.asarray(labels), dtype=torch.long)
@@ -125,7 +135,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="interleaved measurements per row")
     parser.add_argument("--steps", type=int, default=6, help="training steps per measurement")
+    parser.add_argument("--keep-freed-memory", action="store_true", help="nnjax.keep_freed_memory() first")
     args = parser.parse_args()
+    if args.keep_freed_memory:
+        nnjax.keep_freed_memory()
 
     data = np.random.RandomState(3).randint(0, VOCAB, size=(BATCH, SEQ + 1)).astype(np.int32)
     tokens, labels = jnp.asarray(data[:, :-1]), jnp.asarray(data[:, 1:])
@@ -133,8 +146,9 @@ def main() -> None:
         "jax": lambda: build_jax(tokens, labels),
         "nnjax": lambda: build_nnjax(tokens, labels),
         "nnjax_hoisted": lambda: build_nnjax(tokens, labels, hoist_input=True),
-        "nnjax_inside": lambda: build_nnjax(tokens, labels, hoist_input=False),
-        "nnjax_unroll2": lambda: build_nnjax(tokens, labels, hoist_input=False, unroll=2),
+        "nnjax_batch_major": lambda: build_nnjax(tokens, labels, hoist_input=False, feature_major=False),
+        "nnjax_inside": lambda: build_nnjax(tokens, labels, hoist_input=False, feature_major=True),
+        "nnjax_unroll2": lambda: build_nnjax(tokens, labels, hoist_input=False, feature_major=True, unroll=2),
     }
     try:
         import torch  # noqa: F401, PLC0415
@@ -153,12 +167,15 @@ def main() -> None:
             run(args.steps)
             times[name].append((time.perf_counter() - start) / args.steps * 1e3)
     base = statistics.median(times["jax"])
-    print(f"backend {jax.default_backend()}; nnjax default hoist_input={default_hoist_input()}")
+    print(
+        f"backend {jax.default_backend()}; nnjax defaults hoist_input={default_hoist_input()}, "
+        f"feature_major={default_feature_major()}"
+    )
     print(f"LSTM {HID}, seq {SEQ}, batch {BATCH}, Adam; median of {args.repeats} x {args.steps} steps")
-    print(f"{'row':<15}{'median ms':>10}{'min ms':>9}{'vs jax':>8}")
+    print(f"{'row':<19}{'median ms':>10}{'min ms':>9}{'vs jax':>8}")
     for name, ts in times.items():
         med = statistics.median(ts)
-        print(f"{name:<15}{med:>10.1f}{min(ts):>9.1f}{med / base:>7.2f}x")
+        print(f"{name:<19}{med:>10.1f}{min(ts):>9.1f}{med / base:>7.2f}x")
 
 
 if __name__ == "__main__":

@@ -99,3 +99,29 @@ def test_lm_throughput_tiny_run_reports_consistent_figures(tmp_path):
     assert result["xla_tflops_per_step"] >= 0.95 * result["model_tflops_per_step"]
     assert 5.0 < result["loss"] < 8.0  # about log(512) = 6.24 for an untrained model
     assert "| step ms | tokens/s |" in (tmp_path / "lm.md").read_text()
+
+
+def load_script(name):
+    path = BENCH.parent / name
+    spec = importlib.util.spec_from_file_location(f"nnjax_bench_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cpu_bounds_flops_and_rows():
+    bounds = load_script("cpu_bounds.py")
+    # 784-512-512-10 at batch 128: forward and weight gradient of each layer, input gradient of the last two
+    forward = 2 * 128 * (784 * 512 + 512 * 512 + 512 * 10)
+    assert bounds.mlp_dot_flops() == 2 * forward + 2 * 128 * (512 * 512 + 512 * 10)
+    assert bounds.mlp_dot_flops((4, 8, 1), 2) == 2 * (2 * 2 * (4 * 8 + 8 * 1)) + 2 * 2 * 8 * 1
+
+    text = bounds.main(["--quick"])
+    rows = {
+        line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ") and "---" not in line
+    }
+    for name in ["peak", "mlp_dots", "mlp_adam", "lstm_h@W", "lstm_dz@W^T", "lstm_W^T@h^T", "lstm_W@dz^T"]:
+        assert float(rows[name].split("|")[2]) > 0, name
+    assert "669,706 parameters" in rows["mlp_adam"]
+    assert bounds.mlp_parameters() == 784 * 512 + 512 + 512 * 512 + 512 + 512 * 10 + 10 == 669_706

@@ -78,7 +78,10 @@ def random_params(cell, key=0):
     """Params with random biases too (init's zeros would hide bias mistakes)."""
     params = cell.init(jax.random.key(key), F)
     keys = jax.random.split(jax.random.key(key + 1), len(params))
-    return {k: v + 0.3 * jax.random.normal(kk, v.shape) if k.startswith("b") else v for (k, v), kk in zip(params.items(), keys)}
+    return {
+        k: v + 0.3 * jax.random.normal(kk, v.shape) if k.startswith("b") else v
+        for (k, v), kk in zip(params.items(), keys)
+    }
 
 
 def data(key=2, batch=B, steps=T):
@@ -105,17 +108,22 @@ def test_param_names_shapes_and_lstm_forget_bias():
     assert LSTMCell(H, forget_bias=0.0).init(jax.random.key(0), F)["b"].sum() == 0.0
 
 
-@pytest.mark.parametrize("hoist", [False, True], ids=["inside", "hoisted"])
+LAYOUTS = {"inside-batch-major": (False, False), "inside-feature-major": (False, True), "hoisted": (True, None)}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("cell", CELLS, ids=IDS)
-def test_rnn_layer_matches_python_loop(cell, reverse, hoist):
-    layer = RNN(cell, reverse=reverse, hoist_input=hoist)
+def test_rnn_layer_matches_python_loop(cell, reverse, layout):
+    hoist, feature_major = LAYOUTS[layout]
+    layer = RNN(cell, reverse=reverse, hoist_input=hoist, feature_major=feature_major)
     p = random_params(cell)
     x = data()
     ys, _ = layer.apply(p, {}, x)
     np_ys, np_last = np_rnn(cell, p, x, reverse=reverse)
     np.testing.assert_allclose(ys, np_ys, rtol=1e-4, atol=1e-5)
-    last, _ = RNN(cell, reverse=reverse, return_sequences=False, hoist_input=hoist).apply(p, {}, x)
+    last_layer = RNN(cell, reverse=reverse, return_sequences=False, hoist_input=hoist, feature_major=feature_major)
+    last, _ = last_layer.apply(p, {}, x)
     np.testing.assert_allclose(last, np_last, rtol=1e-4, atol=1e-5)
     # the last output is the last step's (forward) or the first step's (reverse)
     np.testing.assert_allclose(last, ys[:, 0 if reverse else -1], rtol=1e-6)
@@ -225,6 +233,37 @@ def test_check_grads_float64(x64, cell):
     check_grads(jax.jit(f), (p, x), order=2, modes=("fwd", "rev"), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("cell", CELLS, ids=IDS)
+def test_feature_major_and_batch_major_scans_agree_with_derivatives(x64, cell):
+    """The transposed scan (and its custom matmul JVP) against the plain one: values, VJP, JVP, HVP."""
+    p = cell.init(jax.random.key(0), F, jnp.float64)
+    x = jax.random.normal(jax.random.key(1), (B, T, F), jnp.float64)
+    mask = sequence_mask(jnp.array([5, 2, 4]), T)
+    carry = jax.tree.map(lambda a: a + 0.3, cell.initial_carry(B, jnp.float64))
+
+    def run(feature_major, p, x, carry):
+        last, ys = scan_cell(cell, p, x, mask=mask, initial_carry=carry, reverse=True, feature_major=feature_major)
+        return ys, last
+
+    def loss(feature_major, p, x, carry):
+        ys, last = run(feature_major, p, x, carry)
+        return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(last))
+
+    args = (p, x, carry)
+    tangents = jax.tree.map(lambda a: jnp.cos(a) * 0.5, args)
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)  # noqa: E731
+    jax.tree.map(close, run(True, *args), run(False, *args))
+    grad = lambda fm: jax.grad(lambda *a: loss(fm, *a), argnums=(0, 1, 2))  # noqa: E731
+    jax.tree.map(close, grad(True)(*args), grad(False)(*args))
+    jax.tree.map(
+        close, jax.jvp(lambda *a: run(True, *a), args, tangents), jax.jvp(lambda *a: run(False, *a), args, tangents)
+    )
+    hvp = lambda fm: jax.jvp(grad(fm), args, tangents)[1]  # noqa: E731
+    jax.tree.map(close, hvp(True), hvp(False))
+    assert "custom_jvp_call" in str(jax.make_jaxpr(lambda *a: run(True, *a))(*args))
+    assert "custom_jvp_call" not in str(jax.make_jaxpr(lambda *a: run(False, *a))(*args))
+
+
 def test_jit_agrees_and_vmap_over_models():
     layer = LSTM(H)
     x = data()
@@ -252,11 +291,15 @@ def test_train_steps_in_scan_reduce_loss():
 def test_clear_errors():
     layer = LSTM(H)
     params, state = layer.init(jax.random.key(0), (T, F))
-    with pytest.raises(nnjax.LayerError, match=r"LSTM\(6\): argument `x` expected shape \(batch, T, 4\), given \(3, 5, 7\)"):
+    with pytest.raises(
+        nnjax.LayerError, match=r"LSTM\(6\): argument `x` expected shape \(batch, T, 4\), given \(3, 5, 7\)"
+    ):
         layer.apply(params, state, jnp.ones((B, T, 7)))
     with pytest.raises(nnjax.LayerError, match=r"given \(5, 4\).*x\[None\]"):
         layer.apply(params, state, jnp.ones((T, F)))
-    with pytest.raises(nnjax.LayerTypeError, match=r"LSTM\(6\): argument `x` expected a floating-point.*int32.*one_hot"):
+    with pytest.raises(
+        nnjax.LayerTypeError, match=r"LSTM\(6\): argument `x` expected a floating-point.*int32.*one_hot"
+    ):
         layer.apply(params, state, jnp.ones((B, T, F), jnp.int32))
     with pytest.raises(nnjax.LayerError, match=r"serial\[1\] > GRU\(3\): argument `x` expected shape \(batch, T, 4\)"):
         model = nnjax.serial(nnjax.Dense(4), GRU(3))
@@ -264,7 +307,9 @@ def test_clear_errors():
         p["gru_1"] = GRUCell(3).init(jax.random.key(0), 4)
         model.apply(p, s, jnp.ones((B, T, F)))  # fine
         model.apply(p, s, jnp.ones((B, F)))  # Dense passes rank 2 through; GRU refuses
-    with pytest.raises(nnjax.LayerError, match=r"argument `mask` expected shape \(batch, T\) = \(3, 5\), given \(3, 4\)"):
+    with pytest.raises(
+        nnjax.LayerError, match=r"argument `mask` expected shape \(batch, T\) = \(3, 5\), given \(3, 4\)"
+    ):
         layer.apply(params, state, {"x": data(), "mask": jnp.ones((B, 4))})
     with pytest.raises(nnjax.LayerError, match=r"a dict with key 'x'.*given a dict with keys \['lengths', 'x'\]"):
         layer.apply(params, state, {"x": data(), "lengths": jnp.ones((B,))})
