@@ -57,23 +57,23 @@ def _check_hidden(cell: str, hidden: Any) -> None:
 
 
 @jax.custom_jvp
-def _feature_major_matmul(w_h: Array, w_h_t: Array, h: Array) -> Array:
-    """``w_h_t @ h`` for a feature-major state ``h: (hidden, batch)``, where ``w_h_t`` must equal ``w_h.T``.
+def _feature_major_matmul(w: Array, w_t: Array, v: Array) -> Array:
+    """``w_t @ v``, where ``w_t`` must equal ``w.T``: a weight ``w: (n, m)`` applied to feature-major ``v: (n, batch)``.
 
-    The product runs on the materialized ``w_h_t`` (a plain matmul). The tangent in ``h`` is written
-    on ``w_h`` so that its transpose, the input gradient ``w_h @ g``, is a plain matmul too; the weight's
-    tangent comes in through ``w_h_t`` (``w_h``'s own tangent is not read: it reaches ``w_h_t`` by the
-    transpose that made it).
+    The product runs on the materialized ``w_t`` (a plain matmul). The tangent in ``v`` is written on
+    ``w`` so that its transpose, the input gradient ``w @ g``, is a plain matmul too (XLA:CPU runs a
+    matmul that contracts its left operand's leading axis several times slower). The weight's tangent
+    comes in through ``w_t``; ``w``'s own is not read (it reaches ``w_t`` by the transpose that made it).
     """
-    return w_h_t @ h
+    return w_t @ v
 
 
 @_feature_major_matmul.defjvp
 def _feature_major_matmul_jvp(primals, tangents):
-    w_h, w_h_t, h = primals
-    _, w_h_t_dot, h_dot = tangents
-    h_tangent = jax.lax.dot_general(w_h, h_dot, (((0,), (0,)), ((), ())))  # w_h.T @ h_dot
-    return _feature_major_matmul(w_h, w_h_t, h), h_tangent + w_h_t_dot @ h  # the rule again at higher orders
+    w, w_t, v = primals
+    _, w_t_dot, v_dot = tangents
+    v_tangent = jax.lax.dot_general(w, v_dot, (((0,), (0,)), ((), ())))  # w.T @ v_dot
+    return _feature_major_matmul(w, w_t, v), v_tangent + w_t_dot @ v  # the rule again at higher orders
 
 
 def _recurrent_matmul(params: Params, h: Array, feature_major: bool) -> Array:
@@ -320,7 +320,7 @@ def _scan_feature_major(
 
     def body(carry, inputs):
         x_t, m_t = inputs
-        xw_t = step_params["w_x_t"] @ x_t + step_params["b"][:, None]
+        xw_t = _feature_major_matmul(params["w_x"], step_params["w_x_t"], x_t) + params["b"][:, None]
         new_carry, h_t = cell.recurrence(step_params, carry, xw_t, feature_major=True)
         return _masked_step(m_t, carry, new_carry, h_t)
 
