@@ -97,6 +97,11 @@ def test_cell_step_matches_numpy_equations(cell):
     np_new, np_h = np_step(cell, p, jax.tree.map(np.asarray, carry), x)
     np.testing.assert_allclose(h, np_h, rtol=1e-5, atol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), new, np_new)
+    # the same step on transposed (features, batch) arrays
+    carry_t = jax.tree.map(jnp.transpose, carry)
+    new_t, h_t = cell.recurrence(p, carry_t, cell.input_projection(p, x).T, feature_major=True)
+    np.testing.assert_allclose(h_t.T, np_h, rtol=1e-5, atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a.T, b, rtol=1e-5, atol=1e-5), new_t, np_new)
 
 
 def test_param_names_shapes_and_lstm_forget_bias():

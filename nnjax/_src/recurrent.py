@@ -78,8 +78,9 @@ def _feature_major_matmul_jvp(primals, tangents):
 
 def _recurrent_matmul(params: Params, h: Array, feature_major: bool) -> Array:
     """``h @ w_h: (batch, G * hidden)``, or feature-major ``(G * hidden, batch)`` from ``h: (hidden, batch)``."""
-    if feature_major:
-        return _feature_major_matmul(params["w_h"], params["w_h_t"], h)
+    if feature_major:  # scan_cell passes w_h.T made once, outside its scan, as "w_h_t"
+        w_h_t = params["w_h_t"] if "w_h_t" in params else params["w_h"].T
+        return _feature_major_matmul(params["w_h"], w_h_t, h)
     return h @ params["w_h"]
 
 
