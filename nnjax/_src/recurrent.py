@@ -61,8 +61,8 @@ def _feature_major_matmul(w: Array, w_t: Array, v: Array) -> Array:
     """``w_t @ v``, where ``w_t`` must equal ``w.T``: a weight ``w: (n, m)`` applied to feature-major ``v: (n, batch)``.
 
     The product runs on the materialized ``w_t`` (a plain matmul). The tangent in ``v`` is written on
-    ``w`` so that its transpose, the input gradient ``w @ g``, is a plain matmul too (XLA:CPU runs a
-    matmul that contracts its left operand's leading axis several times slower). The weight's tangent
+    ``w`` so that its transpose, the input gradient ``w @ g``, is a plain matmul too (XLA:CPU ran a
+    matmul that contracts its left operand's leading axis 2-3x slower). The weight's tangent
     comes in through ``w_t``; ``w``'s own is not read (it reaches ``w_t`` by the transpose that made it).
     """
     return w_t @ v
@@ -237,8 +237,10 @@ def default_feature_major() -> bool:
 
     On CPU (with the input projection inside the scan), yes: XLA:CPU's recurrent matmul
     ``(G * hidden, hidden) @ (hidden, batch)`` ran faster than ``(batch, hidden) @ (hidden, G * hidden)``
-    (anchor LSTM 256, batch 32: ~104 against ~128 us per step in ``benchmarks/cpu_bounds.py``), and the
-    LSTM training step ~10% faster. Elsewhere, batch-major. Both give the same numbers.
+    (anchor LSTM 256, batch 32: ~104 against ~128 us per step in ``benchmarks/cpu_bounds.py``); the
+    anchor LSTM's training step took 55.8 against 66.2 ms in an interleaved run on a 2-core CPU
+    (``benchmarks/README.md``). Elsewhere, batch-major (not measured: no accelerator). Both give the
+    same numbers.
     """
     return jax.default_backend() == "cpu"
 
