@@ -125,3 +125,8 @@ def test_cpu_bounds_flops_and_rows():
         assert float(rows[name].split("|")[2]) > 0, name
     assert "669,706 parameters" in rows["mlp_adam"]
     assert bounds.mlp_parameters() == 784 * 512 + 512 + 512 * 512 + 512 + 512 * 10 + 10 == 669_706
+    for name in ["lstm_h@W", "lstm_W@dz^T"]:  # per-matmul figures agree with the row's time: 64 matmuls per scan
+        _, _, ms, note, _ = rows[name].split("|")
+        per_matmul_us, gflops = float(note.split()[0]), float(note.split(",")[1].split()[0])
+        assert abs(per_matmul_us * 64 / 1e3 - float(ms)) <= 0.5 * 64 / 1e3 + 1e-3, rows[name]
+        assert abs(gflops - 2 * 32 * 256 * 1024 / per_matmul_us / 1e3) <= 0.02 * gflops + 1, rows[name]
