@@ -114,19 +114,19 @@ def lstm_dot_cases(batch=LSTM_BATCH, hidden=LSTM_HIDDEN, steps=LSTM_STEPS) -> di
     h = jax.random.normal(k[1], (batch, hidden))
     dz = jax.random.normal(k[2], (batch, gates))
 
-    def scan(step, carry):
+    def scan(step):
         return jax.jit(
             lambda carry, w, w_t: jax.lax.scan(lambda c, _: (step(c, w, w_t), None), carry, None, length=steps)[0]
         )
 
     cases = {
         # (B, H) @ (H, 4H), keep the first H columns as the next h
-        "lstm_h@W": (scan(lambda c, w, w_t: (c @ w)[:, :hidden], h), h),
+        "lstm_h@W": (scan(lambda c, w, w_t: (c @ w)[:, :hidden]), h),
         # (B, 4H) @ W^T: the input gradient with W stored (H, 4H), as autodiff computes it
-        "lstm_dz@W^T": (scan(lambda c, w, w_t: jnp.tile(c @ w.T, (1, 4)), dz), dz),
+        "lstm_dz@W^T": (scan(lambda c, w, w_t: jnp.tile(c @ w.T, (1, 4))), dz),
         # transposed state: (4H, H) @ (H, B) and (H, 4H) @ (4H, B)
-        "lstm_W^T@h^T": (scan(lambda c, w, w_t: (w_t @ c)[:hidden], h.T), h.T),
-        "lstm_W@dz^T": (scan(lambda c, w, w_t: jnp.tile(w @ c, (4, 1)), dz.T), dz.T),
+        "lstm_W^T@h^T": (scan(lambda c, w, w_t: (w_t @ c)[:hidden]), h.T),
+        "lstm_W@dz^T": (scan(lambda c, w, w_t: jnp.tile(w @ c, (4, 1))), dz.T),
     }
     return {name: (lambda fn=fn, x=x: fn(x, w, w_t)) for name, (fn, x) in cases.items()}
 
