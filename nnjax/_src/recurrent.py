@@ -313,17 +313,14 @@ def _scan_feature_major(
 
     The transposed weights are made once, outside the scan, so that XLA sees plain matmuls inside it.
     """
-    step_params = {
-        **params,
-        "w_x_t": params["w_x"].T,  # (G * hidden, features)
-        "w_h_t": params["w_h"].T,  # (G * hidden, hidden)
-    }
+    w_x_t = params["w_x"].T  # (G * hidden, features)
+    step_params = {**params, "w_h_t": params["w_h"].T}  # (G * hidden, hidden), read by the cell's recurrence
     xs = jnp.transpose(x, (1, 2, 0))  # (T, features, batch)
     masks = None if mask is None else jnp.swapaxes(jnp.asarray(mask) != 0, 0, 1)[:, None, :]  # (T, 1, batch)
 
     def body(carry, inputs):
         x_t, m_t = inputs
-        xw_t = _feature_major_matmul(params["w_x"], step_params["w_x_t"], x_t) + params["b"][:, None]
+        xw_t = _feature_major_matmul(params["w_x"], w_x_t, x_t) + params["b"][:, None]
         new_carry, h_t = cell.recurrence(step_params, carry, xw_t, feature_major=True)
         return _masked_step(m_t, carry, new_carry, h_t)
 
