@@ -6,7 +6,8 @@ Adam(1e-3), SAME padding. Rows:
 
   jax          hand-written JAX + optax: lax.conv_general_dilated (NHWC), lax.reduce_window max pooling,
                jax.jit with donated params and optimizer state (the anchors' "raw JAX" row)
-  nnjax        nnjax.serial of Conv/MaxPool/Dense + nnjax.make_train_step (backend-chosen formulations)
+  nnjax        nnjax.serial of Conv/MaxPool/Dense + nnjax.make_train_step (backend-chosen formulations),
+               compiled with nnjax.jit (nnjax's XLA options for the backend), as make_train_step does
   nnjax_plain  the same with nnjax's CPU choices switched off (reduce_window pooling, JAX's conv VJP)
   torch        PyTorch eager, NCHW, 2 threads (only if `import torch` works)
 
@@ -111,7 +112,7 @@ def nnjax_runner(xs, ys, tx, scan_steps: int):
     model = nnjax_model()
     step = nnjax.make_train_step(model, ce_loss, tx, jit=False)
     state = nnjax.init_train_state(model, tx, jax.random.key(0), (28, 28, 1))
-    return _runners(lambda ts, batch: step(ts, batch), state, xs, ys, scan_steps)
+    return _runners(lambda ts, batch: step(ts, batch), state, xs, ys, scan_steps, compile_fn=nnjax.jit)
 
 
 @contextlib.contextmanager
@@ -129,15 +130,16 @@ def plain_formulations():
 # ---- shared driver -----------------------------------------------------------------------------
 
 
-def _runners(step, carry, xs, ys, scan_steps):
-    """(run_steps(n), run_scans(n)): n jitted single steps / n fused scans of `scan_steps` steps."""
+def _runners(step, carry, xs, ys, scan_steps, compile_fn=jax.jit):
+    """(run_steps(n), run_scans(n)): n single steps / n fused scans of `scan_steps` steps, compiled by `compile_fn`."""
     xs, ys = jax.device_put(xs), jax.device_put(ys)
-    one = jax.jit(step, donate_argnums=0)
+    one = compile_fn(step, donate_argnums=0)
 
-    @jax.jit
-    def scanned(carry, xs, ys):
+    def scan_steps_of(carry, xs, ys):
         idx = jnp.arange(scan_steps) % xs.shape[0]
         return lax.scan(step, carry, (xs[idx], ys[idx]))
+
+    scanned = compile_fn(scan_steps_of)
 
     state = [carry, jax.tree.map(jnp.copy, carry)]
 
