@@ -9,6 +9,7 @@
 #
 # Run: bash benchmarks/gpu_run.sh [OUT_DIR]       (default: $OUT, else /tmp/nnjax-gpu)
 #      LM_SIZE=tiny bash benchmarks/gpu_run.sh      (a quick try of the script itself, e.g. on CPU)
+# GPU_RUN_TESTS overrides the test files (space-separated).
 set -u
 out=${1:-${OUT:-/tmp/nnjax-gpu}}
 py=${PYTHON:-python3}
@@ -32,5 +33,6 @@ echo "anchors: exit $?"; grep -A 14 '^## targets' "$out/anchors.log" || tail -n 
 
 # Four pytest-xdist workers, one test file each; without preallocation they share the accelerator's memory.
 XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 200 "$py" -m pytest -q -p no:cacheprovider -n 4 --dist loadfile \
-  tests/test_recurrent.py tests/test_conv.py tests/test_precision.py tests/test_train.py >"$out/tests.log" 2>&1
+  ${GPU_RUN_TESTS:-tests/test_recurrent.py tests/test_conv.py tests/test_precision.py tests/test_train.py} \
+  >"$out/tests.log" 2>&1
 echo "tests: exit $?"; tail -n 5 "$out/tests.log"

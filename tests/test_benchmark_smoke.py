@@ -1,9 +1,13 @@
 """benchmarks/anchors.py runs: the tiny workloads, nnjax and raw JAX only, one short repeat each."""
 
 import importlib.util
+import os
 import pathlib
 import statistics
+import subprocess
 import sys
+
+import pytest
 
 BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "anchors.py"
 
@@ -130,3 +134,20 @@ def test_cpu_bounds_flops_and_rows():
         per_matmul_us, gflops = float(note.split()[0]), float(note.split(",")[1].split()[0])
         assert abs(per_matmul_us * 64 / 1e3 - float(ms)) <= 0.5 * 64 / 1e3 + 1e-3, rows[name]
         assert abs(gflops - 2 * 32 * 256 * 1024 / per_matmul_us / 1e3) <= 0.02 * gflops + 1, rows[name]
+
+
+@pytest.mark.slow
+def test_gpu_run_script_runs_end_to_end_on_cpu(tmp_path):
+    """benchmarks/gpu_run.sh as a GPU machine runs it, here with the tiny LM and one test file."""
+    root = BENCH.parents[1]
+    env = {**os.environ, "LM_SIZE": "tiny", "PYTHON": sys.executable, "GPU_RUN_TESTS": "tests/test_precision.py"}
+    run = subprocess.run(
+        ["bash", "benchmarks/gpu_run.sh", str(tmp_path)], cwd=root, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert run.returncode == 0, run.stderr
+    for part in ("lm_throughput", "anchors", "tests"):
+        assert f"{part}: exit 0" in run.stdout, run.stdout
+    assert "tokens/s" in (tmp_path / "results-gpu-lm.md").read_text()
+    assert "## targets" in (tmp_path / "results-gpu-anchors.md").read_text()
+    assert " passed" in (tmp_path / "tests.log").read_text()
+    assert "jax " in (tmp_path / "env.txt").read_text()
