@@ -13,7 +13,9 @@
 set -u
 out=${1:-${OUT:-/tmp/nnjax-gpu}}
 py=${PYTHON:-python3}
-mkdir -p "$out"
+case $py in */*) py=$(cd "$(dirname "$py")" && pwd)/$(basename "$py") ;; esac  # a path: made absolute
+mkdir -p "$out" && out=$(cd "$out" && pwd)
+cd "$(dirname "$0")/.."  # the repository root
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
 {
