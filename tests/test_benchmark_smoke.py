@@ -1,4 +1,5 @@
-"""benchmarks/anchors.py runs: the tiny workloads, nnjax and raw JAX only, one short repeat each."""
+"""The benchmark scripts run: anchors.py's tiny workloads (nnjax and raw JAX, one short repeat), lm_throughput.py,
+cpu_bounds.py, and (slow) gpu_run.sh end to end on CPU."""
 
 import importlib.util
 import os
@@ -140,7 +141,8 @@ def test_cpu_bounds_flops_and_rows():
 def test_gpu_run_script_runs_end_to_end_on_cpu(tmp_path):
     """benchmarks/gpu_run.sh as a GPU machine runs it, here with the tiny LM and one test file."""
     root = BENCH.parents[1]
-    env = {**os.environ, "LM_SIZE": "tiny", "PYTHON": sys.executable, "GPU_RUN_TESTS": "tests/test_precision.py"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}  # the inner pytest starts clean
+    env.update(LM_SIZE="tiny", PYTHON=sys.executable, GPU_RUN_TESTS="tests/test_precision.py")
     run = subprocess.run(
         ["bash", "benchmarks/gpu_run.sh", str(tmp_path)], cwd=root, env=env, capture_output=True, text=True, timeout=900
     )
