@@ -112,7 +112,7 @@ def nnjax_runner(xs, ys, tx, scan_steps: int):
     model = nnjax_model()
     step = nnjax.make_train_step(model, ce_loss, tx, jit=False)
     state = nnjax.init_train_state(model, tx, jax.random.key(0), (28, 28, 1))
-    return _runners(lambda ts, batch: step(ts, batch), state, xs, ys, scan_steps, compile_fn=nnjax.jit)
+    return _runners(step, state, xs, ys, scan_steps, compile_fn=nnjax.jit)
 
 
 @contextlib.contextmanager
