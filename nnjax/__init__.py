@@ -8,9 +8,10 @@ optional ``input_dtype``, ``int32`` for token inputs such as ``Embedding``):
 
 ``params``/``state`` are pytrees of arrays (nested dicts with readable names, ``{}`` when empty); keys are
 explicit; nothing is hidden. Combinators (``serial``, ``parallel``, ``residual``, ``fanout``,
-``concatenate``, ``add``) build layers from layers. A loss is ``loss(predictions, targets) -> scalar``;
-``make_train_step`` turns model + loss + any Optax optimizer into the pure, jittable, vmappable step
-``(train_state, (x, y)) -> (train_state, metrics)``; ``fit`` runs it over epochs.
+``concatenate``, ``add``, ``named``) build layers from layers. A loss is ``loss(predictions, targets) ->
+scalar``, the short form of a general ``nnjax.objective`` ``(params, state, batch, *, key, train) -> (loss,
+(new_state, aux))``; ``make_train_step`` turns model + objective + any Optax optimizer into the pure,
+jittable, vmappable step ``(train_state, batch) -> (train_state, metrics)``; ``fit`` runs it over epochs.
 
 Example:
   >>> import jax, jax.numpy as jnp, nnjax
@@ -64,7 +65,7 @@ from nnjax._src.checkpoint import (
 )
 from nnjax._src.compile import default_compiler_options, jit
 from nnjax._src.conv import Conv, ConvTranspose
-from nnjax._src.core import Layer, add, concatenate, fanout, parallel, residual, serial, stateless
+from nnjax._src.core import Layer, Named, add, concatenate, fanout, named, parallel, residual, serial, stateless
 from nnjax._src.embedding import (
     Embedding,
     LearnedPositionalEmbedding,
@@ -85,6 +86,7 @@ from nnjax._src.errors import (
 )
 from nnjax._src.fit import FitResult, evaluate, fit, predict
 from nnjax._src.normalization import BatchNorm, GroupNorm, LayerNorm, RMSNorm
+from nnjax._src.objective import Objective, objective
 from nnjax._src.per_example import per_example_grads
 from nnjax._src.pooling import AvgPool, GlobalAvgPool, GlobalMaxPool, MaxPool
 from nnjax._src.precision import Policy, with_policy
@@ -101,7 +103,7 @@ from nnjax._src.recurrent import (
 )
 from nnjax._src.stream import fit_stream, prefetch_to_device
 from nnjax._src.summary import summarize, summary
-from nnjax._src.train import TrainState, init_train_state, make_eval_step, make_train_step, step_key
+from nnjax._src.train import TrainState, eval_key, init_train_state, make_eval_step, make_train_step, step_key
 
 __version__ = "0.1.0"
 
@@ -140,7 +142,9 @@ __all__ = [
     "ManyResult",
     "MaxPool",
     "MultiHeadAttention",
+    "Named",
     "NonFiniteError",
+    "Objective",
     "Policy",
     "RMSNorm",
     "RNN",
@@ -170,6 +174,7 @@ __all__ = [
     "default_compiler_options",
     "embedding_attend",
     "ensemble",
+    "eval_key",
     "evaluate",
     "fanout",
     "fit",
@@ -184,6 +189,8 @@ __all__ = [
     "make_eval_step",
     "make_train_step",
     "metrics",
+    "named",
+    "objective",
     "parallel",
     "per_example",
     "per_example_grads",

@@ -70,7 +70,7 @@ def test_epoch_orders_under_lax_map_equal_one_at_a_time():
 
 def test_gather_batches_equals_indexing_each_step():
     order = jnp.asarray(RNG.permutation(100)[:96].reshape(6, 16))
-    batches = nnjax_fit.gather_batches(jnp.asarray(X), jnp.asarray(Y), order)
+    batches = nnjax_fit.gather_batches((jnp.asarray(X), jnp.asarray(Y)), order)
     assert len(batches) == 6
     for (xb, yb), idx in zip(batches, np.asarray(order), strict=True):
         np.testing.assert_array_equal(xb, X[idx])

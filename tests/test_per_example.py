@@ -66,12 +66,15 @@ def test_mean_of_per_example_grads_is_the_batch_gradient():
     _close(jax.tree.map(lambda g: g.mean(0), grads), batch_grad)
 
 
-def test_per_example_values_and_predictions():
+def test_per_example_values_and_metrics():
     model, params, state, x, y = _setup()
     loss = nnjax.losses.softmax_cross_entropy
-    (values, predictions, _), _ = per_example_value_and_grads(model, loss, params, state, (x, y))
+    first_logit = lambda logits, y: logits[0, 0]  # noqa: E731 - on a batch of one: that example's first logit
+    (values, (_, aux)), _ = per_example_value_and_grads(
+        model, loss, params, state, (x, y), metrics={"first_logit": first_logit}
+    )
     logits = model.apply(params, state, x)[0]
-    np.testing.assert_allclose(predictions, logits, atol=1e-6)
+    np.testing.assert_allclose(aux["first_logit"], logits[:, 0], atol=1e-6)
     want = optax.softmax_cross_entropy_with_integer_labels(logits, y)
     np.testing.assert_allclose(values, want, atol=1e-6)
 

@@ -264,3 +264,63 @@ def residual(*layers: Layer) -> Layer:
         return x + y, {"body": new_state}
 
     return Layer(init, apply, "Residual", body.input_dtype)
+
+
+class Named(Layer):
+    """A ``Layer`` of named parts (``named``): each part is an attribute, ``parts.encoder``, and the
+    mapping of all is ``parts.parts``."""
+
+    def __getattr__(self, name: str) -> Layer:  # called only when normal lookup fails: a part's name
+        parts = self.__dict__.get("parts", {})
+        if name in parts:
+            return parts[name]
+        raise AttributeError(f"{self.name}: no part named {name!r}; the parts are {sorted(parts)}.")
+
+
+def named(**parts: Layer) -> Named:
+    """A model of named parts whose params and state are ONE pytree, ``{"encoder": ..., "decoder": ...}``.
+
+    ``init(key, input_shapes)`` takes one input shape per part, ``{"encoder": (64,), "decoder": (8,)}``
+    (each part its own key, split in the order given); ``apply(params, state, xs)`` applies part ``name``
+    to ``xs[name]`` and returns the dict of outputs. Inside a general objective (``nnjax.objective``), run
+    the parts one by one: ``parts.encoder.apply(params["encoder"], state["encoder"], x, ...)``. Being one
+    pytree, the params checkpoint, shard, print (``summary``) and stack (``fit_many``) as any model's.
+
+    Example:
+      >>> vae = named(encoder=serial(Dense(32), Relu(), Dense(2 * 8)), decoder=serial(Dense(32), Relu(), Dense(64)))
+      >>> params, state = vae.init(jax.random.key(0), {"encoder": (64,), "decoder": (8,)})
+      >>> sorted(params), vae.decoder.name
+      (['decoder', 'encoder'], 'serial')
+    """
+    _check_layers("named", list(parts.values()))
+    names = list(parts)
+
+    def check(tree, what):
+        if not isinstance(tree, dict) or set(tree) != set(names):
+            given = sorted(tree) if isinstance(tree, dict) else type(tree).__name__
+            raise LayerError(f"named: argument `{what}` expected a dict with one entry per part {names}, given {given}.")
+
+    def init(key, input_shape, dtype=jnp.float32):
+        check(input_shape, "input_shape")
+        params, state = {}, {}
+        for name, k in zip(names, _split(key, len(names)), strict=True):
+            try:
+                params[name], state[name] = parts[name].init(k, input_shape[name], dtype)
+            except LOCATED_ERRORS as error:
+                raise with_location(error, f"named[{name!r}]") from None
+        return params, state
+
+    def apply(params, state, x, *, key=None, train=False):
+        check(x, "x")
+        outputs, new_state = {}, {}
+        for name, k in zip(names, _split(key, len(names)), strict=True):
+            try:
+                outputs[name], new_state[name] = parts[name].apply(params[name], state[name], x[name], key=k, train=train)
+            except LOCATED_ERRORS as error:
+                raise with_location(error, f"named[{name!r}]") from None
+        return outputs, new_state
+
+    dtypes = {layer.input_dtype for layer in parts.values()}
+    layer = Named(init, apply, f"named({', '.join(names)})", dtypes.pop() if len(dtypes) == 1 else None)
+    layer.__dict__["parts"] = dict(parts)
+    return layer

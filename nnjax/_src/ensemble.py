@@ -29,8 +29,18 @@ import optax
 
 from nnjax._src.compile import jit as compile_jit
 from nnjax._src.core import Layer
-from nnjax._src.fit import _Progress, check_dataset, epoch_order, make_evaluate_fn, make_predict_fn, run_epochs
-from nnjax._src.train import Batch, Loss, Metric, TrainState, init_train_state, make_train_step
+from nnjax._src.fit import (
+    _Progress,
+    as_data,
+    check_fit_data,
+    epoch_order,
+    make_evaluate_fn,
+    make_predict_fn,
+    run_epochs,
+    take,
+)
+from nnjax._src.objective import Loss, Metric, Objective, as_objective
+from nnjax._src.train import Batch, TrainState, init_train_state, make_train_step
 from nnjax._src.types import Array, DType, PRNGKey, Shape
 
 OptimizerFn = Callable[..., optax.GradientTransformation]  # (**hyperparams) -> optimizer, e.g. optax.adam
@@ -134,7 +144,7 @@ def init_many(
 
 def make_many_step(
     model: Layer,
-    loss: Loss,
+    loss: Loss | Objective,
     optimizer: optax.GradientTransformation,
     *,
     metrics: Mapping[str, Metric] | None = None,
@@ -146,7 +156,8 @@ def make_many_step(
     Args:
       optimizer: the optimizer of ONE model (for swept hyperparameters: ``injected(factory, one_model_values)``
         or ``ManyResult.optimizer``; the values used are those in each model's ``opt_state``).
-      shared_batch: all models see the same batch ``(x, y)``; otherwise ``x: (K, batch, ...)``, one per model.
+      shared_batch: all models see the same batch; otherwise every leaf of the batch is ``(K, batch, ...)``,
+        one batch per model.
       jit: ``nnjax.jit(..., donate_argnums=0)`` (default) or the plain vmapped function.
 
     Returns:
@@ -217,11 +228,12 @@ def _best_index(history: ManyHistory, select: str, mode: str) -> int:
 
 def fit_many(
     model: Layer,
-    loss: Loss,
+    loss: Loss | Objective,
     optimizer: optax.GradientTransformation | OptimizerFn,
     x: Any,
-    y: Any,
+    y: Any = None,
     *,
+    input_shape: Any = None,
     seeds: Iterable[int] = (0,),
     hyperparams: Mapping[str, Sequence[Any]] | None = None,
     grid: bool = True,
@@ -243,7 +255,8 @@ def fit_many(
     trains (same initialization, dropout keys and data order), up to float rounding.
 
     Args:
-      model, loss, x, y, epochs, batch_size, metrics, validation_data, progress, progress_every: as ``fit``.
+      model, loss, x, y, input_shape, epochs, batch_size, metrics, validation_data, progress, progress_every:
+        as ``fit`` (``loss`` may be a general ``nnjax.objective``; its aux joins the history).
       optimizer: an Optax optimizer shared by all models, or a factory (``optax.adam``, or your own
         ``lambda learning_rate, weight_decay: optax.chain(...)``) called with each model's ``hyperparams``;
         they are injected with ``optax.inject_hyperparams`` so one program serves every value.
@@ -275,11 +288,8 @@ def fit_many(
         raise ValueError(f"fit_many: argument `epochs` expected a non-negative int, given {epochs!r}.")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"fit_many: argument `batch_size` expected a positive int, given {batch_size!r}.")
-    input_shape = tuple(np.shape(x)[1:])
-    output_shape = model.output_shape(input_shape)
-    check_dataset("fit_many", model, x, y, output_shape)
-    if validation_data is not None:
-        check_dataset("fit_many(validation_data)", model, *validation_data, output_shape)
+    as_objective("fit_many", model, loss, metrics)  # raises for a bad `loss` or `metrics`
+    input_shape, val = check_fit_data("fit_many", model, loss, x, y, input_shape, validation_data)
 
     configs = sweep_configs(seeds, hyperparams, grid)
     names = list(hyperparams or {})
@@ -309,8 +319,7 @@ def fit_many(
     first_step = int(np.asarray(train_states.step).reshape(-1)[0])
     first_epoch = first_step // steps
     history: dict[str, list[np.ndarray]] = {}
-    x, y = jnp.asarray(x), jnp.asarray(y)
-    val = None if validation_data is None else tuple(jnp.asarray(a) for a in validation_data)
+    data = jax.tree.map(jnp.asarray, as_data(x, y))
     total = max(0, epochs - first_epoch) * steps
     bar = _Progress(progress and total > 0, total, first_step, progress_every or max(1, steps // 20))
     many_step = make_many_step(model, loss, opt, metrics=metrics, jit=False)
@@ -326,7 +335,7 @@ def fit_many(
 
     def run_epoch(ts, epoch):
         def body(ts, idx):  # idx: (K, batch), one batch per model
-            ts, step_metrics = many_step(ts, (x[idx], y[idx]))
+            ts, step_metrics = many_step(ts, take(data, idx))
             bar.in_program(SimpleNamespace(step=ts.step[0]), step_metrics)
             return ts, step_metrics
 
@@ -350,7 +359,7 @@ def fit_many(
     def loop_epoch(ts, epoch):
         per_step = []
         for idx in jnp.swapaxes(jit_orders(ts.key, epoch, n, batch_size), 0, 1):
-            ts, step_metrics = jit_step(ts, (x[idx], y[idx]))
+            ts, step_metrics = jit_step(ts, take(data, idx))
             per_step.append(step_metrics)
             if bar.bar is not None and len(per_step) % bar.every == 0:
                 bar.report(ts.step[0], step_metrics["loss"])

@@ -30,12 +30,12 @@ from nnjax._src.checkpoint import abstract_train_state, latest_step, restore_che
 from nnjax._src.compile import jit as compile_jit
 from nnjax._src.core import Layer
 from nnjax._src.errors import NonFiniteError, check_integer_labels, check_same_leading
+from nnjax._src.objective import Loss, Metric, Objective, as_objective
 from nnjax._src.train import (
     DATA_STREAM,
-    Loss,
-    Metric,
     TrainState,
     check_nonfinite_mode,
+    eval_key,
     init_train_state,
     make_train_step,
     nonfinite_leaf,
@@ -56,12 +56,13 @@ class FitResult(NamedTuple):
 
 def check_dataset(where: str, model: Layer, x: Any, y: Any, output_shape: tuple | None = None) -> None:
     """Validates a data set where it enters: same length, not empty, finite inputs, labels in range.
+    ``y`` is None for the inputs alone (a general objective's data); ``output_shape`` None skips the labels.
 
     Raises:
       ValueError: lengths differ, the set is empty, inputs hold NaN/Inf, or labels are out of range.
       TypeError: integer inputs to a network expecting floats (hint: scale them).
     """
-    check_same_leading(where, x=x, y=y)
+    check_same_leading(where, x=x, **({} if y is None else {"y": y}))
     if np.shape(x)[0] == 0:
         raise ValueError(f"{where}: expected at least one example, given an empty data set (x shape {np.shape(x)}).")
     x_dtype = np.asarray(x[:1]).dtype
@@ -72,7 +73,7 @@ def check_dataset(where: str, model: Layer, x: Any, y: Any, output_shape: tuple 
         )
     if np.issubdtype(x_dtype, np.floating) and not np.isfinite(np.asarray(x)).all():
         raise ValueError(f"{where}: argument `x` holds {int((~np.isfinite(np.asarray(x))).sum())} NaN or Inf values.")
-    if output_shape is not None and np.issubdtype(np.asarray(y[:1]).dtype, np.integer):
+    if y is not None and output_shape is not None and np.issubdtype(np.asarray(y[:1]).dtype, np.integer):
         if len(output_shape) == len(np.shape(y)[1:]) + 1:
             check_integer_labels(where, np.asarray(y), output_shape[-1])
 
@@ -106,16 +107,26 @@ def shuffled_indices(bits: Array) -> Array:
     return jax.lax.cond(has_ties, lambda: jnp.argsort(bits).astype(jnp.int32), by_rank)
 
 
+def as_data(x: Any, y: Any) -> Any:
+    """The data a step's batches are taken from: ``(x, y)``, or ``x`` alone when ``y`` is None."""
+    return x if y is None else (x, y)
+
+
+def take(data: Any, idx: Array) -> Any:
+    """The batch ``data[idx]`` of every leaf: ``(x[idx], y[idx])`` for ``(x, y)``."""
+    return jax.tree.map(lambda a: a[idx], data)
+
+
 LOOP_CHUNK = 32  # batches gathered per dispatch by fit(fused=False)
 
 
-def gather_batches(x: Array, y: Array, order: Array) -> list[tuple[Array, Array]]:
-    """``[(x[order[i]], y[order[i]]) for each row i]`` of ``order: (k, batch_size)``, as one program.
+def gather_batches(data: Any, order: Array) -> list[Any]:
+    """``[take(data, order[i]) for each row i]`` of ``order: (k, batch_size)``, as one program.
 
     ``fit(fused=False)`` gathers ``LOOP_CHUNK`` batches per call instead of indexing three times per step:
     each indexing is a dispatch of its own, and they cost more than a small model's step.
     """
-    return [(x[idx], y[idx]) for idx in order]
+    return [take(data, idx) for idx in order]
 
 
 def make_predict_fn(model: Layer, batch_size: int = 1024) -> Callable[[TrainState, Any], Array]:
@@ -131,14 +142,47 @@ def make_predict_fn(model: Layer, batch_size: int = 1024) -> Callable[[TrainStat
 
 
 def make_evaluate_fn(
-    model: Layer, loss: Loss, metrics: Mapping[str, Metric] | None = None, batch_size: int = 1024
+    model: Layer, loss: Loss | Objective, metrics: Mapping[str, Metric] | None = None, batch_size: int = 1024
 ) -> Callable[[TrainState, Any, Any], dict[str, Array]]:
-    """A traceable ``(train_state, x, y) -> {"loss": ..., metric: ...}`` over a whole set."""
+    """A traceable ``(train_state, x, y) -> {"loss": ..., metric or aux: ...}`` over a whole set, ``train=False``.
+
+    A ``loss`` and its metrics see the predictions for the whole set at once (so ``r2_score`` is the
+    set's). A general objective runs on chunks of ``batch_size`` examples (``x``, or ``(x, y)`` when ``y``
+    is given), chunk ``i`` with ``fold_in(eval_key, i)``; its loss and aux are the chunks' means weighted
+    by their sizes, which is the set's mean for a mean-reduced objective.
+    """
+    if isinstance(loss, Objective):
+        return _objective_evaluate_fn(as_objective("evaluate", model, loss, metrics), batch_size)
     predict_fn = make_predict_fn(model, batch_size)
 
     def evaluate_fn(train_state, x, y):
         predictions = predict_fn(train_state, x)
         return {"loss": loss(predictions, y), **{name: fn(predictions, y) for name, fn in (metrics or {}).items()}}
+
+    return evaluate_fn
+
+
+def _objective_evaluate_fn(objective_fn: Objective, batch_size: int) -> Callable[..., dict[str, Array]]:
+    def evaluate_fn(train_state, x, y=None):
+        data = as_data(x, y)
+        n = jax.tree.leaves(data)[0].shape[0]
+        size = min(batch_size, n)
+        chunks, rest = divmod(n, size)
+        key = eval_key(train_state)
+
+        def one(i, batch):
+            value, (_, aux) = objective_fn(
+                train_state.params, train_state.state, batch, key=jax.random.fold_in(key, i), train=False
+            )
+            return {"loss": value, **aux}
+
+        head = jax.tree.map(lambda a: a[: chunks * size].reshape(chunks, size, *a.shape[1:]), data)
+        per_chunk = jax.lax.map(lambda args: one(*args), (jnp.arange(chunks), head))
+        total = jax.tree.map(lambda v: jnp.sum(v, axis=0) * size, per_chunk)
+        if rest:
+            tail = one(chunks, jax.tree.map(lambda a: a[chunks * size :], data))
+            total = jax.tree.map(lambda t, v: t + v * rest, total, tail)
+        return jax.tree.map(lambda t: t / n, total)
 
     return evaluate_fn
 
@@ -164,7 +208,8 @@ def compiled_evaluate() -> Callable[..., dict[str, Array]]:
 
 
 def predict(model: Layer, train_state: TrainState, x: Any, *, batch_size: int = 1024) -> Array:
-    """The model's outputs for ``x`` in inference mode. Shapes: ``x: (n, *input_shape) -> (n, *output_shape)``.
+    """The model's outputs for ``x`` in inference mode: ``model.apply(..., train=False)``, so BatchNorm
+    uses its running statistics and Dropout is off. Shapes: ``x: (n, *input_shape) -> (n, *output_shape)``.
 
     Compiled once per model, batch size and input shape: calling it again does not recompile.
     """
@@ -175,18 +220,26 @@ def evaluate(
     model: Layer,
     train_state: TrainState,
     x: Any,
-    y: Any,
+    y: Any = None,
     *,
-    loss: Loss,
+    loss: Loss | Objective,
     metrics: Mapping[str, Metric] | None = None,
     batch_size: int = 1024,
 ) -> dict[str, float]:
-    """Loss and metrics over a whole data set, in inference mode; returns Python floats."""
-    check_dataset("evaluate", model, x, y, model.output_shape(tuple(np.shape(x)[1:])))
+    """Loss and metrics (or a general objective's aux) over a whole data set with ``train=False``
+    (BatchNorm's running statistics, no Dropout); returns Python floats. ``y`` may be None only for a
+    general objective, which then gets the inputs alone. See ``make_evaluate_fn``.
+    """
+    as_objective("evaluate", model, loss, metrics)  # raises for a bad `loss` or `metrics`
+    general = isinstance(loss, Objective)
+    if y is None and not general:
+        raise ValueError("evaluate: argument `y` expected the targets of loss(predictions, targets), given None.")
+    output_shape = None if general else model.output_shape(tuple(np.shape(x)[1:]))
+    check_dataset("evaluate", model, x, y, output_shape)
     values = compiled_evaluate()(
         train_state,
         jnp.asarray(x),
-        jnp.asarray(y),
+        None if y is None else jnp.asarray(y),
         model=model,
         loss=loss,
         metrics=tuple((metrics or {}).items()),
@@ -300,13 +353,51 @@ def run_epochs(
     return train_state, logs
 
 
+def check_fit_data(
+    where: str, model: Layer, loss: Any, x: Any, y: Any, input_shape: Any, validation_data: Any
+) -> tuple[Any, tuple[Array, Array | None] | None]:
+    """Checks ``fit``'s (and ``fit_many``'s) data against the objective's form (a loss's labels against the
+    model's output shape); returns the input shape for ``init`` and the validation set as
+    ``(x_val, y_val or None)`` device arrays.
+
+    Raises:
+      ValueError: no ``y`` for a loss, or validation data that does not match the training data's form.
+    """
+    general = isinstance(loss, Objective)
+    if y is None and not general:
+        raise ValueError(
+            f"{where}: argument `y` expected the targets of loss(predictions, targets), given None. Hint: an "
+            f"objective that takes the inputs alone is written with @nnjax.objective."
+        )
+    input_shape = tuple(np.shape(x)[1:]) if input_shape is None else input_shape
+    output_shape = None if general else model.output_shape(input_shape)
+    check_dataset(where, model, x, y, output_shape)
+    if validation_data is None:
+        return input_shape, None
+    if y is None:
+        if isinstance(validation_data, (tuple, list)):
+            raise ValueError(
+                f"{where}: argument `validation_data` expected the inputs alone (as `x`, since `y` is None), "
+                f"given a {type(validation_data).__name__} of {len(validation_data)}."
+            )
+        x_val, y_val = validation_data, None
+    else:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            given = type(validation_data).__name__
+            raise ValueError(f"{where}: argument `validation_data` expected (x_val, y_val), given {given}.")
+        x_val, y_val = validation_data
+    check_dataset(f"{where}(validation_data)", model, x_val, y_val, output_shape)
+    return input_shape, (jnp.asarray(x_val), None if y_val is None else jnp.asarray(y_val))
+
+
 def fit(
     model: Layer,
-    loss: Loss,
+    loss: Loss | Objective,
     optimizer: optax.GradientTransformation,
     x: Any,
-    y: Any,
+    y: Any = None,
     *,
+    input_shape: Any = None,
     epochs: int = 10,
     batch_size: int = 32,
     seed: int = 0,
@@ -327,14 +418,34 @@ def fit(
 ) -> FitResult:
     """Trains ``model`` on ``(x, y)`` with mini-batch gradient descent; returns the state and history.
 
+    The objective is a ``loss(predictions, y)`` or, for anything else, a general ``nnjax.objective``
+    (stochastic losses that need a key, models with several parts, auxiliary outputs):
+
+        @nnjax.objective
+        def elbo(params, state, x, *, key, train):          # batch: x[idx] (fit without y)
+            ...                                             # params["encoder"], params["decoder"], ...
+            return recon + kl, (state, {"reconstruction": recon, "kl": kl})
+
+        vae = nnjax.named(encoder=encoder, decoder=decoder)
+        result = fit(vae, elbo, optax.adam(1e-3), x, input_shape={"encoder": (64,), "decoder": (8,)})
+        result.history["kl"]                                # the aux, per epoch, beside "loss"
+
     Args:
-      model: the network. loss: ``loss(predictions, y) -> scalar``. optimizer: any Optax optimizer.
-      x, y: inputs ``(n, *input_shape)`` and targets ``(n, ...)``, NumPy or JAX arrays.
+      model: the network. optimizer: any Optax optimizer.
+      loss: ``loss(predictions, y) -> scalar``, or an ``nnjax.objective`` ``(params, state, batch, *, key,
+        train) -> (loss, (new_state, aux))`` given each batch as ``x[idx]`` (no ``y``) or ``(x[idx], y[idx])``,
+        the step's key (``step_key``), and ``train=True`` (``False`` in validation, with a fixed key).
+      x, y: inputs ``(n, *input_shape)`` and targets ``(n, ...)``, NumPy or JAX arrays; ``y`` is optional
+        for a general objective.
+      input_shape: what ``model.init`` is given (default ``x.shape[1:]``), e.g. per-part shapes for
+        ``nnjax.named``.
       epochs: train until this many epochs are done (a ``train_state`` from epoch 3 with ``epochs=10``
         runs epochs 4-10). batch_size: examples per update (clipped to ``n``).
       seed: seeds initialization, dropout and data order (unused when ``train_state`` is given).
-      metrics: name -> ``fn(predictions, y)``, averaged over each epoch's batches.
-      validation_data: ``(x_val, y_val)``, evaluated after each epoch as ``val_loss``, ``val_<metric>``.
+      metrics: name -> ``fn(predictions, y)``, averaged over each epoch's batches (loss form only: a
+        general objective returns its own in its aux).
+      validation_data: ``(x_val, y_val)`` (``x_val`` alone when ``y`` is None), evaluated after each
+        epoch with ``train=False`` as ``val_loss``, ``val_<metric or aux>`` (see ``make_evaluate_fn``).
       train_state: continue from this state instead of initializing.
       fused: ``"epoch"`` (one compiled program per epoch), ``"all"`` (one program for the whole run;
         callbacks then run after it, once per epoch, with the final state), or ``False`` (Python loop).
@@ -358,7 +469,7 @@ def fit(
         (a key of the logs, e.g. ``"val_loss"``), ``"min"`` or ``"max"``.
 
     Returns:
-      ``FitResult(train_state, history)``; ``history`` maps ``loss``, each metric and ``val_*`` to
+      ``FitResult(train_state, history)``; ``history`` maps ``loss``, each metric or aux and ``val_*`` to
       per-epoch floats.
 
     Raises:
@@ -380,11 +491,8 @@ def fit(
         )
     if resume and checkpoint_dir is None:
         raise ValueError("fit: argument `resume=True` needs `checkpoint_dir`, given None.")
-    input_shape = tuple(np.shape(x)[1:])
-    output_shape = model.output_shape(input_shape)
-    check_dataset("fit", model, x, y, output_shape)
-    if validation_data is not None:
-        check_dataset("fit(validation_data)", model, *validation_data, output_shape)
+    objective_fn = as_objective("fit", model, loss, metrics)
+    input_shape, val = check_fit_data("fit", model, loss, x, y, input_shape, validation_data)
     n = np.shape(x)[0]
     batch_size = min(batch_size, n)
     steps = n // batch_size
@@ -407,15 +515,14 @@ def fit(
     if first_epoch >= epochs:
         return FitResult(train_state, history)
 
-    x, y = jnp.asarray(x), jnp.asarray(y)
-    val = None if validation_data is None else tuple(jnp.asarray(a) for a in validation_data)
+    data = jax.tree.map(jnp.asarray, as_data(x, y))
     bar = _Progress(progress, (epochs - first_epoch) * steps, first_step, progress_every or max(1, steps // 20))
     step = make_train_step(model, loss, optimizer, metrics=metrics, jit=not fused, nonfinite=nonfinite)
     evaluate_fn = make_evaluate_fn(model, loss, metrics)
 
     def run_epoch(train_state, epoch):
         def body(ts, idx):
-            ts, step_metrics = step(ts, (x[idx], y[idx]))
+            ts, step_metrics = step(ts, take(data, idx))
             bar.in_program(ts, step_metrics)
             return ts, step_metrics
 
@@ -443,7 +550,7 @@ def fit(
         at = int(train_state.step)
         epoch, index = first_epoch + (at - first_step) // steps, (at - first_step) % steps
         idx = epoch_order(train_state.key, epoch, n, batch_size)[index]
-        leaf = nonfinite_leaf(model, loss, train_state, (x[idx], y[idx]))
+        leaf = nonfinite_leaf(objective_fn, train_state, take(data, idx))
         newest = None if checkpoint_dir is None else latest_step(checkpoint_dir)
         saved = (
             ""
@@ -493,7 +600,7 @@ def fit(
     def loop_epoch(train_state, epoch):
         per_step = []
         order = order_fn(train_state.key, epoch, n, batch_size)
-        batches = (b for at in range(0, steps, LOOP_CHUNK) for b in gather_fn(x, y, order[at : at + LOOP_CHUNK]))
+        batches = (b for at in range(0, steps, LOOP_CHUNK) for b in gather_fn(data, order[at : at + LOOP_CHUNK]))
         for batch in batches:
             train_state, step_metrics = step(train_state, batch)
             per_step.append(step_metrics)

@@ -2,6 +2,9 @@
 
     grads = per_example_grads(model, loss, params, state, (x, y))   # every leaf: (batch, *param_shape)
 
+``loss`` is a ``loss(predictions, targets)`` or a general ``nnjax.objective`` (then ``batch`` is any pytree
+whose leaves share a leading batch axis).
+
 is ``jax.vmap`` of ``jax.grad`` over the batch, each example seen as a batch of one. It costs about one
 batched backward pass (no Python loop) and is what differential privacy, influence functions, gradient
 noise scales and data-attribution methods need.
@@ -19,7 +22,6 @@ batch of one, which is what DP requires anyway (batch statistics mix examples); 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +30,8 @@ import optax.contrib
 
 from nnjax._src.compile import jit as compile_jit
 from nnjax._src.core import Layer
-from nnjax._src.train import Batch, Loss, Metric, TrainState, _metrics, step_key
+from nnjax._src.objective import Aux, Loss, Metric, Objective, as_objective, value_and_grad
+from nnjax._src.train import Batch, TrainState, step_key
 from nnjax._src.types import Array, Params, PRNGKey, State
 
 
@@ -38,46 +41,45 @@ def _example_keys(key: PRNGKey | None, n: int) -> PRNGKey | None:
 
 def per_example_value_and_grads(
     model: Layer,
-    loss: Loss,
+    loss: Loss | Objective,
     params: Params,
     state: State,
     batch: Batch,
     *,
     key: PRNGKey | None = None,
     train: bool = True,
-) -> tuple[tuple[Array, Any, State], Params]:
-    """Each example's loss, prediction, new state and gradient, computed by ``vmap(value_and_grad)``.
+    metrics: Mapping[str, Metric] | None = None,
+) -> tuple[tuple[Array, tuple[State, Aux]], Params]:
+    """Each example's loss, new state, aux and gradient, computed by ``vmap(value_and_grad)``.
 
     Args:
-      model: the network. loss: ``loss(predictions, targets) -> scalar`` (called on a batch of one).
+      model: the network. loss: ``loss(predictions, targets) -> scalar`` or an ``nnjax.objective``
+        (called on a batch of one).
       params, state: the model's parameters and state (shared by all examples).
-      batch: ``(x, y)`` with ``x: (batch, *input_shape)``, ``y: (batch, ...)``.
+      batch: ``(x, y)`` with ``x: (batch, *input_shape)``, ``y: (batch, ...)``; for an objective, any
+        pytree whose leaves have the leading batch axis.
       key: randomness for training-mode layers (Dropout); example ``i`` gets ``jax.random.split(key, batch)[i]``.
       train: run the model in training mode (default, as in the train step).
+      metrics: for the short form, ``fn(predictions, y)`` computed on each example alone, in the aux.
 
     Returns:
-      ``((losses, predictions, new_states), grads)``: ``losses: (batch,)``, ``predictions: (batch, ...)``,
-      ``new_states`` and every leaf of ``grads`` with a leading batch axis.
+      ``((losses, (new_states, aux)), grads)`` as ``jax.value_and_grad(..., has_aux=True)`` gives them, with
+      a leading batch axis on every leaf: ``losses: (batch,)``, each aux value ``(batch,)``.
     """
-    x, y = batch
-    n = jax.tree.leaves(x)[0].shape[0]
+    objective_fn = as_objective("per_example_value_and_grads", model, loss, metrics)
+    n = jax.tree.leaves(batch)[0].shape[0]
 
-    def one(xi, yi, ki):
-        def loss_fn(p):
-            add_axis = lambda a: a[None]  # noqa: E731 - a batch of one
-            predictions, new_state = model.apply(p, state, jax.tree.map(add_axis, xi), key=ki, train=train)
-            return loss(predictions, jax.tree.map(add_axis, yi)), (predictions, new_state)
-
-        (value, (predictions, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        return (value, jax.tree.map(lambda a: a[0], predictions), new_state), grads
+    def one(example, k):
+        one_batch = jax.tree.map(lambda a: a[None], example)  # a batch of one
+        return value_and_grad(objective_fn, params, state, one_batch, key=k, train=train)
 
     keys = _example_keys(key, n)
-    return jax.vmap(one, in_axes=(0, 0, None if keys is None else 0))(x, y, keys)
+    return jax.vmap(one, in_axes=(0, None if keys is None else 0))(batch, keys)
 
 
 def per_example_grads(
     model: Layer,
-    loss: Loss,
+    loss: Loss | Objective,
     params: Params,
     state: State,
     batch: Batch,
@@ -117,7 +119,7 @@ def _reduce_state(new_states: State) -> State:
 
 def make_dp_train_step(
     model: Layer,
-    loss: Loss,
+    loss: Loss | Objective,
     optimizer: optax.GradientTransformation,
     *,
     l2_norm_clip: float,
@@ -136,7 +138,8 @@ def make_dp_train_step(
     Args:
       l2_norm_clip: the bound on each example's gradient norm (``C``).
       noise_multiplier: noise standard deviation relative to ``C`` (``sigma``); 0 gives clipped SGD.
-      metrics, jit: as ``make_train_step``. Metrics add ``clipped_fraction``, the fraction of examples
+      metrics, jit: as ``make_train_step``; here each metric (and a general objective's aux) is computed
+        on each example alone and averaged. Metrics add ``clipped_fraction``, the fraction of examples
         whose gradient norm exceeded ``C``.
 
     The privacy budget (epsilon, delta) of a run depends on ``noise_multiplier``, the sampling rate and the
@@ -146,8 +149,8 @@ def make_dp_train_step(
 
     def step(train_state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Array]]:
         model_key, noise_key = jax.random.split(step_key(train_state))
-        (values, predictions, new_states), grads = per_example_value_and_grads(
-            model, loss, train_state.params, train_state.state, batch, key=model_key
+        (values, (new_states, aux)), grads = per_example_value_and_grads(
+            model, loss, train_state.params, train_state.state, batch, key=model_key, metrics=metrics
         )
         aggregate = optax.contrib.differentially_private_aggregate(l2_norm_clip, noise_multiplier, key=noise_key)
         noised, _ = aggregate.update(grads, aggregate.init(train_state.params))
@@ -158,7 +161,7 @@ def make_dp_train_step(
             state=_reduce_state(new_states),
             opt_state=opt_state,
         )
-        out = _metrics(predictions, batch[1], jnp.mean(values), metrics)
+        out = {"loss": jnp.mean(values), **jax.tree.map(jnp.mean, aux)}
         out["clipped_fraction"] = jnp.mean(per_example_norms(grads) > l2_norm_clip)
         return new_train_state, out
 

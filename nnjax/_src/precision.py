@@ -31,7 +31,8 @@ from flax.training.dynamic_scale import DynamicScale
 
 from nnjax._src.compile import jit as compile_jit
 from nnjax._src.core import Layer
-from nnjax._src.train import Batch, Loss, Metric, TrainState, _metrics, step_key
+from nnjax._src.objective import Loss, Metric, Objective, as_objective
+from nnjax._src.train import Batch, TrainState, step_key
 from nnjax._src.types import Array, DType
 
 
@@ -167,13 +168,14 @@ def dynamic_loss_scale(
 
 def make_loss_scaled_train_step(
     model: Layer,
-    loss: Loss,
+    loss: Loss | Objective,
     optimizer: optax.GradientTransformation,
     *,
     metrics: Mapping[str, Metric] | None = None,
     jit: bool = True,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, Array]]]:
     """``make_train_step`` with dynamic loss scaling; ``optimizer`` must be a ``dynamic_loss_scale(...)``.
+    ``loss`` is a ``loss(predictions, targets)`` or a general ``nnjax.objective``, as there.
 
     One step: ``scale * loss`` is differentiated, gradients are divided by ``scale`` (in float32); if every
     gradient is finite the update is applied, otherwise params, model state and optimizer state are kept
@@ -187,6 +189,8 @@ def make_loss_scaled_train_step(
       >>> step = make_loss_scaled_train_step(model, losses.softmax_cross_entropy, opt)
     """
 
+    objective_fn = as_objective("make_loss_scaled_train_step", model, loss, metrics)
+
     def step(train_state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Array]]:
         scaled = train_state.opt_state
         if not isinstance(scaled, LossScaleState):
@@ -195,14 +199,12 @@ def make_loss_scaled_train_step(
                 "the optimizer as `dynamic_loss_scale(optax.adam(...))` and pass that same optimizer to "
                 "`init_train_state` and to this function."
             )
-        x, y = batch
         key = step_key(train_state)
 
         def loss_fn(params):
-            predictions, new_state = model.apply(params, train_state.state, x, key=key, train=True)
-            return loss(predictions, y), (predictions, new_state)
+            return objective_fn(params, train_state.state, batch, key=key, train=True)
 
-        new_scale, finite, (value, (predictions, new_state)), grads = scaled.loss_scale.value_and_grad(
+        new_scale, finite, (value, (new_state, aux)), grads = scaled.loss_scale.value_and_grad(
             loss_fn, has_aux=True
         )(train_state.params)
         grads = jax.tree.map(lambda g, p: jnp.asarray(g, jnp.result_type(p)), grads, train_state.params)
@@ -214,7 +216,7 @@ def make_loss_scaled_train_step(
             state=keep(new_state, train_state.state),
             opt_state=LossScaleState(new_scale, keep(opt_state.inner, scaled.inner)),
         )
-        out = _metrics(predictions, y, value, metrics)
+        out = {"loss": value, **aux}
         out.update(loss_scale=new_scale.scale, grads_finite=finite.astype(jnp.float32))
         return new_train_state, out
 

@@ -21,7 +21,8 @@ import optax
 from nnjax._src.compile import jit as compile_jit
 from nnjax._src.core import Layer
 from nnjax._src.fit import Callback, FitResult, History, _ordered, _Progress, make_evaluate_fn
-from nnjax._src.train import Batch, Loss, Metric, TrainState, init_train_state, make_train_step
+from nnjax._src.objective import Loss, Metric, Objective
+from nnjax._src.train import Batch, TrainState, init_train_state, make_train_step
 
 
 def prefetch_to_device(batches: Iterable[Any], size: int = 2, sharding: Any = None) -> Iterator[Any]:
@@ -46,7 +47,7 @@ def prefetch_to_device(batches: Iterable[Any], size: int = 2, sharding: Any = No
 
 def fit_stream(
     model: Layer,
-    loss: Loss,
+    loss: Loss | Objective,
     optimizer: optax.GradientTransformation,
     batches: Callable[[int], Iterable[Batch]],
     *,
@@ -66,12 +67,14 @@ def fit_stream(
     """Trains on batches streamed from the host: ``batches(epoch)`` returns that epoch's ``(x, y)`` batches.
 
     Args:
-      batches: ``epoch -> iterable of (x, y)`` host batches (NumPy arrays), e.g.
+      loss: ``loss(predictions, y)``, or a general ``nnjax.objective`` given each batch as it comes.
+      batches: ``epoch -> iterable of (x, y)`` host batches (NumPy arrays; any pytree for an objective), e.g.
         ``lambda e: nnjax.data.batches(x, y, 128, seed=e)`` or a reader over files. Give every batch one
         shape (drop or pad the last) so the step compiles once.
       epochs, initial_epoch: run epochs ``initial_epoch .. epochs - 1`` (set ``initial_epoch`` when
         continuing from a ``train_state``; the stream's epoch count is not recorded in it).
-      input_shape: one example's shape, to initialize; default: taken from the first batch.
+      input_shape: what ``model.init`` is given; default: one example's shape in the first batch (its
+        first element when it is a tuple).
       prefetch: batches copied to the device ahead of the step (``prefetch_to_device``).
       sharding: where to put each batch (data parallel: shard along the batch axis).
       Others: as in ``fit``. Progress counts steps within each epoch.
@@ -83,12 +86,16 @@ def fit_stream(
         raise ValueError(f"fit_stream: argument `epochs` expected a non-negative int, given {epochs!r}.")
     if train_state is None:
         if input_shape is None:
-            first_x, _ = next(iter(batches(0)))
+            first = next(iter(batches(0)))
+            first_x = first[0] if isinstance(first, (tuple, list)) else first
             input_shape = tuple(jnp.shape(first_x)[1:])
-        train_state = init_train_state(model, optimizer, jax.random.key(seed), tuple(input_shape))
+        input_shape = tuple(input_shape) if isinstance(input_shape, list) else input_shape
+        train_state = init_train_state(model, optimizer, jax.random.key(seed), input_shape)
     step = make_train_step(model, loss, optimizer, metrics=metrics)
+    if validation_data is not None and isinstance(loss, Objective) and not isinstance(validation_data, (tuple, list)):
+        validation_data = (validation_data, None)  # the inputs alone
     evaluate_fn = compile_jit(make_evaluate_fn(model, loss, metrics))
-    val = None if validation_data is None else tuple(jnp.asarray(a) for a in validation_data)
+    val = None if validation_data is None else tuple(None if a is None else jnp.asarray(a) for a in validation_data)
     history: History = {}
     for epoch in range(initial_epoch, epochs):
         start = time.perf_counter()

@@ -4,7 +4,7 @@ Nothing is allocated or run: parameter shapes come from ``jax.eval_shape`` of ``
 from ``jax.eval_shape`` of ``apply``, and FLOPs from XLA's cost analysis of each layer compiled for one
 example (``jax.jit(apply).lower(...).compile().cost_analysis()``).
 
-The table walks ``serial``, ``parallel`` and ``residual`` down to their leaf layers; any other layer
+The table walks ``serial``, ``parallel``, ``residual`` and ``named`` down to their leaf layers; any other layer
 (including ones with sub-layers of their own) is one row holding all its parameters.
 """
 
@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nnjax._src.core import Layer, child_names, input_spec
+from nnjax._src.core import Layer, Named, child_names, input_spec
 from nnjax._src.types import DType, Shape
 
 
@@ -142,6 +142,12 @@ def _join(path: str, name: str) -> str:
 
 
 def _walk(layer: Layer, spec: Any, dtype: DType, path: str, depth: int, flops: bool) -> tuple[list[Row], Any]:
+    if isinstance(layer, Named):  # each part under its name; a group row when nested
+        rows, out = [], {}
+        for name, part in layer.parts.items():
+            part_rows, out[name] = _walk(part, spec[name], dtype, _join(path, name), depth + bool(path), flops)
+            rows += part_rows
+        return ([_group(path, "Named", depth, rows, out)] if path else []) + rows, out
     found = children(layer)
     if found is None:
         return _leaf(layer, spec, dtype, path, depth, flops)
@@ -172,12 +178,17 @@ def _walk(layer: Layer, spec: Any, dtype: DType, path: str, depth: int, flops: b
             sub_rows, out = _walk(sub, out, dtype, _join(body_path, name), depth + 1, flops)
             rows += sub_rows
         out = spec
+    return [_group(path, {"parallel": "Parallel", "serial": "Serial"}.get(kind, "Residual"), depth, rows, out), *rows], out
+
+
+def _group(path: str, name: str, depth: int, rows: list[Row], out: Any) -> Row:
+    """The row of a container: its output shape and the totals of its leaf rows."""
     leaves = [r for r in rows if not r.container]
     costs = [r.flops for r in leaves]
     total_flops = None if any(c is None for c in costs) else float(sum(costs))
-    group = Row(
+    return Row(
         path,
-        {"parallel": "Parallel", "serial": "Serial"}.get(kind, "Residual"),
+        name,
         depth,
         _shape_of(out),
         sum(r.params for r in leaves),
@@ -186,7 +197,6 @@ def _walk(layer: Layer, spec: Any, dtype: DType, path: str, depth: int, flops: b
         total_flops,
         container=True,
     )
-    return [group, *rows], out
 
 
 def summarize(model: Layer, input_shape: Shape, dtype: DType = jnp.float32, *, flops: bool = True) -> Summary:

@@ -1,8 +1,9 @@
 """The training state and the pure train and eval steps.
 
-    step(train_state, batch) -> (train_state, metrics)     # batch = (x, y)
+    step(train_state, batch) -> (train_state, metrics)     # batch = (x, y), or what a general objective takes
 
-The step is a pure function: ``jax.jit`` compiles it once, ``jax.vmap`` over stacked train states
+One step minimizes an objective (``nnjax.objective``): a ``loss(predictions, targets)`` is the short form
+of one. The step is a pure function: ``jax.jit`` compiles it once, ``jax.vmap`` over stacked train states
 trains many models in one program, and ``jax.lax.scan`` fuses many steps.
 """
 
@@ -20,11 +21,10 @@ import optax
 from nnjax._src.compile import jit as compile_jit
 from nnjax._src.core import Layer
 from nnjax._src.errors import first_nonfinite
+from nnjax._src.objective import Loss, Metric, Objective, as_objective, value_and_grad
 from nnjax._src.types import Array, DType, Params, PRNGKey, Shape, State
 
-Loss = Callable[..., Array]  # loss(predictions, targets) -> scalar
-Metric = Callable[..., Array]  # metric(predictions, targets) -> scalar
-Batch = tuple[Any, Any]  # (inputs, targets)
+Batch = Any  # (inputs, targets) for a loss; any pytree of arrays with a leading batch axis for an objective
 
 
 class TrainState(NamedTuple):
@@ -67,7 +67,7 @@ def init_train_state(
     return TrainState(jnp.zeros((), jnp.int32), params, state, optimizer.init(params), train_key)
 
 
-STEP_STREAM, DATA_STREAM = 0, 1
+STEP_STREAM, DATA_STREAM, EVAL_STREAM = 0, 1, 2
 
 
 def stream_key(key: PRNGKey, stream: int, index: Array | int) -> PRNGKey:
@@ -84,6 +84,12 @@ def stream_key(key: PRNGKey, stream: int, index: Array | int) -> PRNGKey:
 def step_key(train_state: TrainState) -> PRNGKey:
     """The key for the update at ``train_state.step`` (dropout and other training randomness)."""
     return stream_key(train_state.key, STEP_STREAM, train_state.step)
+
+
+def eval_key(train_state: TrainState) -> PRNGKey:
+    """The key a general objective gets in evaluation: fixed for the run, so every evaluation of a
+    stochastic objective (a VAE's sampled latents) draws the same noise and epochs compare fairly."""
+    return stream_key(train_state.key, EVAL_STREAM, 0)
 
 
 NONFINITE_MODES = (None, "skip", "halt")
@@ -105,20 +111,15 @@ def all_finite(*trees: Any) -> Array:
     return jnp.all(jnp.stack(flags)) if flags else jnp.array(True)
 
 
-def nonfinite_leaf(model: Layer, loss: Loss, train_state: TrainState, batch: Batch) -> str | None:
+def nonfinite_leaf(objective_fn: Objective, train_state: TrainState, batch: Batch) -> str | None:
     """Names what is first non-finite in the update at ``train_state.step`` for ``batch``: ``"loss"``,
     a gradient leaf such as ``"params/dense_0/w"``, or a model state leaf ``"state/..."``; None if all are finite.
 
     Recomputes that one update outside compiled code; ``fit`` calls it to explain a halt.
     """
-    x, y = batch
-    key = step_key(train_state)
-
-    def loss_fn(params):
-        predictions, new_state = model.apply(params, train_state.state, x, key=key, train=True)
-        return loss(predictions, y), new_state
-
-    (value, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(train_state.params)
+    (value, (new_state, _)), grads = value_and_grad(
+        objective_fn, train_state.params, train_state.state, batch, key=step_key(train_state)
+    )
     bad = first_nonfinite({"params": grads})
     if bad is None:
         bad = first_nonfinite({"state": new_state})
@@ -127,35 +128,28 @@ def nonfinite_leaf(model: Layer, loss: Loss, train_state: TrainState, batch: Bat
     return bad
 
 
-def _metrics(
-    predictions: Any, targets: Any, loss_value: Array, metrics: Mapping[str, Metric] | None
-) -> dict[str, Array]:
-    out = {"loss": loss_value}
-    for name, fn in (metrics or {}).items():
-        out[name] = fn(predictions, targets)
-    return out
-
-
 def make_train_step(
     model: Layer,
-    loss: Loss,
+    loss: Loss | Objective,
     optimizer: optax.GradientTransformation,
     *,
     metrics: Mapping[str, Metric] | None = None,
     jit: bool = True,
     nonfinite: str | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, Array]]]:
-    """Returns the pure train step ``(train_state, (x, y)) -> (train_state, metrics)``.
+    """Returns the pure train step ``(train_state, batch) -> (train_state, metrics)``.
 
-    One step: forward pass in training mode, ``loss(predictions, y)``, gradient by ``jax.value_and_grad``,
-    ``optimizer.update``, ``optax.apply_updates``. ``metrics`` (name -> ``fn(predictions, y)``) are computed
-    on the same forward pass and returned with ``"loss"``, as device arrays (no host sync).
+    One step: the objective in training mode with the step's key (``step_key``), its gradient by
+    ``jax.value_and_grad``, ``optimizer.update``, ``optax.apply_updates``. The metrics are ``"loss"`` and
+    the objective's aux (for a ``loss``: ``metrics``, each ``fn(predictions, y)`` on the same forward
+    pass), as device arrays (no host sync).
 
     Args:
-      model: the network.
-      loss: ``loss(predictions, targets) -> scalar``, e.g. ``nnjax.losses.softmax_cross_entropy``.
+      model: the network (its ``apply`` runs the short form; a general objective calls it itself).
+      loss: ``loss(predictions, targets) -> scalar`` (e.g. ``nnjax.losses.softmax_cross_entropy``), the
+        batch then being ``(x, y)``; or an ``nnjax.objective``, given the batch as it is.
       optimizer: any ``optax.GradientTransformation``.
-      metrics: optional extra metrics.
+      metrics: optional extra metrics of the short form (a general objective returns them in its aux).
       jit: return the step compiled by ``nnjax.jit`` (``jax.jit`` with nnjax's compiler options; the input
         train state is donated: do not reuse it);
         ``jit=False`` returns the plain function, to ``vmap``/``scan``/``jit`` yourself.
@@ -169,16 +163,12 @@ def make_train_step(
         and changes the shape of ``opt_state``.)
     """
     check_nonfinite_mode("make_train_step", nonfinite)
+    objective_fn = as_objective("make_train_step", model, loss, metrics)
 
     def step(train_state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Array]]:
-        x, y = batch
-        key = step_key(train_state)
-
-        def loss_fn(params):
-            predictions, new_state = model.apply(params, train_state.state, x, key=key, train=True)
-            return loss(predictions, y), (predictions, new_state)
-
-        (value, (predictions, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(train_state.params)
+        (value, (new_state, aux)), grads = value_and_grad(
+            objective_fn, train_state.params, train_state.state, batch, key=step_key(train_state)
+        )
         updates, opt_state = optimizer.update(grads, train_state.opt_state, train_state.params)
         new_train_state = train_state.replace(
             step=train_state.step + 1,
@@ -186,7 +176,7 @@ def make_train_step(
             state=new_state,
             opt_state=opt_state,
         )
-        step_metrics = _metrics(predictions, y, value, metrics)
+        step_metrics = {"loss": value, **aux}
         if nonfinite is not None:
             finite = all_finite(value, grads, new_state)
             kept = train_state.replace(step=train_state.step + 1) if nonfinite == "skip" else train_state
@@ -308,13 +298,16 @@ def jit_train_step(step: Callable[[TrainState, Batch], tuple[TrainState, Any]]) 
 
 
 def make_eval_step(
-    model: Layer, loss: Loss, *, metrics: Mapping[str, Metric] | None = None, jit: bool = True
+    model: Layer, loss: Loss | Objective, *, metrics: Mapping[str, Metric] | None = None, jit: bool = True
 ) -> Callable[[TrainState, Batch], dict[str, Array]]:
-    """Returns the pure eval step ``(train_state, (x, y)) -> metrics`` (inference mode: ``train=False``)."""
+    """Returns the pure eval step ``(train_state, batch) -> metrics``: the objective with ``train=False``
+    (BatchNorm's running statistics, no Dropout) and the run's evaluation key (``eval_key``)."""
+    objective_fn = as_objective("make_eval_step", model, loss, metrics)
 
     def eval_step(train_state: TrainState, batch: Batch) -> dict[str, Array]:
-        x, y = batch
-        predictions, _ = model.apply(train_state.params, train_state.state, x, train=False)
-        return _metrics(predictions, y, loss(predictions, y), metrics)
+        value, (_, aux) = objective_fn(
+            train_state.params, train_state.state, batch, key=eval_key(train_state), train=False
+        )
+        return {"loss": value, **aux}
 
     return compile_jit(eval_step) if jit else eval_step
