@@ -8,6 +8,13 @@ non-saturating loss (generated samples labelled 1), both with
 ``nnjax.losses.binary_cross_entropy_with_logits``. ``jax.lax.scan`` fuses ``log_every`` steps into one
 compiled program, with the data sampled on the device.
 
+Why the step is written out rather than a general ``nnjax.objective`` through ``fit``: an objective is one
+scalar whose gradient updates all params at once, so a GAN there would take simultaneous gradient steps
+(with ``stop_gradient`` on each player's part and ``optax.multi_transform`` for the two optimizers). These
+steps alternate: the generator's gradient is taken against the discriminator just updated, and the
+moving average of the generator follows each step. Written as an objective, the step would be longer and
+a different algorithm, so it stays as it is.
+
 Two standard remedies against mode collapse are on by default (each can be switched off): the
 discriminator judges ``pack = 2`` samples at once (PacGAN, Lin et al. 2018), and samples come from an
 exponential moving average of the generator's parameters (``ema_decay``, Yazıcı et al. 2019). Measured

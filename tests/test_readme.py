@@ -21,3 +21,14 @@ def test_fit_example_runs():
     exec(BLOCKS[2].replace("epochs=30", "epochs=3"), namespace)
     assert len(namespace["result"].history["val_accuracy"]) == 3
     assert namespace["result"].history["val_accuracy"][-1] > 0.8
+
+
+def test_general_objective_example_trains_a_vae_with_aux_in_the_history():
+    namespace = {}
+    exec(BLOCKS[1], namespace)
+    exec(BLOCKS[2].replace("epochs=30", "epochs=1"), namespace)
+    exec(BLOCKS[3].replace("epochs=100", "epochs=5"), namespace)
+    history = namespace["result"].history
+    assert list(history) == ["loss", "kl", "reconstruction", "val_loss", "val_kl", "val_reconstruction"]
+    assert len(history["kl"]) == 5 and history["loss"][-1] < history["loss"][0]
+    assert sorted(namespace["result"].train_state.params) == ["decoder", "encoder"]
