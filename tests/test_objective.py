@@ -258,3 +258,23 @@ def test_named_is_one_pytree_with_per_part_shapes_errors_summary_and_sharding():
     got, logs = nnjax.make_train_step(VAE, gaussian_elbo, optimizer)(sharded, nnjax.sharding.shard_batch(X[:16], mesh))
     chex.assert_trees_all_close(got.params, expected.params, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(logs["kl"], expected_logs["kl"], rtol=1e-5)
+
+
+def test_a_non_finite_objective_halts_fit_naming_the_leaf_and_skip_keeps_the_params():
+    model = nnjax.serial(nnjax.Dense(2))
+
+    @nnjax.objective
+    def log_of_first_output(params, state, x, *, key, train):  # NaN once the first output turns negative
+        y, state = model.apply(params, state, x, train=train)
+        value = jnp.mean(jnp.log(y[:, 0]))
+        return value, (state, {"first": jnp.mean(y[:, 0])})
+
+    with pytest.raises(nnjax.NonFiniteError, match="non-finite loss or gradient at step 0") as caught:
+        nnjax.fit(model, log_of_first_output, optax.sgd(0.1), X, epochs=1, batch_size=16, nonfinite="halt",
+                  progress=False)
+    assert caught.value.leaf == "loss"  # log of a negative output: the value is NaN, its gradient 1/y is finite
+    skipped = nnjax.fit(model, log_of_first_output, optax.sgd(0.1), X, epochs=1, batch_size=16, nonfinite="skip",
+                        progress=False)
+    assert skipped.history["nonfinite"] == [6.0]
+    chex.assert_trees_all_equal(skipped.train_state.params, nnjax.init_train_state(
+        model, optax.sgd(0.1), jax.random.key(0), (6,)).params)
