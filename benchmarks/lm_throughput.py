@@ -93,7 +93,7 @@ def run(size: str = "tiny", *, dtype: str | None = None, steps: int = 10, repeat
     tokens = jax.random.randint(jax.random.key(1), (config["batch"], config["seq"] + 1), 0, config["vocab"])
     batch = (tokens[:, :-1], tokens[:, 1:])
 
-    # XLA's FLOP count, from the same step compiled as a plain jax.jit program (the timed one counts on the host).
+    # XLA's FLOP count, from the same step compiled as one plain nnjax.jit program.
     plain_step = nnjax.jit(nnjax.make_train_step(model, nnjax.losses.softmax_cross_entropy, tx, jit=False))
     cost = plain_step.lower(train_state, batch).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost

@@ -36,7 +36,7 @@ def test_fused_epoch_fused_all_and_python_loop_agree():
 
 def test_python_loop_over_several_gathered_chunks_agrees_with_the_fused_epoch():
     """50 steps an epoch: the loop gathers its batches LOOP_CHUNK (32) at a time, the last chunk short;
-    a deterministic model, so its jitted step counts on the host."""
+    a deterministic model, whose jitted step does not pass its array-free state."""
     model = nnjax.serial(nnjax.Dense(16), nnjax.Relu(), nnjax.Dense(3))
     assert 100 // 2 > nnjax_fit.LOOP_CHUNK
     results = [

@@ -9,7 +9,6 @@ import pytest
 
 import nnjax
 from nnjax import losses, metrics
-from nnjax._src import train as nnjax_train
 
 MODEL = nnjax.serial(nnjax.Dense(16), nnjax.Relu(), nnjax.Dropout(0.1), nnjax.Dense(3))
 
@@ -22,14 +21,8 @@ def _batch(n=32, seed=0):
 DETERMINISTIC = nnjax.serial(nnjax.Dense(16), nnjax.Relu(), nnjax.Dense(3))
 
 
-@pytest.mark.parametrize(
-    "model, traces_expected, counted_on",
-    [
-        (DETERMINISTIC, 1, np.generic),  # reads its counter only to add one: the host counts
-        (MODEL, 2, jax.Array),  # dropout keys come from the counter: traced once more to count on the device
-    ],
-)
-def test_step_compiles_once_and_donates_its_input(model, traces_expected, counted_on):
+@pytest.mark.parametrize("model", [DETERMINISTIC, MODEL], ids=["deterministic", "dropout"])
+def test_step_compiles_once_and_donates_its_input(model):
     traces = []
 
     def counting_loss(predictions, y):
@@ -43,41 +36,16 @@ def test_step_compiles_once_and_donates_its_input(model, traces_expected, counte
         old = train_state
         train_state, logs = step(train_state, _batch(seed=seed))
         assert old.params["dense_0"]["w"].is_deleted()  # donated
-    assert int(train_state.step) == 3 and isinstance(train_state.step, counted_on)
+    assert int(train_state.step) == 3 and isinstance(train_state.step, jax.Array)  # the device counts
     assert train_state.step.dtype == np.int32 and train_state.step.shape == ()
     assert set(logs) == {"loss", "accuracy"} and isinstance(logs["loss"], jax.Array)
     fresh = nnjax.init_train_state(model, optimizer, jax.random.key(1), (5,))  # a new (array-free) state object
     step(fresh, _batch())
-    assert len(traces) == traces_expected  # compiled once: never traced again after the first step
+    assert len(traces) == 1  # compiled once: never traced again after the first step
 
 
-def _counter_jaxpr(fn):
-    return jax.make_jaxpr(fn)(jax.ShapeDtypeStruct((), jnp.int32)).jaxpr
-
-
-def test_counter_only_increments_sees_every_other_use_of_the_counter():
-    x = jnp.ones(3)
-    key = jax.random.key(0)
-    only_increments = nnjax_train.counter_only_increments
-    assert only_increments(_counter_jaxpr(lambda c: (c + 1, x * 2)))
-    assert only_increments(_counter_jaxpr(lambda c: (c + 1, x * 2, jax.random.fold_in(key, c))[:2]))  # dead key
-    assert not only_increments(_counter_jaxpr(lambda c: (c + 2, x)))
-    assert not only_increments(_counter_jaxpr(lambda c: (c, x)))
-    assert not only_increments(_counter_jaxpr(lambda c: (c + 1, x * c)))
-    assert not only_increments(_counter_jaxpr(lambda c: (c + 1, c)))
-    assert not only_increments(_counter_jaxpr(lambda c: (c + 1, jax.random.uniform(jax.random.fold_in(key, c)))))
-    assert not only_increments(_counter_jaxpr(lambda c: (c + 1, jax.jit(lambda a: a * 0)(c))))  # nested: conservative
-
-    def prints_counter(c):
-        jax.debug.callback(lambda v: None, c)
-        return c + 1, x
-
-    assert not only_increments(_counter_jaxpr(prints_counter))  # an effect reads it
-
-
-def test_step_that_reads_its_counter_only_for_some_shapes_falls_back_on_recompiling():
-    """A layer that draws noise only for batches of 16: the host-counted step for batch 32 must not
-    serve batch 16 with a fixed key; on recompiling it sees the counter read and counts on the device."""
+def test_step_whose_key_use_depends_on_the_batch_shape_equals_the_plain_step():
+    """A layer that draws noise only for batches of 16: each shape's compiled step gets the step's key."""
 
     def init(key, input_shape, dtype=jnp.float32):
         return {}, {}
@@ -99,7 +67,7 @@ def test_step_that_reads_its_counter_only_for_some_shapes_falls_back_on_recompil
         got, logs = jitted(got, batch)
         chex.assert_trees_all_close(logs, expected_logs, rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(got, expected, rtol=1e-5, atol=1e-6)
-    assert int(got.step) == 4 and isinstance(got.step, jax.Array)  # counted on the device after the fallback
+    assert int(got.step) == 4 and isinstance(got.step, jax.Array)
 
 
 def test_jitted_step_with_and_without_state_arrays_equals_the_plain_step():

@@ -13,9 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
-import jax.extend.core as jex
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from nnjax._src.compile import jit as compile_jit
@@ -31,9 +29,8 @@ class TrainState(NamedTuple):
     """Everything a training run carries, as one pytree.
 
     Attributes:
-      step: int32 scalar, number of batches trained on so far (updates applied, or skipped by the
-        non-finite guard): a device array, or a NumPy scalar after a jitted step that counts on the
-        host (see ``jit_train_step``); use it as either (``int(train_state.step)``).
+      step: int32 scalar array, number of batches trained on so far (updates applied, or skipped by the
+        non-finite guard).
       params: the model's parameters.
       state: the model's state (e.g. BatchNorm statistics); ``{}`` when stateless.
       opt_state: the Optax optimizer's state.
@@ -187,49 +184,14 @@ def make_train_step(
     return jit_train_step(step) if jit else step
 
 
-class _CounterRead(Exception):
-    """Raised while tracing a host-counted step whose outputs depend on the step counter."""
-
-
-def counter_only_increments(jaxpr: jex.Jaxpr) -> bool:
-    """True when ``jaxpr``'s first input (the step counter) reaches its first output only as ``counter + 1``
-    and reaches no other output and no effect (a callback): then the host can count instead.
-
-    Conservative: an equation with any input that depends on the counter makes all its outputs depend on
-    it, so a counter passed into a nested ``jit``, ``scan`` or ``cond`` counts as read.
-    """
-    counter = jaxpr.invars[0]
-    depends = {counter}
-    for eqn in jaxpr.eqns:
-        if any(not isinstance(v, jex.Literal) and v in depends for v in eqn.invars):
-            if eqn.effects:
-                return False
-            depends.update(eqn.outvars)
-    first, *rest = jaxpr.outvars
-    if any(not isinstance(v, jex.Literal) and v in depends for v in rest):
-        return False
-    for eqn in jaxpr.eqns:
-        if first in eqn.outvars:
-            a, b = eqn.invars if len(eqn.invars) == 2 else (None, None)
-            one = b if a is counter else a if b is counter else None
-            return eqn.primitive.name == "add" and isinstance(one, jex.Literal) and np.all(np.asarray(one.val) == 1)
-    return False
-
-
-_ONE = np.int32(1)  # int32 + int32 stays int32 under every NumPy's promotion rules
-
-
 def jit_train_step(step: Callable[[TrainState, Batch], tuple[TrainState, Any]]) -> Callable[..., Any]:
     """Compiles a pure train step with the train state donated, except its root key.
 
     Each array a jitted call returns costs dispatch time, which dominates a tiny step (an input costs
     far less). So the key is passed in but not returned (the step never changes it), and a model state
     without arrays (``{}`` or nested empty dicts: most models) is not passed at all: it is rebuilt
-    inside from its structure. When, in addition, the step reads its counter only to add one (no
-    dropout or other training randomness, no ``nonfinite`` guard), the counter is not passed either:
-    the host counts, and the returned ``train_state.step`` is a NumPy int32 scalar. That is checked on
-    the traced step at every (re)compilation; a step that reads it falls back to counting on the
-    device. The general compiled function is ``.compiled``.
+    inside from its structure. ``train_state.step`` is always the device's int32 counter. The general
+    compiled function is ``.compiled``.
     """
 
     def inner(fields: tuple, key: PRNGKey, batch: Batch):
@@ -238,8 +200,9 @@ def jit_train_step(step: Callable[[TrainState, Batch], tuple[TrainState, Any]]) 
 
     compiled = compile_jit(inner, donate_argnums=0)
 
-    def compile_stateless(state_def: Any, count_on_host: bool) -> Callable[..., Any]:
-        def run(step_count, params, opt_state, key, batch):
+    def compile_stateless(state_def: Any) -> Callable[..., Any]:
+        def inner_stateless(fields: tuple, key: PRNGKey, batch: Batch):
+            step_count, params, opt_state = fields
             state = jax.tree.unflatten(state_def, [])
             new, step_metrics = step(TrainState(step_count, params, state, opt_state, key), batch)
             if jax.tree.structure(new.state) != state_def:
@@ -247,27 +210,12 @@ def jit_train_step(step: Callable[[TrainState, Batch], tuple[TrainState, Any]]) 
                     f"make_train_step: the model's state had no arrays, so the new state must have none either "
                     f"(same structure {state_def}), given {jax.tree.structure(new.state)}."
                 )
-            return new.step, new.params, new.opt_state, step_metrics
+            return (new.step, new.params, new.opt_state), step_metrics
 
-        def inner_counted(fields: tuple, key: PRNGKey, batch: Batch):
-            *new_fields, step_metrics = run(*fields, key, batch)
-            return tuple(new_fields), step_metrics
+        return compile_jit(inner_stateless, donate_argnums=0)
 
-        def inner_host_counted(fields: tuple, key: PRNGKey, batch: Batch):
-            params, opt_state = fields
-            traced, out_shape = jax.make_jaxpr(lambda c: run(c, params, opt_state, key, batch), return_shape=True)(
-                jax.ShapeDtypeStruct((), jnp.int32)
-            )
-            if not counter_only_increments(traced.jaxpr):
-                raise _CounterRead
-            outs = jax.tree.unflatten(jax.tree.structure(out_shape), jex.jaxpr_as_fun(traced)(jnp.zeros((), jnp.int32)))
-            _, new_params, new_opt_state, step_metrics = outs
-            return (new_params, new_opt_state), step_metrics
-
-        return compile_jit(inner_host_counted if count_on_host else inner_counted, donate_argnums=0)
-
-    by_structure: dict[Any, list] = {}  # array-free state structure -> [its compiled step, counts on host]
-    stateless: list[Any] = [object(), None, None]  # the last array-free state object seen, its structure, entry
+    by_structure: dict[Any, Callable[..., Any]] = {}  # array-free state structure -> its compiled step
+    stateless: list[Any] = [object(), None]  # the last array-free state object seen, its compiled step
 
     def jitted_step(train_state: TrainState, batch: Batch) -> tuple[TrainState, Any]:
         step_count, params, state, opt_state, key = train_state  # one unpack: this runs every step
@@ -279,18 +227,9 @@ def jit_train_step(step: Callable[[TrainState, Batch], tuple[TrainState, Any]]) 
                 )
                 return TrainState(step_count, params, state, opt_state, key), step_metrics
             if state_def not in by_structure:
-                by_structure[state_def] = [compile_stateless(state_def, count_on_host=True), True]
-            stateless[:] = [state, state_def, by_structure[state_def]]
-        entry = stateless[2]
-        if entry[1]:
-            try:
-                (params, opt_state), step_metrics = entry[0]((params, opt_state), key, batch)
-                # A NumPy int32 scalar after the first host-counted step; `np.asarray` (~1.3 us) only before it.
-                count = step_count + _ONE if type(step_count) is np.int32 else np.asarray(step_count, np.int32) + _ONE
-                return TrainState(count, params, state, opt_state, key), step_metrics
-            except _CounterRead:  # raised while tracing, before anything ran: count on the device from now on
-                entry[:] = [compile_stateless(stateless[1], count_on_host=False), False]
-        (step_count, params, opt_state), step_metrics = entry[0]((step_count, params, opt_state), key, batch)
+                by_structure[state_def] = compile_stateless(state_def)
+            stateless[:] = [state, by_structure[state_def]]
+        (step_count, params, opt_state), step_metrics = stateless[1]((step_count, params, opt_state), key, batch)
         return TrainState(step_count, params, state, opt_state, key), step_metrics
 
     jitted_step.compiled = compiled
