@@ -33,8 +33,6 @@ import optax
 from jax import lax
 
 import nnjax
-from nnjax._src import conv as conv_module
-from nnjax._src import pooling as pooling_module
 from nnjax._src.basic import Dense, Flatten
 from nnjax._src.conv import Conv
 from nnjax._src.pooling import MaxPool
@@ -115,16 +113,20 @@ def nnjax_runner(xs, ys, tx, scan_steps: int):
     return _runners(step, state, xs, ys, scan_steps, compile_fn=nnjax.jit)
 
 
-@contextlib.contextmanager
 def plain_formulations():
-    """Switches nnjax's CPU-specific choices off while building (tracing) a runner."""
-    saved = pooling_module.use_reshape_pool, conv_module.use_canonical_vjp
-    pooling_module.use_reshape_pool = lambda *args: False
-    conv_module.use_canonical_vjp = lambda *args: False
-    try:
-        yield
-    finally:
-        pooling_module.use_reshape_pool, conv_module.use_canonical_vjp = saved
+    """nnjax's CPU kernels with the pooling and convolution ones in their generic form (the compiler
+    options stay), for the calls of the plain rows: the choice is read when a call traces."""
+    return nnjax.config.kernels("cpu", generic=("conv", "max_pool", "avg_pool"))
+
+
+def within(context: Callable[[], contextlib.AbstractContextManager], run: Callable[[int], None]) -> Callable[[int], None]:
+    """``run``, called inside ``context()`` each time."""
+
+    def run_within(n: int) -> None:
+        with context():
+            run(n)
+
+    return run_within
 
 
 # ---- shared driver -----------------------------------------------------------------------------
@@ -199,11 +201,7 @@ def main(argv=None):
     rows["jax step"], jax_scan = jax_runner(xs, ys, tx, args.scan_steps)
     rows["nnjax step"], nnjax_scan = nnjax_runner(xs, ys, tx, args.scan_steps)
     if not args.no_plain:
-        with plain_formulations():  # trace (and compile) while switched off
-            plain_step, plain_scan = nnjax_runner(xs, ys, tx, args.scan_steps)
-            plain_step(1)
-            if args.scan_steps:
-                plain_scan(1)
+        plain_step, plain_scan = (within(plain_formulations, run) for run in nnjax_runner(xs, ys, tx, args.scan_steps))
         rows["nnjax_plain step"] = plain_step
     if args.scan_steps:
         rows["jax scan"], rows["nnjax scan"] = jax_scan, nnjax_scan

@@ -6,7 +6,7 @@ sequences of 64 steps, batch 32, next-token cross-entropy at every position, Ada
 
 Rows (all measured in one process, interleaved A B C A B C, median of ``--repeats`` measurements):
   jax            hand-written: both matmuls inside the lax.scan body (as anchors.py)
-  nnjax          nnjax.LSTM with its backend defaults (``default_hoist_input()``, ``default_feature_major()``)
+  nnjax          nnjax.LSTM with its kernel defaults (``kernels.hoist_rnn_input()``, ``kernels.feature_major_rnn()``)
   nnjax_batch_major  input projection inside the scan, batch-major state (``feature_major=False``)
   nnjax_hoisted  input projection hoisted out of the scan as one big matmul
   nnjax_inside   input projection inside the scan, feature-major state (explicit)
@@ -29,7 +29,8 @@ import numpy as np
 import optax
 
 import nnjax
-from nnjax._src.recurrent import LSTM, default_feature_major, default_hoist_input
+from nnjax._src.kernels import feature_major_rnn, hoist_rnn_input
+from nnjax._src.recurrent import LSTM
 
 VOCAB, EMB, HID, SEQ, BATCH = 96, 64, 256, 64, 32
 
@@ -168,8 +169,8 @@ def main() -> None:
             times[name].append((time.perf_counter() - start) / args.steps * 1e3)
     base = statistics.median(times["jax"])
     print(
-        f"backend {jax.default_backend()}; nnjax defaults hoist_input={default_hoist_input()}, "
-        f"feature_major={default_feature_major()}"
+        f"backend {jax.default_backend()}; nnjax defaults hoist_input={hoist_rnn_input()}, "
+        f"feature_major={feature_major_rnn()}"
     )
     print(f"LSTM {HID}, seq {SEQ}, batch {BATCH}, Adam; median of {args.repeats} x {args.steps} steps")
     print(f"{'row':<19}{'median ms':>10}{'min ms':>9}{'vs jax':>8}")

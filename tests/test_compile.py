@@ -48,6 +48,7 @@ def test_unknown_option_falls_back_to_none(monkeypatch):
 
 
 @pytest.mark.skipif(not CPU, reason="the options are for the CPU backend")
+@nnjax.config.kernels("cpu")  # the CPU form of the compiler_options kernel, whatever NNJAX_KERNELS says
 def test_cpu_convolution_runs_on_xla_kernels_and_matches_jax_jit():
     fn, params, x = conv_fn()
     ours = nnjax.jit(fn).lower(params, x).compile().as_text()
@@ -60,6 +61,7 @@ def test_cpu_convolution_runs_on_xla_kernels_and_matches_jax_jit():
 
 
 @pytest.mark.skipif(not CPU, reason="the options are for the CPU backend")
+@nnjax.config.kernels("cpu")
 def test_train_step_and_fit_compile_with_the_options():
     model = nnjax.serial(nnjax.Conv(4, 3), nnjax.Relu(), nnjax.Flatten(), nnjax.Dense(3))
     tx = optax.sgd(0.1)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
+import nnjax
 from nnjax._src.basic import Dense, Flatten
 from nnjax._src.conv import Conv, ConvTranspose
 from nnjax._src.core import serial
@@ -339,27 +340,24 @@ def test_errors_inside_serial_name_the_position():
     ],
     ids=str,
 )
-def test_canonical_vjp_matches_jax_conv_gradient(x64, kwargs, spatial, monkeypatch):
-    from nnjax._src import conv as conv_module
-
+def test_canonical_vjp_matches_jax_conv_gradient(x64, kwargs, spatial):
     layer = Conv(3, **kwargs)
     params, _ = layer.init(jax.random.key(0), (*spatial, 2), jnp.float64)
     x = jnp.asarray(_data((2, *spatial, 2)), jnp.float64)
     loss = jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.sin(layer.apply(p, {}, x)[0])), argnums=(0, 1)))
-    assert conv_module.use_canonical_vjp(1) == (jax.default_backend() == "cpu")
-    fast = loss(params, x)
-    monkeypatch.setattr(conv_module, "use_canonical_vjp", lambda groups: False)
-    reference = jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.sin(layer.apply(p, {}, x)[0])), argnums=(0, 1)))(params, x)
+    with nnjax.config.kernels("cpu"):
+        fast = loss(params, x)
+    with nnjax.config.kernels("generic"):  # the same jitted function traces again: the choice is in its cache key
+        reference = loss(params, x)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12), fast, reference)
 
 
-def test_canonical_vjp_is_used_on_cpu_only_without_groups():
-    from nnjax._src import conv as conv_module
-
-    assert not conv_module.use_canonical_vjp(2)
+@pytest.mark.parametrize("mode", ["cpu", "generic"])
+def test_canonical_vjp_is_the_cpu_form_without_groups_only(mode):
     x = jnp.zeros((1, 6, 6, 2))
-    for layer, expected in [(Conv(2, 3), jax.default_backend() == "cpu"), (Conv(2, 3, groups=2), False)]:
+    for layer, expected in [(Conv(2, 3), mode == "cpu"), (Conv(2, 3, groups=2), False)]:
         params, state = layer.init(jax.random.key(0), x.shape[1:])
-        jaxpr = jax.make_jaxpr(lambda x, layer=layer, params=params, state=state: layer.apply(params, state, x)[0])(x)
+        with nnjax.config.kernels(mode):
+            jaxpr = jax.make_jaxpr(lambda x, layer=layer, params=params, state=state: layer.apply(params, state, x)[0])(x)
         names = {e.primitive.name for e in jaxpr.eqns}
         assert ("custom_vjp_call" in names or "custom_vjp_call_jaxpr" in names) == expected, names

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from nnjax._src import pooling
+import nnjax
+from nnjax._src import kernels
 from nnjax._src.basic import Dense
 from nnjax._src.conv import Conv
 from nnjax._src.core import serial
@@ -49,9 +50,10 @@ def _data(shape, seed=0):
 
 
 @pytest.fixture
-def reduce_window_path(monkeypatch):
-    """Forces the lax.reduce_window formulation (the one used off CPU)."""
-    monkeypatch.setattr(pooling, "use_reshape_pool", lambda *args: False)
+def reduce_window_path():
+    """Forces the lax.reduce_window formulation (the generic kernels, used off CPU)."""
+    with nnjax.config.kernels("generic"):
+        yield
 
 
 CASES = [
@@ -91,21 +93,22 @@ def _primitives(fn, x):
     return {eqn.primitive.name for eqn in jax.make_jaxpr(fn)(x).eqns}
 
 
-def test_cpu_uses_reshape_for_non_overlapping_windows():
+def test_cpu_kernels_reshape_non_overlapping_windows_and_generic_ones_never():
     x = jnp.zeros((2, 8, 8, 3))
-    assert jax.default_backend() == "cpu"
-    assert "reduce_window_max" not in _primitives(lambda x: MaxPool(2).apply({}, {}, x)[0], x)
-    assert "reduce_window_max" in _primitives(lambda x: MaxPool(3, strides=2).apply({}, {}, x)[0], x)
-    assert "reduce_window_sum" in _primitives(lambda x: AvgPool(2, padding="SAME").apply({}, {}, x)[0], x)
-    assert pooling.use_reshape_pool((2, 2), (2, 2), "VALID")
-    assert not pooling.use_reshape_pool((2, 2), (1, 1), "VALID") and not pooling.use_reshape_pool(
-        (2, 2), (2, 2), "SAME"
-    )
+    with nnjax.config.kernels("cpu"):
+        assert "reduce_window_max" not in _primitives(lambda x: MaxPool(2).apply({}, {}, x)[0], x)
+        assert "reduce_window_sum" not in _primitives(lambda x: AvgPool(2).apply({}, {}, x)[0], x)
+        assert "reduce_window_max" in _primitives(lambda x: MaxPool(3, strides=2).apply({}, {}, x)[0], x)
+        assert "reduce_window_sum" in _primitives(lambda x: AvgPool(2, padding="SAME").apply({}, {}, x)[0], x)
+    with nnjax.config.kernels("generic"):
+        assert "reduce_window_max" in _primitives(lambda x: MaxPool(2).apply({}, {}, x)[0], x)
+        assert "reduce_window_sum" in _primitives(lambda x: AvgPool(2).apply({}, {}, x)[0], x)
+        assert "reduce_window_max" in _primitives(lambda x: GlobalMaxPool().apply({}, {}, x)[0], x)
 
 
 @pytest.mark.parametrize("kind", [MaxPool, AvgPool])
 @pytest.mark.parametrize("spatial, window", [((8, 6), (2, 2)), ((7, 5), (2, 2)), ((6, 4, 5), (3, 2, 2))])
-def test_both_paths_agree_in_value_and_gradient(kind, spatial, window, monkeypatch):
+def test_both_paths_agree_in_value_and_gradient(kind, spatial, window):
     layer = kind(window)
     x = jnp.asarray(_data((2, *spatial, 3)))  # continuous random data: no ties
     g = jnp.asarray(_data((2, *layer.output_shape(spatial + (3,))), 1))
@@ -114,9 +117,10 @@ def test_both_paths_agree_in_value_and_gradient(kind, spatial, window, monkeypat
         f = jax.jit(jax.value_and_grad(lambda x: jnp.sum(layer.apply({}, {}, x)[0] * g)))
         return f(x)
 
-    fast = value_and_grad()
-    monkeypatch.setattr(pooling, "use_reshape_pool", lambda *args: False)
-    slow = value_and_grad()
+    with nnjax.config.kernels("cpu"):
+        fast = value_and_grad()
+    with nnjax.config.kernels("generic"):
+        slow = value_and_grad()
     np.testing.assert_allclose(fast[0], slow[0], rtol=1e-5)
     np.testing.assert_allclose(fast[1], slow[1], rtol=1e-6, atol=1e-7)
     if kind is MaxPool:  # the gradient routes each cotangent to its window's arg-max only
@@ -124,7 +128,7 @@ def test_both_paths_agree_in_value_and_gradient(kind, spatial, window, monkeypat
 
 
 @pytest.mark.parametrize("spatial, window", [((4, 6), (2, 2)), ((5, 4, 6), (2, 2, 3))])
-def test_max_pool_ties_route_to_the_first_maximum_on_both_paths(spatial, window, monkeypatch):
+def test_max_pool_ties_route_to_the_first_maximum_on_both_paths(spatial, window):
     layer = MaxPool(window)
     x = jnp.asarray(np.random.RandomState(0).randint(0, 2, (2, *spatial, 3)).astype(np.float32))  # many ties
     g = jnp.asarray(_data((2, *layer.output_shape(spatial + (3,))), 1))
@@ -132,19 +136,22 @@ def test_max_pool_ties_route_to_the_first_maximum_on_both_paths(spatial, window,
     def grad():
         return jax.jit(jax.grad(lambda x: jnp.sum(layer.apply({}, {}, x)[0] * g)))(x)
 
-    fast = grad()
-    monkeypatch.setattr(pooling, "use_reshape_pool", lambda *args: False)
-    np.testing.assert_array_equal(fast, grad())  # XLA's select-and-scatter: first maximum in row-major order
+    with nnjax.config.kernels("cpu"):
+        fast = grad()
+    with nnjax.config.kernels("generic"):
+        np.testing.assert_array_equal(fast, grad())  # XLA's select-and-scatter: first maximum in row-major order
     assert np.count_nonzero(np.asarray(fast)) == g.size  # one winner per window, ties or not
     # by hand: a 2x2 window [[1, 1], [0, 1]] sends its cotangent to its top-left cell only
-    one = pooling.window_max
+    one = kernels.window_max
     d = jax.grad(lambda v: one(v.reshape(1, 2, 2), (1, 2))[0])(jnp.array([1.0, 1.0, 0.0, 1.0]))
     np.testing.assert_array_equal(d, [1.0, 0.0, 0.0, 0.0])
 
 
-def test_global_max_pool_ties_route_to_the_first_maximum():
+@pytest.mark.parametrize("mode", ["cpu", "generic"])
+def test_global_max_pool_ties_route_to_the_first_maximum(mode):
     x = jnp.zeros((2, 3, 4, 5)).at[1, 2, 3, :].set(1.0)  # example 0: all tied; example 1: one maximum per channel
-    g = jax.grad(lambda x: jnp.sum(GlobalMaxPool().apply({}, {}, x)[0]))(x)
+    with nnjax.config.kernels(mode):
+        g = jax.grad(lambda x: jnp.sum(GlobalMaxPool().apply({}, {}, x)[0]))(x)
     expected = np.zeros((2, 3, 4, 5))
     expected[0, 0, 0, :] = 1.0  # the first cell in row-major order
     expected[1, 2, 3, :] = 1.0
@@ -162,15 +169,15 @@ def test_window_max_cellwise_and_reduction_paths_agree(shape, axis, monkeypatch)
     x, t = jnp.asarray(x), jnp.asarray(_data(shape, 1))
 
     def run():
-        f = jax.jit(lambda x: pooling.window_max(x, axis))
+        f = jax.jit(lambda x: kernels.window_max(x, axis))
         y, dy = jax.jit(lambda x, t: jax.jvp(f, (x,), (t,)))(x, t)
         ct = jnp.asarray(_data(y.shape, 2))
         return f(x), y, dy, jax.jit(lambda x: jax.vjp(f, x)[1](ct)[0])(x)
 
     cells = math.prod(shape[a] for a in axis)
-    assert pooling._cellwise(x, axis) == (cells <= pooling.CELLWISE_MAX_CELLS)
+    assert kernels._cellwise(x, axis) == (cells <= kernels.CELLWISE_MAX_CELLS)
     first = run()
-    monkeypatch.setattr(pooling, "CELLWISE_MAX_CELLS", 0)
+    monkeypatch.setattr(kernels, "CELLWISE_MAX_CELLS", 0)
     second = run()
     for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(a, b)

@@ -250,7 +250,8 @@ def test_feature_major_and_batch_major_scans_agree_with_derivatives(x64, cell):
     carry = jax.tree.map(lambda a: a + 0.3, cell.initial_carry(B, jnp.float64))
 
     def run(feature_major, p, x, carry):
-        last, ys = scan_cell(cell, p, x, mask=mask, initial_carry=carry, reverse=True, feature_major=feature_major)
+        last, ys = scan_cell(cell, p, x, mask=mask, initial_carry=carry, reverse=True, hoist_input=False,
+                             feature_major=feature_major)
         return ys, last
 
     def loss(feature_major, p, x, carry):

@@ -1,4 +1,4 @@
-"""How nnjax compiles: ``jit`` is ``jax.jit`` with the XLA options nnjax picks for the backend.
+"""How nnjax compiles: ``jit`` is ``jax.jit`` with the XLA options of the ``compiler_options`` kernel.
 
 Every program nnjax compiles itself (train and eval steps, fused ``fit`` epochs, ``predict``,
 ensembles) goes through ``jit``. To compile your own step (``make_train_step(..., jit=False)``) the
@@ -8,7 +8,7 @@ The one option today is for the CPU backend. XLA:CPU (jaxlib 0.10) hands convolu
 default; XLA's own convolution kernels ran the anchor CNN's training step (two 3x3 convolutions on
 28x28 images, batch 128) 1.4x faster on a 2-core AMD EPYC (77 -> 53 ms in ``benchmarks/anchors.py``).
 Dots and reductions keep the default (YNNPACK). An XLA that does not know the option compiles
-without it. Other backends get no options.
+without it. Other backends get no options, nor do the generic kernels (``nnjax.config.kernels``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+from nnjax._src.config import use_cpu_form
 
 _YNN_TYPES = "xla_cpu_experimental_ynn_fusion_type"
 # XLA:CPU's default YNNPACK list (individual dots, reductions, individual convolutions) less convolutions.
@@ -44,9 +46,14 @@ def default_compiler_options(backend: str | None = None) -> dict[str, Any] | Non
     return dict(CPU_COMPILER_OPTIONS)
 
 
-def jit(fn: Callable[..., Any], **jit_kwargs: Any) -> Callable[..., Any]:
-    """``jax.jit(fn, **jit_kwargs)`` with ``default_compiler_options()``.
+def jit_options() -> dict[str, Any] | None:
+    """The ``compiler_options`` of ``jit`` now: ``default_compiler_options()`` under the CPU form of the
+    ``compiler_options`` kernel (``nnjax.config.kernels``), else None (XLA's defaults)."""
+    return default_compiler_options() if use_cpu_form("compiler_options") else None
 
-    Call it when building a step, not at import: it asks JAX for the default backend.
+
+def jit(fn: Callable[..., Any], **jit_kwargs: Any) -> Callable[..., Any]:
+    """``jax.jit(fn, **jit_kwargs)`` with ``jit_options()``, read when it is called: call it when building
+    a step, not at import (it asks JAX for the default backend).
     """
-    return jax.jit(fn, compiler_options=default_compiler_options(), **jit_kwargs)
+    return jax.jit(fn, compiler_options=jit_options(), **jit_kwargs)

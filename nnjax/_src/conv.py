@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from nnjax._src import initializers
+from nnjax._src import initializers, kernels
 from nnjax._src.core import Layer
 from nnjax._src.errors import LayerError, check_float_input
 from nnjax._src.types import Array, Shape
@@ -224,81 +224,12 @@ def Conv(  # noqa: N802 - layer constructors are CamelCase, as in stax
         check_spatial_input(name, x, n, params["w"].shape[-2] * groups)
         _check_size(name, x, effective, strides, padding)
         x, w = _same_dtype(x, params["w"])
-        if use_canonical_vjp(groups):
-            y = canonical(x, w)
-        else:
-            y = lax.conv_general_dilated(
-                x, w, strides, padding, rhs_dilation=dilation, dimension_numbers=dn, feature_group_count=groups
-            )
+        y = kernels.conv(x, w, strides, padding, dilation, dn, groups, name)
         if use_bias:
             y = y + params["b"].astype(y.dtype)
         return y, state
 
-    canonical = _canonical_vjp_conv(strides, padding, dilation, dn)
     return Layer(init, apply, name)
-
-
-def use_canonical_vjp(groups: int) -> bool:
-    """True when Conv's gradient is computed by ``_canonical_vjp_conv``: groups == 1 on the CPU backend.
-
-    XLA:CPU runs a convolution fast only in its canonical form (batch-first input, features last,
-    ``(*kernel, in, out)`` kernel). JAX's gradient of a convolution is a convolution in another form;
-    XLA rewrites it to the canonical form at top level, but not inside a loop (``lax.scan``, e.g. a
-    ``fit`` epoch), where it then runs 10-200x slower. The custom VJP states both gradients in canonical
-    form with explicit transposes. Cost: no forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``,
-    ``jax.hessian``) through such a layer on CPU.
-    """
-    return groups == 1 and jax.default_backend() == "cpu"
-
-
-def _canonical_vjp_conv(strides, padding, dilation, dn):
-    """``conv(x, w)`` (no groups) with a VJP whose two convolutions are in XLA:CPU's canonical form."""
-    n = len(strides)
-
-    def conv(x, w):
-        return lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=dilation, dimension_numbers=dn)
-
-    def backward(residuals, g):
-        x, w = residuals
-        effective = [(k - 1) * d + 1 for k, d in zip(w.shape[:n], dilation, strict=False)]
-        spatial, out = x.shape[1:-1], g.shape[1:-1]
-        pads = [padding] * n if isinstance(padding, str) else padding
-        pads = [_explicit_pad(s, k, st, p) for s, k, st, p in zip(spatial, effective, strides, pads, strict=False)]
-        # d/dx: the stride-dilated cotangent correlated with the flipped kernel, in and out swapped.
-        w_t = jnp.swapaxes(jnp.flip(w, axis=tuple(range(n))), -1, -2)  # (*kernel, features, in)
-        dx_pads = [
-            (k - 1 - lo, s - (o - 1) * st - 1 - (k - 1 - lo) + k - 1)
-            for s, o, k, st, (lo, _) in zip(spatial, out, effective, strides, pads, strict=False)
-        ]
-        dx = lax.conv_general_dilated(
-            g, w_t, (1,) * n, dx_pads, lhs_dilation=strides, rhs_dilation=dilation, dimension_numbers=dn
-        )
-        # d/dw: a convolution with the channels as its batch and the batch as its features. The input's
-        # padding is the convolution's (negative where the last rows reach no output): padding the
-        # transposed input as a separate step made XLA:CPU emit a slow transpose (anchor CNN, second
-        # convolution: 8.5 -> 7.1 ms).
-        dw_pads = [
-            (lo, (o - 1) * st + k - lo - s)
-            for s, o, st, k, (lo, _) in zip(spatial, out, strides, effective, pads, strict=True)
-        ]
-        lhs = jnp.moveaxis(x, (0, n + 1), (n + 1, 0))  # (in, *spatial, batch)
-        rhs = jnp.moveaxis(g, 0, n)  # (*out, batch, features)
-        dw = lax.conv_general_dilated(lhs, rhs, dilation, dw_pads, rhs_dilation=strides, dimension_numbers=dn)
-        return dx, jnp.moveaxis(dw, 0, n)  # dw: (in, *kernel, features) -> (*kernel, in, features)
-
-    conv_vjp = jax.custom_vjp(conv)
-    conv_vjp.defvjp(lambda x, w: (conv(x, w), (x, w)), backward)
-    return conv_vjp
-
-
-def _explicit_pad(size: int, kernel: int, stride: int, padding: str | tuple[int, int]) -> tuple[int, int]:
-    """The (low, high) padding XLA uses: SAME puts the odd pixel at the end."""
-    if padding == "VALID":
-        return 0, 0
-    if padding == "SAME":
-        total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
-        return total // 2, total - total // 2
-    return tuple(padding)
 
 
 def transpose_padding(size: int, stride: int, padding: str | tuple[int, int]) -> tuple[int, int]:

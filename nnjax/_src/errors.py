@@ -22,6 +22,11 @@ class LayerTypeError(TypeError):
     """A layer got input of the wrong dtype. The message names the layer and its position."""
 
 
+class ForwardModeError(LayerTypeError):
+    """Forward-mode differentiation reached a kernel form that has none (a custom VJP); the message
+    names the layer and how to switch to the generic form (``nnjax.config.kernels``)."""
+
+
 def with_location(error: Exception, where: str) -> Exception:
     """Returns ``error`` with ``where`` (e.g. ``"serial[2] Dense(10)"``) prepended to its message."""
     return type(error)(f"{where} > {error}")

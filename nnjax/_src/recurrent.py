@@ -15,7 +15,7 @@ with the ``G`` gate blocks side by side in the order given in the cell's docstri
 GRU adds ``"b_hn"``). ``step`` splits into ``input_projection`` (``x_t @ w_x + b``) and
 ``recurrence`` (the rest), so the projection can run inside the scan or, hoisted, as one big matmul.
 ``recurrence(..., feature_major=True)`` takes transposed ``(features, batch)`` arrays, which
-``scan_cell`` uses on CPU (``default_feature_major``).
+``scan_cell`` uses in the CPU form of the ``rnn_layout`` kernel (``nnjax._src.kernels``).
 
 Variable-length sequences: instead of an array, pass a dict ``{"x": x, "mask": mask}`` with
 ``mask: (batch, T)`` nonzero at real steps (see ``sequence_mask``). At a masked step the carry is held
@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from nnjax._src import initializers
+from nnjax._src import initializers, kernels
 from nnjax._src.core import Layer, serial
 from nnjax._src.errors import LayerError, LayerTypeError
 from nnjax._src.types import Array, DType, Params, PRNGKey, Shape
@@ -54,34 +54,6 @@ def _gate_params(
 def _check_hidden(cell: str, hidden: Any) -> None:
     if not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 1:
         raise ValueError(f"{cell}: argument `hidden` expected a positive int, given {hidden!r}.")
-
-
-@jax.custom_jvp
-def _feature_major_matmul(w: Array, w_t: Array, v: Array) -> Array:
-    """``w_t @ v``, where ``w_t`` must equal ``w.T``: a weight ``w: (n, m)`` applied to feature-major ``v: (n, batch)``.
-
-    The product runs on the materialized ``w_t`` (a plain matmul). The tangent in ``v`` is written on
-    ``w`` so that its transpose, the input gradient ``w @ g``, is a plain matmul too (XLA:CPU ran a
-    matmul that contracts its left operand's leading axis 2-3x slower). The weight's tangent
-    comes in through ``w_t``; ``w``'s own is not read (it reaches ``w_t`` by the transpose that made it).
-    """
-    return w_t @ v
-
-
-@_feature_major_matmul.defjvp
-def _feature_major_matmul_jvp(primals, tangents):
-    w, w_t, v = primals
-    _, w_t_dot, v_dot = tangents
-    v_tangent = jax.lax.dot_general(w, v_dot, (((0,), (0,)), ((), ())))  # w.T @ v_dot
-    return _feature_major_matmul(w, w_t, v), v_tangent + w_t_dot @ v  # the rule again at higher orders
-
-
-def _recurrent_matmul(params: Params, h: Array, feature_major: bool) -> Array:
-    """``h @ w_h: (batch, G * hidden)``, or feature-major ``(G * hidden, batch)`` from ``h: (hidden, batch)``."""
-    if feature_major:  # scan_cell passes w_h.T made once, outside its scan, as "w_h_t"
-        w_h_t = params["w_h_t"] if "w_h_t" in params else params["w_h"].T
-        return _feature_major_matmul(params["w_h"], w_h_t, h)
-    return h @ params["w_h"]
 
 
 class SimpleRNNCell(NamedTuple):
@@ -109,7 +81,7 @@ class SimpleRNNCell(NamedTuple):
         return x @ params["w_x"] + params["b"]
 
     def recurrence(self, params: Params, carry: Carry, xw_t: Array, feature_major: bool = False) -> tuple[Carry, Array]:
-        h = jnp.tanh(xw_t + _recurrent_matmul(params, carry, feature_major))
+        h = jnp.tanh(xw_t + kernels.recurrent_matmul(params, carry, feature_major))
         return h, h
 
     def step(self, params: Params, carry: Carry, x_t: Array) -> tuple[Carry, Array]:
@@ -153,7 +125,7 @@ class LSTMCell(NamedTuple):
 
     def recurrence(self, params: Params, carry: Carry, xw_t: Array, feature_major: bool = False) -> tuple[Carry, Array]:
         h, c = carry
-        i, f, g, o = jnp.split(xw_t + _recurrent_matmul(params, h, feature_major), 4, axis=0 if feature_major else -1)
+        i, f, g, o = jnp.split(xw_t + kernels.recurrent_matmul(params, h, feature_major), 4, axis=0 if feature_major else -1)
         c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
         h = jax.nn.sigmoid(o) * jnp.tanh(c)
         return (h, c), h
@@ -200,7 +172,7 @@ class GRUCell(NamedTuple):
         h = carry
         axis = 0 if feature_major else -1
         xr, xz, xn = jnp.split(xw_t, 3, axis=axis)
-        hr, hz, hn = jnp.split(_recurrent_matmul(params, h, feature_major), 3, axis=axis)
+        hr, hz, hn = jnp.split(kernels.recurrent_matmul(params, h, feature_major), 3, axis=axis)
         r = jax.nn.sigmoid(xr + hr)
         z = jax.nn.sigmoid(xz + hz)
         b_hn = params["b_hn"][:, None] if feature_major else params["b_hn"]
@@ -219,30 +191,6 @@ Cell = SimpleRNNCell | LSTMCell | GRUCell
 def sequence_mask(lengths: Array, max_len: int) -> Array:
     """A ``(batch, max_len)`` boolean mask, True at steps ``t < lengths[b]``: ``lengths: (batch,)`` ints."""
     return jnp.arange(max_len)[None, :] < jnp.asarray(lengths)[:, None]
-
-
-def default_hoist_input() -> bool:
-    """Whether ``RNN`` hoists the input projection out of the scan by default on this backend.
-
-    Measured on a 2-core CPU (anchor LSTM 256, seq 64, batch 32, Adam): with the projection hoisted the
-    training step took ~1.4x as long (65 vs 47 ms; the scan's backward pass then carries a
-    ``(T, batch, G * hidden)`` gradient); on GPU/TPU one big matmul over all steps is the usual win, so
-    it is hoisted there (not measured here: no accelerator). ``benchmarks/lstm_step.py`` re-measures.
-    """
-    return jax.default_backend() != "cpu"
-
-
-def default_feature_major() -> bool:
-    """Whether ``scan_cell`` keeps the state feature-major, ``(hidden, batch)``, inside its scan here.
-
-    On CPU (with the input projection inside the scan), yes: XLA:CPU's recurrent matmul
-    ``(G * hidden, hidden) @ (hidden, batch)`` ran faster than ``(batch, hidden) @ (hidden, G * hidden)``
-    (anchor LSTM 256, batch 32: ~104 against ~128 us per step in ``benchmarks/cpu_bounds.py``); the
-    anchor LSTM's training step took 55.8 against 66.2 ms in an interleaved run on a 2-core CPU
-    (``benchmarks/README.md``). Elsewhere, batch-major (not measured: no accelerator). Both give the
-    same numbers.
-    """
-    return jax.default_backend() == "cpu"
 
 
 def scan_cell(
@@ -267,26 +215,28 @@ def scan_cell(
       reverse: run from the last step to the first; outputs stay aligned with the inputs.
       unroll: steps per scan iteration (``lax.scan``'s ``unroll``).
       hoist_input: compute ``x @ w_x + b`` for all steps as one matmul before the scan
-        (default: ``default_hoist_input()``).
-      feature_major: run the scan on transposed, ``(features, batch)`` steps and state (default:
-        ``default_feature_major()``; never with ``hoist_input``). Inputs, outputs and carries keep
-        their batch-major shapes.
+        (default: the ``rnn_input`` kernel's form, ``kernels.hoist_rnn_input()``: hoisted in the generic
+        form, inside the scan in the CPU form).
+      feature_major: run the scan on transposed, ``(features, batch)`` steps and state (default: the
+        ``rnn_layout`` kernel's form, ``kernels.feature_major_rnn()``: feature-major in the CPU form;
+        never with ``hoist_input``). Inputs, outputs and carries keep their batch-major shapes.
 
     Returns:
       ``(final_carry, outputs)``: the carry after the last (first, when ``reverse``) real step and
       ``outputs: (batch, T, hidden)``.
     """
-    hoist = default_hoist_input() if hoist_input is None else hoist_input
-    transposed = (default_feature_major() if feature_major is None else feature_major) and not hoist
+    hoist = kernels.hoist_rnn_input() if hoist_input is None else hoist_input
+    transposed = (kernels.feature_major_rnn() if feature_major is None else feature_major) and not hoist
     batch = x.shape[0]
     dtype = jnp.result_type(x, params["w_h"])
     carry = cell.initial_carry(batch, dtype) if initial_carry is None else initial_carry
+    masks = None if mask is None else jnp.swapaxes(jnp.asarray(mask) != 0, 0, 1)  # (T, batch)
     if transposed:
-        return _scan_feature_major(cell, params, x, mask, carry, reverse, unroll)
+        return kernels.scan_feature_major(cell, params, x, masks, carry, reverse, unroll, _masked_step)
     xs = jnp.swapaxes(x, 0, 1)  # (T, batch, features): scan over the leading axis
     if hoist:
         xs = cell.input_projection(params, xs)  # (T, batch, G * hidden), one big matmul
-    masks = None if mask is None else jnp.swapaxes(jnp.asarray(mask) != 0, 0, 1)[..., None]  # (T, batch, 1)
+    masks = None if masks is None else masks[..., None]  # (T, batch, 1)
 
     def body(carry, inputs):
         x_t, m_t = inputs
@@ -304,29 +254,6 @@ def _masked_step(m_t: Array | None, carry: Carry, new_carry: Carry, h_t: Array) 
         return new_carry, h_t
     new_carry = jax.tree.map(lambda new, old: jnp.where(m_t, new, old), new_carry, carry)
     return new_carry, jnp.where(m_t, h_t, jnp.zeros_like(h_t))
-
-
-def _scan_feature_major(
-    cell: Cell, params: Params, x: Array, mask: Array | None, carry: Carry, reverse: bool, unroll: int
-) -> tuple[Carry, Array]:
-    """``scan_cell`` on transposed steps: ``x_t: (features, batch)``, state ``(hidden, batch)``.
-
-    The transposed weights are made once, outside the scan, so that XLA sees plain matmuls inside it.
-    """
-    w_x_t = params["w_x"].T  # (G * hidden, features)
-    step_params = {**params, "w_h_t": params["w_h"].T}  # (G * hidden, hidden), read by the cell's recurrence
-    xs = jnp.transpose(x, (1, 2, 0))  # (T, features, batch)
-    masks = None if mask is None else jnp.swapaxes(jnp.asarray(mask) != 0, 0, 1)[:, None, :]  # (T, 1, batch)
-
-    def body(carry, inputs):
-        x_t, m_t = inputs
-        xw_t = _feature_major_matmul(params["w_x"], w_x_t, x_t) + params["b"][:, None]
-        new_carry, h_t = cell.recurrence(step_params, carry, xw_t, feature_major=True)
-        return _masked_step(m_t, carry, new_carry, h_t)
-
-    carry_t = jax.tree.map(jnp.transpose, carry)
-    carry_t, ys = jax.lax.scan(body, carry_t, (xs, masks), reverse=reverse, unroll=unroll)
-    return jax.tree.map(jnp.transpose, carry_t), jnp.transpose(ys, (2, 0, 1))  # ys: (T, hidden, batch)
 
 
 def _last_output(carry: Carry) -> Array:
@@ -408,10 +335,10 @@ def RNN(  # noqa: N802 - layer constructors are CamelCase, as in stax
         ``(batch, hidden)`` (the last real step's, with a mask; the first step's when ``reverse``).
       reverse: read the sequence from the end; outputs stay aligned with the inputs.
       unroll: steps per scan iteration.
-      hoist_input: compute the input projection for all steps before the scan (default: per backend,
-        see ``default_hoist_input``). Both give the same numbers.
+      hoist_input: compute the input projection for all steps before the scan (default: the kernel form,
+        see ``nnjax._src.kernels.hoist_rnn_input``). Both give the same numbers.
       feature_major: scan on transposed ``(features, batch)`` steps (default: per backend, see
-        ``default_feature_major``). The same numbers, the same shapes outside.
+        ``nnjax._src.kernels.feature_major_rnn``). The same numbers, the same shapes outside.
 
     Input ``x`` is ``(batch, T, features)`` or a dict ``{"x": x, "mask": (batch, T), "initial_carry": carry}``
     (both keys optional). With a mask and ``return_sequences``, the output is ``{"x": y, "mask": mask}``,
