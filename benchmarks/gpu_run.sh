@@ -3,8 +3,9 @@
 # (no install step: nnjax is imported from this checkout). At most ~9 minutes (each part's limit):
 #   1. the GPU section: a small Transformer LM in bfloat16, tokens/s and MFU (benchmarks/lm_throughput.py);
 #   2. the anchor workloads for nnjax and hand-written JAX on the accelerator (benchmarks/anchors.py);
-#   3. the tests of the code paths that differ off CPU (batch-major recurrent scans, hoisted input
-#      projections, JAX's convolution VJP, bfloat16 policies) on the accelerator.
+#   3. the tests of the code paths that differ off CPU (the generic kernels: batch-major recurrent scans,
+#      hoisted input projections, JAX's convolution VJP, reduce_window pools; bfloat16 policies) on the
+#      accelerator, and tests/test_kernels.py: the CPU kernels still agree with them there.
 # Every part has its own time limit, so one that hangs leaves the others their time.
 #
 # Run: bash benchmarks/gpu_run.sh [OUT_DIR]       (default: $OUT, else /tmp/nnjax-gpu)
@@ -35,6 +36,6 @@ echo "anchors: exit $?"; grep -A 14 '^## targets' "$out/anchors.log" || tail -n 
 
 # Four pytest-xdist workers, one test file each; without preallocation they share the accelerator's memory.
 XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 200 "$py" -m pytest -q -p no:cacheprovider -n 4 --dist loadfile \
-  ${GPU_RUN_TESTS:-tests/test_recurrent.py tests/test_conv.py tests/test_precision.py tests/test_train.py} \
+  ${GPU_RUN_TESTS:-tests/test_kernels.py tests/test_recurrent.py tests/test_conv.py tests/test_pooling.py tests/test_precision.py tests/test_train.py} \
   >"$out/tests.log" 2>&1
 echo "tests: exit $?"; tail -n 5 "$out/tests.log"

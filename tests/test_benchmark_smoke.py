@@ -153,3 +153,13 @@ def test_gpu_run_script_runs_end_to_end_on_cpu(tmp_path):
     assert "## targets" in (tmp_path / "results-gpu-anchors.md").read_text()
     assert " passed" in (tmp_path / "tests.log").read_text()
     assert "jax " in (tmp_path / "env.txt").read_text()
+
+
+def test_kernels_benchmark_runs_every_row_of_a_workload():
+    spec = importlib.util.spec_from_file_location("nnjax_kernels_benchmark", BENCH.parent / "kernels.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = module.main(["--repeats", "1", "--steps", "1", "--scan-steps", "0", "--only", "cnn"])
+    assert list(results) == ["cnn step"]
+    assert set(results["cnn step"]) == {"cpu", "generic", "cpu - conv", "cpu - max_pool", "cpu - compiler_options"}
+    assert all(ms > 0 for ms in results["cnn step"].values())

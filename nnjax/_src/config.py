@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 import jax
 
 MODES = ("auto", "generic", "cpu")
-KERNEL_NAMES = ("conv", "max_pool", "avg_pool", "rnn_input", "rnn_layout", "compiler_options")
+KERNEL_NAMES = ("conv", "max_pool", "rnn_input", "rnn_layout", "compiler_options")
 
 try:  # JAX's configuration states: thread-local, read from the environment, and in the jit cache key
     from jax._src import config as _jax_config

@@ -4,13 +4,14 @@ The layers call these kernels and read like the generic math; ``nnjax.config.ker
 (``"auto"``: the CPU forms on the CPU backend, the generic ones elsewhere). The generic forms are what
 GPUs and TPUs run; the CPU forms compute the same values and gradients (``tests/test_kernels.py`` checks
 both on every CI run) and each stays only while its row in ``benchmarks/kernels.py`` shows a gain of at
-least 10% on an anchor training step, measured in one run against the generic form.
+least 10% on an anchor training step, measured in one run against the generic form. Removed so:
+``avg_pool``'s reshape + mean (0.98x on a step, 1.04x in a scanned epoch of the CNN with average pools),
+and the host-counted train step (1.07-1.10x on the tiny step only: tuning for dispatch).
 
 | kernel             | generic form                          | CPU form                                      |
 |--------------------|---------------------------------------|-----------------------------------------------|
 | ``conv``           | ``lax.conv_general_dilated``, JAX VJP | the same forward, a VJP in canonical form     |
 | ``max_pool``       | ``lax.reduce_window`` (max)           | reshape + first-maximum ``window_max``        |
-| ``avg_pool``       | ``lax.reduce_window`` (sum / count)   | reshape + mean                                |
 | ``rnn_input``      | ``x @ w_x`` hoisted out of the scan   | the projection inside the scan, step by step  |
 | ``rnn_layout``     | batch-major scan state ``(batch, h)`` | feature-major state ``(h, batch)``            |
 | ``compiler_options`` | XLA's defaults                      | XLA:CPU convolutions instead of YNNPACK's     |
@@ -126,7 +127,7 @@ def _explicit_pad(size: int, kernel: int, stride: int, padding: str | tuple[int,
 # --- pooling ----------------------------------------------------------------------------------------------
 
 
-def _window_args(window, strides, padding):
+def window_args(window, strides, padding):
     dims, steps = (1, *window, 1), (1, *strides, 1)
     pads = padding if isinstance(padding, str) else ((0, 0), *padding, (0, 0))
     return dims, steps, pads
@@ -147,23 +148,7 @@ def max_pool(x: Array, window: tuple[int, ...], strides: tuple[int, ...], paddin
     """
     if _non_overlapping(window, strides, padding) and use_cpu_form("max_pool"):
         return _reshape_pool(x, window, window_max)
-    return lax.reduce_window(x, -jnp.inf, lax.max, *_window_args(window, strides, padding))
-
-
-def avg_pool(x: Array, window: tuple[int, ...], strides: tuple[int, ...], padding: Any) -> Array:
-    """The mean of each window (with padding, over the window's positions inside the input).
-
-    CPU form, for non-overlapping VALID windows: a reshape and a mean, whose gradient is a broadcast
-    rather than XLA:CPU's ``reduce_window`` transpose.
-    """
-    if _non_overlapping(window, strides, padding) and use_cpu_form("avg_pool"):
-        return _reshape_pool(x, window, jnp.mean)
-    args = _window_args(window, strides, padding)
-    sums = lax.reduce_window(x, 0.0, lax.add, *args)
-    if padding == "VALID":
-        return sums / math.prod(window)
-    ones = jnp.ones((1, *x.shape[1:-1], 1), x.dtype)
-    return sums / lax.reduce_window(ones, 0.0, lax.add, *args)
+    return lax.reduce_window(x, -jnp.inf, lax.max, *window_args(window, strides, padding))
 
 
 def global_max_pool(x: Array) -> Array:
@@ -320,7 +305,6 @@ def scan_feature_major(
 
 
 __all__ = [
-    "avg_pool",
     "conv",
     "feature_major_matmul",
     "feature_major_rnn",

@@ -3,9 +3,9 @@
 Shapes: ``x: (batch, *spatial, channels) -> y: (batch, *out_spatial, channels)``; the number of spatial
 axes is ``len(window)`` (an int ``window`` means 2-D). Global pools return ``(batch, channels)``.
 
-The pools are the ``max_pool``, ``avg_pool`` and ``global_max_pool`` kernels (``nnjax._src.kernels``):
-``lax.reduce_window`` in the generic form, a reshape and a reduction over non-overlapping windows in the
-CPU form (the same values, a cheaper gradient on XLA:CPU).
+Max pools are the ``max_pool`` kernel (``nnjax._src.kernels``): ``lax.reduce_window`` in the generic
+form, a reshape and a first-maximum reduction over non-overlapping windows in the CPU form (the same
+values, a cheaper gradient on XLA:CPU). Average pools are ``lax.reduce_window`` sums on every backend.
 
 Ties: the gradient of MaxPool and GlobalMaxPool goes to the first maximum of each window (row-major
 order) on every path, as XLA's ``reduce_window`` gradient and PyTorch's max pools route it (``jnp.max``
@@ -14,9 +14,11 @@ would split it evenly among the tied cells).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import jax.numpy as jnp
+from jax import lax
 
 from nnjax._src import kernels
 from nnjax._src.conv import Padding, as_padding, as_tuple, check_spatial_input, out_size
@@ -101,7 +103,12 @@ def AvgPool(
 
     def fn(x):
         _check(name, x, window, strides, padding)
-        return kernels.avg_pool(x, window, strides, padding)
+        args = kernels.window_args(window, strides, padding)
+        sums = lax.reduce_window(x, 0.0, lax.add, *args)
+        if padding == "VALID":
+            return sums / math.prod(window)
+        ones = jnp.ones((1, *x.shape[1:-1], 1), x.dtype)
+        return sums / lax.reduce_window(ones, 0.0, lax.add, *args)
 
     return stateless(fn, name)
 
