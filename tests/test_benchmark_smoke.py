@@ -1,5 +1,5 @@
 """The benchmark scripts run: anchors.py's tiny workloads (nnjax and raw JAX, one short repeat), lm_throughput.py,
-cpu_bounds.py, and (slow) gpu_run.sh end to end on CPU."""
+cpu_bounds.py, and (slow) kernels.py's CNN rows and gpu_run.sh end to end on CPU."""
 
 import importlib.util
 import os
@@ -155,6 +155,7 @@ def test_gpu_run_script_runs_end_to_end_on_cpu(tmp_path):
     assert "jax " in (tmp_path / "env.txt").read_text()
 
 
+@pytest.mark.slow  # about 30 s: five CNN steps compiled
 def test_kernels_benchmark_runs_every_row_of_a_workload():
     spec = importlib.util.spec_from_file_location("nnjax_kernels_benchmark", BENCH.parent / "kernels.py")
     module = importlib.util.module_from_spec(spec)

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import nnjax
-from nnjax._src import compile as compile_module
+from nnjax._src import kernels  # the compiler_options kernel
 
 CPU = jax.default_backend() == "cpu"
 
@@ -33,8 +33,8 @@ def library_fused_ops(compiled_text: str) -> set[str]:
 
 @pytest.mark.skipif(not CPU, reason="the options are for the CPU backend")
 def test_cpu_options_known_to_this_xla():
-    assert nnjax.default_compiler_options() == compile_module.CPU_COMPILER_OPTIONS
-    assert nnjax.default_compiler_options("cpu") == compile_module.CPU_COMPILER_OPTIONS
+    assert nnjax.default_compiler_options() == kernels.CPU_COMPILER_OPTIONS
+    assert nnjax.default_compiler_options("cpu") == kernels.CPU_COMPILER_OPTIONS
 
 
 def test_other_backends_get_no_options():
@@ -43,8 +43,8 @@ def test_other_backends_get_no_options():
 
 
 def test_unknown_option_falls_back_to_none(monkeypatch):
-    monkeypatch.setattr(compile_module, "CPU_COMPILER_OPTIONS", {"xla_cpu_no_such_option_nnjax": True})
-    assert compile_module.default_compiler_options.__wrapped__("cpu") is None
+    monkeypatch.setattr(kernels, "CPU_COMPILER_OPTIONS", {"xla_cpu_no_such_option_nnjax": True})
+    assert kernels.default_compiler_options.__wrapped__("cpu") is None
 
 
 @pytest.mark.skipif(not CPU, reason="the options are for the CPU backend")

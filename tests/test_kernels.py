@@ -1,6 +1,7 @@
-"""The generic (accelerator) and CPU kernels agree: values and ``jax.grad``, in float64, under ``jit``
-and inside ``lax.scan``, for every layer family with a backend-specific form; forward mode works through
-the generic forms everywhere; and the switch itself (``nnjax.config.kernels``, ``NNJAX_KERNELS``)."""
+"""The generic (accelerator) and CPU kernels agree: values and ``jax.grad``, in float64, for every layer
+family with a backend-specific form, the layers applied inside a ``lax.scan`` inside ``jit`` (as in a
+fused epoch); forward mode works through the generic forms everywhere; and the switch itself
+(``nnjax.config.kernels``, ``NNJAX_KERNELS``)."""
 
 import os
 import subprocess
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 import nnjax
-from nnjax._src import compile as nnjax_compile
+from nnjax._src import kernels
 
 MODES = ("cpu", "generic")
 
@@ -67,10 +68,9 @@ CONVS = [
 ]
 
 
-@pytest.mark.parametrize("in_scan", [False, True], ids=["jit", "scan"])
 @pytest.mark.parametrize("layer, shape", CONVS, ids=[repr(c[0]) for c in CONVS])
-def test_conv_forms_agree(x64, layer, shape, in_scan):
-    _assert_agree(layer, _data(shape), in_scan=in_scan)
+def test_conv_forms_agree_in_scan_and_jit(x64, layer, shape):
+    _assert_agree(layer, _data(shape), in_scan=True)
 
 
 POOLS = [
@@ -105,11 +105,10 @@ def test_normalization_forms_agree(x64, layer, train):
 CELLS = [nnjax.SimpleRNNCell(5), nnjax.LSTMCell(5), nnjax.GRUCell(5)]
 
 
-@pytest.mark.parametrize("in_scan", [False, True], ids=["jit", "scan"])
 @pytest.mark.parametrize("wrap", ["rnn", "reverse_last", "bidirectional"])
 @pytest.mark.parametrize("masked", [False, True], ids=["full", "masked"])
 @pytest.mark.parametrize("cell", CELLS, ids=lambda c: type(c).__name__)
-def test_recurrent_forms_agree_masked_and_bidirectional(x64, cell, masked, wrap, in_scan):
+def test_recurrent_forms_agree_masked_and_bidirectional_in_scan_and_jit(x64, cell, masked, wrap):
     layer = {
         "rnn": lambda: nnjax.RNN(cell),
         "reverse_last": lambda: nnjax.RNN(cell, reverse=True, return_sequences=False),
@@ -118,47 +117,58 @@ def test_recurrent_forms_agree_masked_and_bidirectional(x64, cell, masked, wrap,
     x = _data((3, 6, 4))
     if masked:
         x = {"x": x, "mask": nnjax.sequence_mask(jnp.array([6, 2, 4]), 6)}
-    _assert_agree(layer, x, in_scan=in_scan)
+    _assert_agree(layer, x, in_scan=True)
 
 
-def _layers_for_forward_mode():
-    return [
-        (nnjax.Conv(2, (3, 3)), (2, 5, 5, 2)),
-        (nnjax.ConvTranspose(2, (2, 2), strides=2), (2, 3, 3, 2)),
-        (nnjax.MaxPool(2), (2, 4, 4, 2)),
-        (nnjax.AvgPool(2), (2, 4, 4, 2)),
-        (nnjax.GlobalMaxPool(), (2, 4, 4, 2)),
-        (nnjax.BatchNorm(), (4, 3)),
-        (nnjax.LSTM(4), (2, 5, 3)),
-        (nnjax.GRU(4, return_sequences=False), (2, 5, 3)),
-        (nnjax.Bidirectional(nnjax.SimpleRNNCell(3)), (2, 5, 3)),
-        (nnjax.MultiHeadAttention(2), (2, 4, 6)),
-        (nnjax.Dense(3), (2, 4)),
-    ]
-
-
-FORWARD = _layers_for_forward_mode()
+CANONICAL_CONV = nnjax.Conv(2, (3, 3))  # no groups: the CPU form is a custom VJP, without forward mode
+FORWARD = [
+    (nnjax.Dense(3), (2, 4)),
+    (CANONICAL_CONV, (2, 5, 5, 2)),
+    (nnjax.Conv(4, (3,), groups=2), (2, 6, 4)),
+    (nnjax.ConvTranspose(2, (2, 2), strides=2), (2, 3, 3, 2)),
+    (nnjax.MaxPool(2), (2, 4, 4, 2)),
+    (nnjax.MaxPool(3, strides=2), (2, 5, 5, 2)),
+    (nnjax.AvgPool(2), (2, 4, 4, 2)),
+    (nnjax.GlobalMaxPool(), (2, 4, 4, 2)),
+    (nnjax.GlobalAvgPool(), (2, 4, 4, 2)),
+    (nnjax.BatchNorm(), (4, 3)),
+    (nnjax.LayerNorm(), (2, 3, 4)),
+    (nnjax.GroupNorm(2), (2, 3, 4)),
+    (nnjax.RMSNorm(), (2, 4)),
+    (nnjax.SimpleRNN(3), (2, 5, 3)),
+    (nnjax.LSTM(4), (2, 5, 3)),
+    (nnjax.GRU(4, return_sequences=False), (2, 5, 3)),
+    (nnjax.Bidirectional(nnjax.SimpleRNNCell(3)), (2, 5, 3)),
+    (nnjax.MultiHeadAttention(2), (2, 4, 6)),
+    (nnjax.TransformerEncoderBlock(2, 8), (2, 4, 6)),
+    (nnjax.TransformerDecoderBlock(2, 8), (2, 4, 6)),
+    (nnjax.serial(nnjax.Dropout(0.5), nnjax.Gelu(), nnjax.Softmax(), nnjax.Flatten()), (2, 3, 4)),
+]
 
 
 @pytest.mark.parametrize("layer, shape", FORWARD, ids=[repr(f[0]) for f in FORWARD])
 def test_forward_mode_works_through_every_layer_under_the_generic_kernels(x64, layer, shape):
-    x = _data(shape)
+    """``jax.jvp`` against ``jax.vjp``: <u, J t> == <J^T u, t> for random t and u, under the generic kernels;
+    the same JVP under the CPU kernels, or ForwardModeError where the CPU form has none."""
+    x, t = _data(shape), _data(shape, seed=1)
     params, state = layer.init(jax.random.key(0), shape[1:], jnp.float64)
 
     def f(x):
         return layer.apply(params, state, x)[0]
 
     with nnjax.config.kernels("generic"):
-        jac = jax.jit(jax.jacfwd(f))(x)
-        reverse = jax.jit(jax.jacrev(f))(x)
-    np.testing.assert_allclose(jac, reverse, rtol=1e-9, atol=1e-12)
+        y, jt = jax.jit(lambda x, t: jax.jvp(f, (x,), (t,)))(x, t)
+        u = _data(y.shape, seed=2)
+        (jtu,) = jax.jit(lambda x, u: jax.vjp(f, x)[1](u))(x, u)
+    np.testing.assert_allclose(jnp.vdot(u, jt), jnp.vdot(jtu, t), rtol=1e-10)
     with nnjax.config.kernels("cpu"):
-        if layer.name.startswith("Conv("):  # the canonical-VJP form has no forward mode
+        if layer is CANONICAL_CONV:
             match = r"Conv\(2, \(3, 3\)\): forward-mode .*kernels\('generic'\)"
             with pytest.raises(nnjax.ForwardModeError, match=match):
-                jax.jacfwd(f)(x)
+                jax.jvp(f, (x,), (t,))
         else:
-            np.testing.assert_allclose(jax.jit(jax.jacfwd(f))(x), jac, rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(jax.jit(lambda x, t: jax.jvp(f, (x,), (t,))[1])(x, t), jt, rtol=1e-9,
+                                       atol=1e-12)
 
 
 def test_the_switch_resolves_nests_and_keys_jit_caches():
@@ -200,10 +210,10 @@ def test_the_switch_rejects_unknown_modes_and_names():
 
 def test_compiler_options_are_the_cpu_kernels_only():
     with nnjax.config.kernels("generic"):
-        assert nnjax_compile.jit_options() is None
+        assert kernels.jit_options() is None
         assert nnjax.jit(lambda x: x + 1)(jnp.float32(1)) == 2
     with nnjax.config.kernels("cpu"):
-        assert nnjax_compile.jit_options() == nnjax_compile.default_compiler_options()
+        assert kernels.jit_options() == kernels.default_compiler_options()
         assert nnjax.jit(lambda x: x + 1)(jnp.float32(1)) == 2
 
 

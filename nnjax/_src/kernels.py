@@ -304,12 +304,51 @@ def scan_feature_major(
     return jax.tree.map(jnp.transpose, carry_t), jnp.transpose(ys, (2, 0, 1))  # ys: (T, hidden, batch)
 
 
+# --- compiler options -------------------------------------------------------------------------------------
+
+# XLA:CPU (jaxlib 0.10) hands convolutions to YNNPACK by default; XLA's own convolution kernels ran the
+# anchor CNN's training step 1.55x faster (``benchmarks/kernels.py``, ``cpu - compiler_options`` rows; 1.4x
+# on a 2-core AMD EPYC in ``benchmarks/anchors.py``). Dots and reductions keep the default (YNNPACK). An
+# XLA that does not know the option compiles without it.
+_YNN_TYPES = "xla_cpu_experimental_ynn_fusion_type"
+# XLA:CPU's default YNNPACK list (individual dots, reductions, individual convolutions) less convolutions.
+CPU_COMPILER_OPTIONS: dict[str, Any] = {
+    _YNN_TYPES: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE",
+}
+
+
+@functools.cache
+def default_compiler_options(backend: str | None = None) -> dict[str, Any] | None:
+    """The ``compiler_options`` nnjax passes to ``jax.jit`` on ``backend`` (default: JAX's default backend).
+
+    ``CPU_COMPILER_OPTIONS`` on CPU when this XLA accepts them (checked once by compiling a scalar
+    program), else None.
+    """
+    backend = jax.default_backend() if backend is None else backend
+    if backend != "cpu":
+        return None
+    try:
+        jax.jit(jnp.negative, compiler_options=CPU_COMPILER_OPTIONS).lower(jnp.float32(0)).compile()
+    except Exception:  # noqa: BLE001 - any rejection means this XLA does not know the option
+        return None
+    return dict(CPU_COMPILER_OPTIONS)
+
+
+def jit_options() -> dict[str, Any] | None:
+    """The ``compiler_options`` of ``jit`` now: ``default_compiler_options()`` under the CPU form of the
+    ``compiler_options`` kernel (``nnjax.config.kernels``), else None (XLA's defaults)."""
+    return default_compiler_options() if use_cpu_form("compiler_options") else None
+
+
 __all__ = [
+    "CPU_COMPILER_OPTIONS",
     "conv",
+    "default_compiler_options",
     "feature_major_matmul",
     "feature_major_rnn",
     "global_max_pool",
     "hoist_rnn_input",
+    "jit_options",
     "max_pool",
     "recurrent_matmul",
     "scan_feature_major",
