@@ -231,11 +231,7 @@ def evaluate(
     general objective, which then gets the inputs alone. See ``make_evaluate_fn``.
     """
     as_objective("evaluate", model, loss, metrics)  # raises for a bad `loss` or `metrics`
-    general = isinstance(loss, Objective)
-    if y is None and not general:
-        raise ValueError("evaluate: argument `y` expected the targets of loss(predictions, targets), given None.")
-    output_shape = None if general else model.output_shape(tuple(np.shape(x)[1:]))
-    check_dataset("evaluate", model, x, y, output_shape)
+    check_fit_data("evaluate", model, loss, x, y, None, None)
     values = compiled_evaluate()(
         train_state,
         jnp.asarray(x),
