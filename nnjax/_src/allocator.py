@@ -28,8 +28,28 @@ def keep_freed_memory(limit_bytes: int = 2**30) -> bool:
     """Tells glibc's ``malloc`` to serve blocks up to ``limit_bytes`` from its heap and to keep up to
     ``limit_bytes`` of freed memory instead of returning it to the system.
 
-    Returns True when applied (Linux with glibc), False elsewhere (macOS, Windows, musl), where it does
-    nothing. Cost: the process keeps up to ``limit_bytes`` of memory it no longer uses.
+    Call it once, early in an application (``nnjax.keep_freed_memory()``); it affects the whole process
+    and is not undone. Cost: the process keeps up to ``limit_bytes`` of memory it no longer uses.
+
+    Args:
+      limit_bytes: the mmap threshold and the trim threshold, in bytes: an int in ``[1, 2**31 - 1]``
+        (default 1 GiB).
+
+    Returns:
+      True when applied (Linux with glibc), False elsewhere (macOS, Windows, musl), where it does
+      nothing.
+
+    Raises:
+      ValueError: ``limit_bytes`` is not an int in ``[1, 2**31 - 1]`` (checked before anything changes).
+
+    Example:
+      >>> applied = nnjax.keep_freed_memory(64 << 20)   # keep up to 64 MiB of freed memory
+      >>> applied in (True, False)                      # False where glibc's mallopt is unavailable
+      True
+      >>> nnjax.keep_freed_memory(0)
+      Traceback (most recent call last):
+      ...
+      ValueError: keep_freed_memory: argument `limit_bytes` expected an int in [1, 2147483647], given 0.
     """
     if isinstance(limit_bytes, bool) or not isinstance(limit_bytes, int) or not 0 < limit_bytes <= _MAX_C_INT:
         raise ValueError(

@@ -36,8 +36,23 @@ Logs = dict[str, float]
 def host_copy(tree: PyTree) -> PyTree:
     """A copy of a pytree that survives donation: NumPy arrays on the host (PRNG keys copied on device).
 
+    ``fit`` donates the train state to the next epoch's compiled program, which deletes the arrays a
+    callback was given; a callback that keeps the state must keep a ``host_copy`` (``BestModel`` does).
+
+    Args:
+      tree: any pytree of arrays, e.g. a ``TrainState``.
+
+    Returns:
+      A pytree of the same structure: every leaf a new ``np.ndarray`` on the host, except typed PRNG key
+      arrays, which NumPy cannot hold: those are new key arrays on their device.
+
     Example:
-      >>> kept = host_copy(train_state)   # safe to keep after the state is donated to the next step
+      >>> tree = {"w": jnp.ones((2, 3)), "key": jax.random.key(0)}
+      >>> kept = nnjax.callbacks.host_copy(tree)   # safe to keep after `tree` is donated to the next step
+      >>> type(kept["w"]).__name__, kept["w"].shape
+      ('ndarray', (2, 3))
+      >>> bool((jax.random.key_data(kept["key"]) == jax.random.key_data(tree["key"])).all())
+      True
     """
 
     def copy(leaf):
@@ -66,13 +81,30 @@ class CSVLogger:
     The columns are those of the first epoch; a metric that appears later rewrites the file with the
     wider header (earlier rows get empty cells).
 
+    Pass it to ``fit(..., callbacks=[CSVLogger(path)])``; ``fit`` calls it after each epoch as
+    ``logger(epoch, train_state, logs)``, and it returns False (it never stops training).
+
     Args:
       path: the CSV file; its folder is created.
       append: keep an existing file's rows (e.g. when resuming); otherwise the file is replaced on the
         first epoch.
 
+    Attributes:
+      path: the file, as a string.
+      rows: the rows written so far (one dict per epoch; with ``append``, the file's earlier rows first).
+      columns: the header: ``epoch``, then the metrics in the order they first appeared.
+
     Example:
-      >>> fit(model, loss, opt, x, y, callbacks=[CSVLogger("metrics.csv")])
+      >>> import os, tempfile
+      >>> with tempfile.TemporaryDirectory() as tmp:
+      ...     logger = nnjax.callbacks.CSVLogger(os.path.join(tmp, "runs", "metrics.csv"))
+      ...     for epoch, loss in enumerate([0.9, 0.5]):
+      ...         stop = logger(epoch, None, {"loss": loss})   # what fit does after each epoch
+      ...     with open(logger.path) as f:
+      ...         print(f.read().strip())
+      epoch,loss
+      0,0.9
+      1,0.5
     """
 
     def __init__(self, path: str | os.PathLike, *, append: bool = False):
@@ -115,9 +147,25 @@ class CSVLogger:
 class JSONLLogger:
     """Writes one JSON object per line and per epoch: ``{"epoch": 0, "loss": ..., ...}``; flushed each epoch.
 
+    Pass it to ``fit(..., callbacks=[JSONLLogger(path)])``; calling it returns False (it never stops
+    training). Array-valued metrics (an ensemble's losses) are written as lists, NaN as ``NaN``.
+
     Args:
       path: the ``.jsonl`` file; its folder is created.
       append: keep an existing file's lines; otherwise the file is replaced on the first epoch.
+
+    Attributes:
+      path: the file, as a string.
+
+    Example:
+      >>> import json, os, tempfile
+      >>> with tempfile.TemporaryDirectory() as tmp:
+      ...     logger = nnjax.callbacks.JSONLLogger(os.path.join(tmp, "metrics.jsonl"))
+      ...     for epoch, loss in enumerate([0.9, 0.5]):
+      ...         stop = logger(epoch, None, {"loss": loss, "val_loss": loss + 0.25})
+      ...     with open(logger.path) as f:
+      ...         [json.loads(line) for line in f]
+      [{'epoch': 0, 'loss': 0.9, 'val_loss': 1.15}, {'epoch': 1, 'loss': 0.5, 'val_loss': 0.75}]
     """
 
     def __init__(self, path: str | os.PathLike, *, append: bool = False):
@@ -142,12 +190,31 @@ class TensorBoardLogger:
     ``tensorboardX`` is an optional dependency: ``pip install 'nnjax[tensorboard]'``.
     View with ``tensorboard --logdir LOGDIR``.
 
+    Array-valued metrics (an ensemble's) become one curve per member, ``name/0``, ``name/1``, ...
+    Calling it returns False (it never stops training); ``close()`` closes the writer.
+
     Args:
       logdir: the run's folder.
       step: ``"epoch"`` (x axis in epochs) or ``"step"`` (x axis in optimizer updates, ``train_state.step``).
 
+    Attributes:
+      logdir: the folder, as a string. step: the x axis. writer: the ``tensorboardX.SummaryWriter``.
+
     Raises:
       ImportError: tensorboardX is not installed.
+      ValueError: ``step`` is neither ``"epoch"`` nor ``"step"``.
+
+    Example:
+      >>> import importlib.util, tempfile
+      >>> with tempfile.TemporaryDirectory() as tmp:
+      ...     if importlib.util.find_spec("tensorboardX"):   # the optional dependency
+      ...         logger = nnjax.callbacks.TensorBoardLogger(tmp)
+      ...         stop = logger(0, None, {"loss": 0.5})   # fit(..., callbacks=[logger]) does this each epoch
+      ...         logger.close()
+      ...     else:
+      ...         stop = False
+      >>> stop
+      False
     """
 
     def __init__(self, logdir: str | os.PathLike, *, step: str = "epoch"):
@@ -219,18 +286,32 @@ class _Tracker:
 class EarlyStopping(_Tracker):
     """Stops training after ``patience`` epochs in a row in which ``monitor`` did not improve by ``min_delta``.
 
+    Pass it to ``fit(..., callbacks=[EarlyStopping(...)])``: calling it returns True to stop training.
+    A NaN value never counts as an improvement.
+
     Args:
       monitor: a key of the logs, e.g. ``"val_loss"`` or ``"val_accuracy"``.
       patience: epochs in a row without improvement after which training stops (at least 1).
       mode: ``"min"`` (lower is better, losses) or ``"max"`` (higher is better, accuracies).
-      min_delta: the smallest change that counts as an improvement.
+      min_delta: the smallest change that counts as an improvement (at least 0).
 
     Attributes:
-      best, best_epoch: the best value seen and its epoch. stopped_epoch: the epoch training stopped
-      after (None if it did not). wait: epochs since the last improvement.
+      best, best_epoch: the best value seen and its epoch (``inf``/``-inf`` and None before the first).
+      stopped_epoch: the epoch training stopped after (None if it did not).
+      wait: epochs since the last improvement.
 
-    Raises (when called):
-      KeyError: ``monitor`` is not among the logged metrics.
+    Raises:
+      ValueError: an unknown ``mode``, a ``patience`` below 1 or a negative ``min_delta``; when called,
+        a monitored metric that is not a scalar (e.g. an ensemble's per-member losses).
+      TypeError: ``monitor`` is not a string.
+      KeyError: when called, ``monitor`` is not among the logged metrics.
+
+    Example:
+      >>> stop = nnjax.callbacks.EarlyStopping("val_loss", patience=2)
+      >>> [stop(epoch, None, {"val_loss": v}) for epoch, v in enumerate([1.0, 0.8, 0.9, 0.85])]
+      [False, False, False, True]
+      >>> stop.best, stop.best_epoch, stop.stopped_epoch
+      (0.8, 1, 3)
     """
 
     def __init__(self, monitor: str = "val_loss", *, patience: int = 5, mode: str = "min", min_delta: float = 0.0):
@@ -256,12 +337,25 @@ class EarlyStopping(_Tracker):
 class BestModel(_Tracker):
     """Keeps a host copy of the train state at the epoch where ``monitor`` was best.
 
+    Pass it to ``fit(..., callbacks=[BestModel(...)])``; calling it returns False (it never stops
+    training). The copy is made with ``host_copy``, so it survives the donation of the state.
+
     Args:
       monitor, mode, min_delta: as for ``EarlyStopping``.
 
     Attributes:
       train_state: the best state (NumPy arrays; usable with ``predict``/``evaluate``), None before the
-        first epoch. best, best_epoch: the best value and its epoch.
+        first improvement. best, best_epoch: the best value and its epoch.
+
+    Raises:
+      ValueError, TypeError, KeyError: as for ``EarlyStopping``.
+
+    Example:
+      >>> best = nnjax.callbacks.BestModel("val_accuracy", mode="max")
+      >>> for epoch, accuracy in enumerate([0.7, 0.9, 0.8]):
+      ...     stop = best(epoch, {"w": jnp.full((2,), float(epoch))}, {"val_accuracy": accuracy})
+      >>> best.best, best.best_epoch, best.train_state["w"].tolist()
+      (0.9, 1, [1.0, 1.0])
     """
 
     def __init__(self, monitor: str = "val_loss", *, mode: str = "min", min_delta: float = 0.0):
@@ -299,15 +393,26 @@ class LearningRateLogger:
     The value is the one the epoch's last update used (with a schedule: ``schedule(step - 1)``).
 
     It also adds ``logs[name]`` so the writers listed AFTER it in ``callbacks`` record the rate too
-    (``fit``'s returned history is unchanged).
+    (``fit``'s returned history is unchanged), e.g.
+    ``fit(model, loss, opt, x, y, callbacks=[LearningRateLogger(), CSVLogger("m.csv")])``. Calling it
+    returns False (it never stops training).
+
+    Args:
+      name: the key it adds to ``logs``.
+      hyperparam: the injected hyperparameter to read from ``train_state.opt_state``.
+
+    Attributes:
+      epochs, values: the epochs seen and the value after each (a float, or a list for an ensemble).
+
+    Raises:
+      ValueError: when called, the optimizer state holds no injected hyperparameter ``hyperparam``.
 
     Example:
-      >>> opt = optax.inject_hyperparams(optax.adam)(learning_rate=optax.cosine_decay_schedule(1e-2, 1000))
-      >>> lr = LearningRateLogger()
-      >>> fit(model, loss, opt, x, y, callbacks=[lr, CSVLogger("m.csv")]); lr.values
-
-    Raises (when called):
-      ValueError: the optimizer state holds no injected hyperparameter ``hyperparam``.
+      >>> opt = optax.inject_hyperparams(optax.sgd)(learning_rate=0.25)
+      >>> train_state = nnjax.init_train_state(nnjax.Dense(2), opt, jax.random.key(0), (3,))
+      >>> lr, logs = nnjax.callbacks.LearningRateLogger(), {"loss": 0.5}
+      >>> lr(0, train_state, logs), lr.values, logs
+      (False, [0.25], {'loss': 0.5, 'learning_rate': 0.25})
     """
 
     def __init__(self, name: str = "learning_rate", *, hyperparam: str = "learning_rate"):

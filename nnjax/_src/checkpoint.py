@@ -112,14 +112,54 @@ def _steps(path: str) -> list[int]:
 def checkpoint_steps(directory: str | os.PathLike) -> list[int]:
     """The steps of the complete checkpoints in ``directory``, oldest first (``[]`` when none).
 
-    A save killed midway leaves only a temporary directory, which is never listed.
+    A save killed midway leaves only a temporary directory, which is never listed. Only the directory
+    listing is read, not the arrays.
+
+    Args:
+      directory: the directory given to ``save_checkpoint`` (it need not exist).
+
+    Returns:
+      The saved steps as a sorted ``list[int]``; ``[]`` for a missing or empty directory.
+
+    Raises:
+      TypeError: ``directory`` is not a path.
+
+    Example:
+      >>> import tempfile
+      >>> train_state = nnjax.init_train_state(nnjax.Dense(2), optax.sgd(0.1), jax.random.key(0), (3,))
+      >>> with tempfile.TemporaryDirectory() as tmp:
+      ...     for step in (10, 20):
+      ...         path = nnjax.save_checkpoint(tmp, train_state.replace(step=jnp.int32(step)))
+      ...     nnjax.checkpoint_steps(tmp)
+      [10, 20]
     """
     return _steps(_directory(directory, "checkpoint_steps"))
 
 
 def latest_step(directory: str | os.PathLike) -> int | None:
-    """The step of the newest complete checkpoint in ``directory``, or None. (Its arrays are not read:
-    ``restore_checkpoint`` verifies them and falls back past a corrupt one.)"""
+    """The step of the newest complete checkpoint in ``directory``, or None.
+
+    Its arrays are not read: ``restore_checkpoint`` verifies them and falls back past a corrupt one.
+
+    Args:
+      directory: the directory given to ``save_checkpoint`` (it need not exist).
+
+    Returns:
+      The largest saved step as an ``int``, or None when ``directory`` holds no complete checkpoint.
+
+    Raises:
+      TypeError: ``directory`` is not a path.
+
+    Example:
+      >>> import tempfile
+      >>> train_state = nnjax.init_train_state(nnjax.Dense(2), optax.sgd(0.1), jax.random.key(0), (3,))
+      >>> with tempfile.TemporaryDirectory() as tmp:
+      ...     print(nnjax.latest_step(tmp))
+      ...     path = nnjax.save_checkpoint(tmp, train_state.replace(step=jnp.int32(5)))
+      ...     print(nnjax.latest_step(tmp))
+      None
+      5
+    """
     steps = _steps(_directory(directory, "latest_step"))
     return steps[-1] if steps else None
 
@@ -127,8 +167,30 @@ def latest_step(directory: str | os.PathLike) -> int | None:
 def abstract_train_state(
     model: Layer, optimizer: optax.GradientTransformation, input_shape: Shape, dtype: DType = jnp.float32
 ) -> TrainState:
-    """The shapes and dtypes of ``init_train_state(model, optimizer, key, input_shape)``, without FLOPs:
-    the ``like`` argument of ``restore_checkpoint``."""
+    """The shapes and dtypes of ``init_train_state(model, optimizer, key, input_shape)``, without FLOPs.
+
+    It is the ``like`` argument of ``restore_checkpoint``: a ``TrainState`` of ``jax.ShapeDtypeStruct``
+    leaves, traced with ``jax.eval_shape`` (no parameters are computed or allocated).
+
+    Args:
+      model: the Layer that was trained.
+      optimizer: the Optax optimizer that was used (its state's structure must match the checkpoint's).
+      input_shape: one example's shape, without the batch axis, e.g. ``(784,)``.
+      dtype: the parameter dtype given to ``model.init``.
+
+    Returns:
+      A ``TrainState`` whose every leaf is a ``jax.ShapeDtypeStruct`` (shape and dtype only).
+
+    Raises:
+      LayerError: ``input_shape`` does not fit the model (raised by ``model.init`` while tracing).
+
+    Example:
+      >>> like = nnjax.abstract_train_state(nnjax.Dense(2), optax.adam(1e-3), (3,))
+      >>> jax.tree.map(lambda a: (a.shape, str(a.dtype)), like.params)
+      {'b': ((2,), 'float32'), 'w': ((3, 2), 'float32')}
+      >>> type(like.step).__name__
+      'ShapeDtypeStruct'
+    """
     return jax.eval_shape(lambda key: init_train_state(model, optimizer, key, input_shape, dtype), jax.random.key(0))
 
 
@@ -203,6 +265,9 @@ def save_checkpoint(
 ) -> str:
     """Saves ``train_state`` as checkpoint ``<directory>/<train_state.step>``; returns that path.
 
+    ``fit(..., checkpoint_dir=...)`` calls it after every ``checkpoint_every`` epochs; call it yourself
+    from a custom loop. The write is atomic and synchronous (the checkpoint is complete on return).
+
     Args:
       directory: where checkpoints of this run live (created if missing; relative paths and ``~`` are fine).
       train_state: the whole state; every process calls this with its (possibly sharded) arrays.
@@ -215,10 +280,23 @@ def save_checkpoint(
       overwrite: replace a checkpoint already saved at this step (and delete any newer ones, which
         belong to a run that this one supersedes). Without it, an existing step raises.
 
+    Returns:
+      The absolute path of the new checkpoint directory, ``<directory>/<step>`` (a ``str``).
+
     Raises:
       NonFiniteError: a floating leaf holds NaN or Inf (a non-finite state never reaches disk).
-      CheckpointError: the step is already saved (without ``overwrite``).
-      ValueError / TypeError: bad arguments, e.g. ``best_metric`` missing from ``metrics``.
+      CheckpointError: the step is already saved (without ``overwrite``), or two leaves' paths collide.
+      ValueError: a ``keep`` that is not a positive int or None, an unknown ``best_mode``, or a
+        ``best_metric`` missing from ``metrics`` (or not finite there).
+      TypeError: ``directory`` is not a path, or ``config`` is not JSON-serializable.
+
+    Example:
+      >>> import os, tempfile
+      >>> train_state = nnjax.init_train_state(nnjax.Dense(2), optax.sgd(0.1), jax.random.key(0), (3,))
+      >>> with tempfile.TemporaryDirectory() as tmp:
+      ...     path = nnjax.save_checkpoint(tmp, train_state, metrics={"val_loss": 0.5}, config={"lr": 0.1})
+      ...     os.path.relpath(path, tmp), nnjax.checkpoint_steps(tmp)
+      ('0', [0])
     """
     where = "save_checkpoint"
     path = _directory(directory, where)
@@ -411,6 +489,20 @@ def restore_checkpoint(
       CheckpointCorruptError: ``step`` was given and it is unreadable or fails its checksums; or, with
         ``step=None``, every checkpoint is. (With ``step=None`` a corrupt newest checkpoint only warns,
         ``RuntimeWarning``, and the next older one is tried.)
+      TypeError: ``directory`` is not a path.
+
+    Example:
+      >>> import tempfile
+      >>> model, opt = nnjax.Dense(2), optax.sgd(0.1)
+      >>> train_state = nnjax.init_train_state(model, opt, jax.random.key(0), (3,))
+      >>> with tempfile.TemporaryDirectory() as tmp:
+      ...     path = nnjax.save_checkpoint(tmp, train_state, metrics={"val_loss": 0.5}, config={"lr": 0.1})
+      ...     like = nnjax.abstract_train_state(model, opt, (3,))
+      ...     restored, info = nnjax.restore_checkpoint(tmp, like)
+      >>> info["step"], info["metrics"], info["config"]
+      (0, {'val_loss': 0.5}, {'lr': 0.1})
+      >>> bool(jnp.array_equal(restored.params["w"], train_state.params["w"]))
+      True
     """
     where = "restore_checkpoint"
     path = _directory(directory, where)

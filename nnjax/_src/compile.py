@@ -19,8 +19,31 @@ from nnjax._src.kernels import default_compiler_options, jit_options
 
 
 def jit(fn: Callable[..., Any], **jit_kwargs: Any) -> Callable[..., Any]:
-    """``jax.jit(fn, **jit_kwargs)`` with ``jit_options()``, read when it is called: call it when building
-    a step, not at import (it asks JAX for the default backend).
+    """``jax.jit(fn, **jit_kwargs)`` with nnjax's XLA ``compiler_options`` (``jit_options()``).
+
+    The options are read when ``jit`` is called: call it when building a step, not at import (it asks
+    JAX for the default backend). The result is a ``jax.jit`` function in every respect (``.lower``,
+    caching, donation).
+
+    Args:
+      fn: the function to compile, e.g. a step from ``make_train_step(..., jit=False)``.
+      **jit_kwargs: passed to ``jax.jit`` (``donate_argnums``, ``static_argnames``, ``in_shardings``,
+        ...), except ``compiler_options``, which this function sets.
+
+    Returns:
+      The jitted function, with the same signature as ``fn``.
+
+    Raises:
+      TypeError: ``fn`` is not callable, or ``jit_kwargs`` holds ``compiler_options`` or an argument
+        ``jax.jit`` does not take.
+
+    Example:
+      >>> double_plus_one = nnjax.jit(lambda x: 2 * x + 1)
+      >>> double_plus_one(jnp.arange(3.0)).tolist()
+      [1.0, 3.0, 5.0]
+      >>> step = nnjax.jit(lambda total, x: total + x.sum(), donate_argnums=0)   # a donated carry
+      >>> float(step(jnp.float32(1), jnp.ones(4)))
+      5.0
     """
     return jax.jit(fn, compiler_options=jit_options(), **jit_kwargs)
 

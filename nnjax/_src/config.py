@@ -67,16 +67,30 @@ except (ImportError, AttributeError, TypeError):  # a JAX without them: the swit
 def kernels(mode: str, *, generic: Sequence[str] = ()) -> Iterator[None]:
     """Within the block, nnjax's layers take the formulations of ``mode``.
 
+    A context manager. The choice applies to what JAX traces inside the block (it is part of the jit
+    cache key, so a function jitted outside is traced again inside); the previous choice is restored on
+    exit.
+
     Args:
       mode: ``"auto"`` (per backend), ``"generic"`` (the accelerator forms everywhere) or ``"cpu"``.
       generic: kernel names (``nnjax.config.KERNEL_NAMES``) forced to their generic form all the same.
 
+    Yields:
+      None.
+
     Raises:
-      ValueError: an unknown mode or kernel name.
+      ValueError: an unknown mode or kernel name (also a single string for ``generic``).
 
     Example:
+      >>> before = nnjax.config.active_kernels()
       >>> with nnjax.config.kernels("generic"):
-      ...     grads = jax.grad(loss_fn)(params)         # traced with the generic forms
+      ...     print(nnjax.config.active_kernels())   # layers traced here take the generic forms
+      generic
+      >>> with nnjax.config.kernels("cpu", generic=("conv",)):   # the CPU set, but the generic conv
+      ...     print(nnjax.config.active_kernels())
+      cpu
+      >>> nnjax.config.active_kernels() == before
+      True
     """
     if mode not in MODES:
         raise ValueError(f"nnjax.config.kernels: argument `mode` expected one of {MODES}, given {mode!r}.")
@@ -91,7 +105,20 @@ def kernels(mode: str, *, generic: Sequence[str] = ()) -> Iterator[None]:
 
 
 def active_kernels() -> str:
-    """The set in use now: ``"cpu"`` or ``"generic"`` (``"auto"`` resolved by JAX's default backend)."""
+    """The set in use now: ``"cpu"`` or ``"generic"`` (``"auto"`` resolved by JAX's default backend).
+
+    Returns:
+      ``"cpu"`` or ``"generic"``: the mode of the innermost ``nnjax.config.kernels`` block, else of
+      ``$NNJAX_KERNELS`` (default ``"auto"``: ``"cpu"`` on the CPU backend, ``"generic"`` elsewhere).
+      Kernels forced generic with ``kernels(..., generic=...)`` are not reflected here.
+
+    Example:
+      >>> nnjax.config.active_kernels() in ("cpu", "generic")
+      True
+      >>> with nnjax.config.kernels("generic"):
+      ...     print(nnjax.config.active_kernels())
+      generic
+    """
     mode, _ = _current()
     if mode == "auto":
         return "cpu" if jax.default_backend() == "cpu" else "generic"

@@ -23,7 +23,21 @@ MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "?"})
 
 
 class Table(NamedTuple):
-    """What ``load_csv`` returns: ``x (n, features)``, ``y (n,)`` (or ``(n, targets)``) and the feature names."""
+    """What ``load_csv`` returns: ``x (n, features)``, ``y (n,)`` (or ``(n, targets)``) and the feature names.
+
+    A NamedTuple, so it unpacks as ``x, y, names = load_csv(...)``.
+
+    Attributes:
+      x: ``(n, features)`` the feature columns, in ``feature_names`` order.
+      y: ``(n,)`` the target column, or ``(n, targets)`` when several targets were asked for.
+      feature_names: the names of ``x``'s columns.
+
+    Example:
+      >>> table = nnjax.data.Table(np.zeros((3, 2), np.float32), np.ones(3, np.float32), ("sqft", "age"))
+      >>> x, y, names = table
+      >>> x.shape, y.shape, names
+      ((3, 2), (3,), ('sqft', 'age'))
+    """
 
     x: np.ndarray
     y: np.ndarray
@@ -41,6 +55,9 @@ def load_csv(
 ) -> Table:
     """Reads numeric columns of a CSV file with a header row.
 
+    Surrounding spaces in names and cells are ignored, and so are blank lines. Every used cell must be
+    a finite number: categories must be encoded as numbers first.
+
     Args:
       path: the file (UTF-8; a byte-order mark is accepted).
       target: the column to predict, or a list of columns (then ``y`` is ``(n, len(target))``).
@@ -54,8 +71,20 @@ def load_csv(
 
     Raises:
       KeyError: a named column is not in the header (the message lists the header).
-      ValueError: a non-numeric or missing value (with its line and column), a row of the wrong length,
-        or no data rows.
+      ValueError: a non-numeric, missing or infinite value (with its line and column), a row of the wrong
+        length, an empty file, a repeated column name, a column that is both feature and target, or no
+        (complete) data rows.
+      OSError: the file cannot be opened (e.g. ``FileNotFoundError``).
+
+    Example:
+      >>> import os, tempfile
+      >>> with tempfile.TemporaryDirectory() as tmp:
+      ...     path = os.path.join(tmp, "houses.csv")
+      ...     with open(path, "w") as f:
+      ...         _ = f.write("square_feet,bedrooms,price\\n1450,3,312.5\\n2100,4,455.0\\n")
+      ...     x, y, names = nnjax.data.load_csv(path, target="price")
+      >>> x.shape, x.dtype, y.tolist(), names
+      ((2, 2), dtype('float32'), [312.5, 455.0], ('square_feet', 'bedrooms'))
     """
     targets = [target] if isinstance(target, str) else list(target)
     with open(path, newline="", encoding="utf-8-sig") as f:

@@ -17,7 +17,19 @@ FEATURE_NAMES_HOUSES = ("square_feet", "bedrooms", "distance_km", "age_years")
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
     """The embedded UCI digits: ``images (1797, 8, 8)`` uint8 in 0..16 and ``labels (1797,)`` int32 in 0..9.
 
-    Scale before training, e.g. ``images.reshape(-1, 64).astype(np.float32) / 16``.
+    Read from the package (no network). Scale before training, e.g.
+    ``images.reshape(-1, 64).astype(np.float32) / 16``.
+
+    Returns:
+      ``(images, labels)``: ``images (1797, 8, 8)`` uint8 in 0..16 (new arrays on each call) and
+      ``labels (1797,)`` int32 in 0..9.
+
+    Example:
+      >>> images, labels = nnjax.data.load_digits()
+      >>> images.shape, images.dtype, labels.shape, labels.dtype
+      ((1797, 8, 8), dtype('uint8'), (1797,), dtype('int32'))
+      >>> int(images.max()), np.unique(labels).tolist()
+      (16, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
     """
     with resources.files("nnjax").joinpath("data_files/digits.npz").open("rb") as f:
         data = np.load(f)
@@ -25,7 +37,19 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_xor(dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
-    """The four XOR points ``x (4, 2)`` in {0, 1}² and labels ``y (4,)`` = x1 XOR x2 (int32)."""
+    """The four XOR points ``x (4, 2)`` in {0, 1}² and labels ``y (4,)`` = x1 XOR x2 (int32).
+
+    Args:
+      dtype: the dtype of ``x``.
+
+    Returns:
+      ``(x, y)``: ``x (4, 2)`` of ``dtype`` and ``y (4,)`` int32, in the order 00, 01, 10, 11.
+
+    Example:
+      >>> x, y = nnjax.data.make_xor()
+      >>> x.tolist(), y.tolist()
+      ([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]], [0, 1, 1, 0])
+    """
     x = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype)
     return x, np.array([0, 1, 1, 0], np.int32)
 
@@ -41,6 +65,22 @@ def make_house_prices(n: int = 2000, *, noise: float = 10.0, seed: int = 0) -> t
 
     Size matters less far from the centre (an interaction), new houses carry a premium that fades
     quickly, and very old houses gain a "historic" premium: a linear model cannot fit it all.
+
+    Args:
+      n: the number of houses.
+      noise: the standard deviation of the price noise, in $1000s.
+      seed: seeds NumPy's ``default_rng``; the same seed gives the same data.
+
+    Returns:
+      ``(x, y)``: ``x (n, 4)`` float32, columns square_feet, bedrooms, distance_km, age_years (unscaled:
+      standardize before training), and ``y (n,)`` float32 prices in $1000s.
+
+    Example:
+      >>> x, y = nnjax.data.make_house_prices(100, seed=1)
+      >>> x.shape, y.shape, x.dtype
+      ((100, 4), (100,), dtype('float32'))
+      >>> bool(x[:, 1].min() >= 1 and x[:, 1].max() <= 6), bool((y > 0).all())
+      (True, True)
     """
     rng = np.random.default_rng(seed)
     sqft = rng.uniform(500, 3500, n)
@@ -55,7 +95,21 @@ def make_house_prices(n: int = 2000, *, noise: float = 10.0, seed: int = 0) -> t
 
 
 def make_moons(n: int = 500, *, noise: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Two interleaving half circles: ``x (n, 2)`` float32, ``y (n,)`` int32 in {0, 1}."""
+    """Two interleaving half circles: ``x (n, 2)`` float32, ``y (n,)`` int32 in {0, 1}.
+
+    Args:
+      n: the number of points; ``n // 2`` on the upper moon (class 0), the rest on the lower one.
+      noise: the standard deviation of the Gaussian noise added to each coordinate.
+      seed: seeds NumPy's ``default_rng``.
+
+    Returns:
+      ``(x, y)``: ``x (n, 2)`` float32 points and ``y (n,)`` int32 labels, shuffled.
+
+    Example:
+      >>> x, y = nnjax.data.make_moons(100, noise=0.05)
+      >>> x.shape, x.dtype, np.bincount(y).tolist()
+      ((100, 2), dtype('float32'), [50, 50])
+    """
     rng = np.random.default_rng(seed)
     n0 = n // 2
     t0, t1 = rng.uniform(0, np.pi, n0), rng.uniform(0, np.pi, n - n0)
@@ -68,7 +122,22 @@ def make_moons(n: int = 500, *, noise: float = 0.1, seed: int = 0) -> tuple[np.n
 
 
 def make_spirals(n: int = 600, *, classes: int = 3, noise: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``classes`` interleaved spiral arms: ``x (n, 2)`` float32, ``y (n,)`` int32 in [0, classes)."""
+    """``classes`` interleaved spiral arms: ``x (n, 2)`` float32, ``y (n,)`` int32 in [0, classes).
+
+    Args:
+      n: the number of points, spread evenly over the arms (point ``i`` is on arm ``i % classes``).
+      classes: the number of arms (classes).
+      noise: the angular noise, growing with the radius.
+      seed: seeds NumPy's ``default_rng``.
+
+    Returns:
+      ``(x, y)``: ``x (n, 2)`` float32 points within the unit disc and ``y (n,)`` int32 labels, shuffled.
+
+    Example:
+      >>> x, y = nnjax.data.make_spirals(90, classes=3)
+      >>> x.shape, np.bincount(y).tolist(), bool((np.linalg.norm(x, axis=1) <= 1).all())
+      ((90, 2), [30, 30, 30], True)
+    """
     rng = np.random.default_rng(seed)
     y = np.arange(n) % classes
     radius = rng.uniform(0.05, 1.0, n)

@@ -58,12 +58,29 @@ def _open(path: str | os.PathLike) -> Any:
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Reads an IDX file (gzipped or not) into a native-endian NumPy array.
 
+    Gzip is recognized by the file's first bytes, not by its name.
+
+    Args:
+      path: the file, e.g. ``"train-images-idx3-ubyte.gz"`` (MNIST's training images: ``(60000, 28, 28)``
+        uint8).
+
+    Returns:
+      A new NumPy array of the shape and dtype in the header (uint8, int8, int16, int32, float32 or
+      float64), in native byte order.
+
     Raises:
       IDXFormatError: a bad magic number (non-zero first bytes, unknown type code), or a data size that
-        differs from the header's dimensions (truncated or padded file).
+        differs from the header's dimensions (truncated or padded file), or a file that cannot be read
+        (a truncated gzip stream; also a missing file).
 
     Example:
-      >>> images = read_idx("train-images-idx3-ubyte.gz")   # (60000, 28, 28) uint8
+      >>> import os, tempfile
+      >>> with tempfile.TemporaryDirectory() as tmp:
+      ...     path = os.path.join(tmp, "images-idx3-ubyte.gz")
+      ...     nnjax.data.write_idx(path, np.arange(12, dtype=np.uint8).reshape(2, 2, 3))
+      ...     images = nnjax.data.read_idx(path)
+      >>> images.shape, images.dtype, images[1, 0].tolist()
+      ((2, 2, 3), dtype('uint8'), [6, 7, 8])
     """
     try:
         with _open(path) as f:
@@ -96,8 +113,30 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 def write_idx(path: str | os.PathLike, array: Any) -> None:
     """Writes ``array`` as an IDX file (gzipped when ``path`` ends in ``.gz``); the inverse of ``read_idx``.
 
+    The data are written big-endian, as the format requires; an existing file is replaced.
+
+    Args:
+      path: the file to write; its folder must exist.
+      array: any array-like of dtype uint8, int8, int16, int32, float32 or float64 and any shape.
+
+    Returns:
+      None.
+
     Raises:
-      TypeError: a dtype IDX cannot hold (it stores uint8, int8, int16, int32, float32, float64).
+      TypeError: a dtype IDX cannot hold (it stores uint8, int8, int16, int32, float32, float64), e.g.
+        int64: convert first, ``array.astype(np.int32)``.
+      ValueError: more than 255 dimensions.
+
+    Example:
+      >>> import os, tempfile
+      >>> with tempfile.TemporaryDirectory() as tmp:
+      ...     path = os.path.join(tmp, "labels-idx1-ubyte")
+      ...     nnjax.data.write_idx(path, np.array([3, 1, 4], np.uint8))
+      ...     with open(path, "rb") as f:
+      ...         header = f.read(8)
+      ...     labels = nnjax.data.read_idx(path)
+      >>> header.hex(), labels.tolist()   # magic 0x00000801 (uint8, 1 dim), then the size 3
+      ('0000080100000003', [3, 1, 4])
     """
     array = np.asarray(array)
     key = array.dtype.newbyteorder("=").str[1:]
@@ -371,10 +410,26 @@ def load_mnist(
       download: fetch missing files from the public mirrors (Google's CVDF bucket, then PyTorch's S3).
       verify: check each ``.gz`` file against its published SHA-256.
 
+    Returns:
+      ``(x_train, y_train, x_test, y_test)``: ``x_train (60000, 28, 28)`` uint8, ``y_train (60000,)``
+      int32, ``x_test (10000, 28, 28)`` uint8, ``y_test (10000,)`` int32.
+
     Raises:
       DownloadError: a file is missing and could not be downloaded; the message says where to put it.
       FileNotFoundError: a file is missing and ``download=False``.
-      ChecksumError, IDXFormatError: a file is corrupt or not the published one.
+      ChecksumError, IDXFormatError: a file is corrupt or not the published one (wrong magic number,
+        shape or label range).
+
+    Example:
+      ``x_train, y_train, x_test, y_test = load_mnist()`` downloads the files once (about 11 MB) and
+      reads them from the cache afterwards. Offline, with ``download=False``, a missing file raises:
+
+      >>> import tempfile
+      >>> with tempfile.TemporaryDirectory() as empty:
+      ...     nnjax.data.load_mnist(empty, download=False)
+      Traceback (most recent call last):
+      ...
+      FileNotFoundError: MNIST: train-images-idx3-ubyte(.gz) is not in ... and download=False. Put the four files ...
     """
     return load_idx_dataset(MNIST, data_dir, download=download, verify=verify)
 
@@ -384,8 +439,36 @@ def load_fashion_mnist(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Fashion-MNIST (Zalando's article images, MIT licence), a drop-in for MNIST; see ``load_mnist``.
 
-    Class names, by label: ``FASHION_MNIST_CLASSES``. Default folder ``$NNJAX_DATA/fashion_mnist`` or
-    ``~/.cache/nnjax/fashion_mnist``.
+    Class names, by label: ``FASHION_MNIST_CLASSES``. Images are uint8 in 0..255 and labels int32 in
+    0..9, with MNIST's shapes.
+
+    Args:
+      data_dir: the folder holding (or to receive) the four IDX files; default
+        ``$NNJAX_DATA/fashion_mnist`` or ``~/.cache/nnjax/fashion_mnist``.
+      download: fetch missing files from the public mirrors (Zalando's GitHub repository, then its S3).
+      verify: check each ``.gz`` file against its published SHA-256.
+
+    Returns:
+      ``(x_train, y_train, x_test, y_test)``: ``x_train (60000, 28, 28)`` uint8, ``y_train (60000,)``
+      int32, ``x_test (10000, 28, 28)`` uint8, ``y_test (10000,)`` int32.
+
+    Raises:
+      DownloadError: a file is missing and could not be downloaded; the message says where to put it.
+      FileNotFoundError: a file is missing and ``download=False``.
+      ChecksumError, IDXFormatError: a file is corrupt or not the published one.
+
+    Example:
+      ``x_train, y_train, x_test, y_test = load_fashion_mnist()`` downloads the files once (about 30 MB).
+      Offline, with ``download=False``, a missing file raises:
+
+      >>> import tempfile
+      >>> with tempfile.TemporaryDirectory() as empty:
+      ...     nnjax.data.load_fashion_mnist(empty, download=False)
+      Traceback (most recent call last):
+      ...
+      FileNotFoundError: Fashion-MNIST: train-images-idx3-ubyte(.gz) is not in ... and download=False. ...
+      >>> nnjax.data.FASHION_MNIST_CLASSES[:3]
+      ('T-shirt/top', 'Trouser', 'Pullover')
     """
     return load_idx_dataset(FASHION_MNIST, data_dir, download=download, verify=verify)
 

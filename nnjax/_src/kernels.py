@@ -321,8 +321,26 @@ CPU_COMPILER_OPTIONS: dict[str, Any] = {
 def default_compiler_options(backend: str | None = None) -> dict[str, Any] | None:
     """The ``compiler_options`` nnjax passes to ``jax.jit`` on ``backend`` (default: JAX's default backend).
 
-    ``CPU_COMPILER_OPTIONS`` on CPU when this XLA accepts them (checked once by compiling a scalar
-    program), else None.
+    ``CPU_COMPILER_OPTIONS`` on CPU when this XLA accepts them (checked once, by compiling a scalar
+    program on JAX's default backend; the answer is cached per ``backend``), else None. ``nnjax.jit``
+    uses them under the CPU form of the ``compiler_options`` kernel (``nnjax.config.kernels``).
+
+    Args:
+      backend: a JAX platform name (``"cpu"``, ``"gpu"``, ``"tpu"``); default ``jax.default_backend()``.
+
+    Returns:
+      A dict of XLA options (treat it as read-only: it is the cached object) or None for XLA's defaults
+      (any backend other than ``"cpu"``, or an XLA:CPU that rejects the options).
+
+    Example:
+      >>> print(nnjax.default_compiler_options("gpu"))   # XLA's defaults off CPU
+      None
+      >>> options = nnjax.default_compiler_options("cpu")
+      >>> options is None or "xla_cpu_experimental_ynn_fusion_type" in options
+      True
+      >>> f = jax.jit(jnp.sin, compiler_options=nnjax.default_compiler_options())   # nnjax.jit, on CPU
+      >>> round(float(f(0.5)), 4)
+      0.4794
     """
     backend = jax.default_backend() if backend is None else backend
     if backend != "cpu":

@@ -95,7 +95,22 @@ def plot_history(
       title: the figure's title. path: save a PNG there.
 
     Returns:
-      The matplotlib Figure.
+      The matplotlib Figure: one Axes per metric, up to 3 per row (unused grid cells are hidden).
+
+    Raises:
+      ValueError: ``history`` is empty.
+      TypeError: ``history`` mixes metrics and runs.
+      KeyError: a name in ``metrics`` is not in the history.
+      ImportError: matplotlib is not installed.
+
+    Example:
+      >>> history = {"loss": [1.0, 0.6, 0.4], "val_loss": [1.1, 0.8, 0.7], "accuracy": [0.5, 0.7, 0.8]}
+      >>> fig = nnjax.plots.plot_history(history, logy=["loss"])   # path="curves.png" would also save it
+      >>> [ax.get_title() for ax in fig.axes]
+      ['loss', 'accuracy']
+      >>> fig = nnjax.plots.plot_history({"sgd": history, "adam": history}, metrics=["loss"])   # two runs
+      >>> [line.get_label() for line in fig.axes[0].get_legend().get_lines()]
+      ['sgd', 'adam', 'train', 'val']
     """
     runs = _runs(history)
     names: list[str] = []
@@ -190,6 +205,18 @@ def plot_activations(
         softplus); default all. leaky_relu is drawn with slope 0.1 so the leak is visible.
       x_range: the input interval. derivatives: draw f'(x) too. ncols: panels per row.
       path: save a PNG there.
+
+    Returns:
+      The matplotlib Figure: one Axes per activation, titled with its formula.
+
+    Raises:
+      ValueError: an unknown activation name.
+      ImportError: matplotlib is not installed.
+
+    Example:
+      >>> fig = nnjax.plots.plot_activations(["relu", "tanh"], ncols=2)
+      >>> [ax.get_title() for ax in fig.axes]
+      ['relu: max(0, x)', 'tanh: tanh(x)']
     """
     table = _activation_table()
     names = list(names or table)
@@ -297,12 +324,26 @@ def plot_network(
       only_positive: draw a line only where the weight is positive (and ``>= hide_below``), as the
         source texts' house-price figure does.
       input_names, output_names: labels for the input and output neurons.
-      show_weights: write each weight on its line (``"auto"``: when at most 24 lines are drawn).
+      show_weights: write each weight on its line, and each bias under its neuron (``"auto"``: when at
+        most 12 lines are drawn).
       max_neurons: the widest layer drawable; a larger net raises ValueError.
       title: figure title. ax: draw into this Axes. path: save a PNG there.
 
+    Returns:
+      The matplotlib Figure (the one holding ``ax`` when ``ax`` is given), with one Axes for the drawing.
+
     Raises:
-      ValueError: the model is not a small dense net, or ``input_shape`` does not match.
+      ValueError: the model is not a small dense net (a layer with other parameters, more than
+        ``max_neurons`` neurons in a layer), ``input_shape`` does not match, or ``input_names`` /
+        ``output_names`` have the wrong length.
+      ImportError: matplotlib is not installed.
+
+    Example:
+      >>> model = nnjax.serial(nnjax.Dense(3), nnjax.Tanh(), nnjax.Dense(2))
+      >>> params, _ = model.init(jax.random.key(0), (2,))
+      >>> fig = nnjax.plots.plot_network(model, params, (2,), input_names=["size", "age"])
+      >>> len(fig.axes), fig.axes[0].get_title()
+      (1, 'all 12 synapses; line width ∝ |w|')
     """
     params = getattr(params, "params", params)
     stack = dense_stack(model, params)
@@ -456,6 +497,22 @@ def plot_decision_boundary(
       x: ``(n, 2)`` points; y: ``(n,)`` integer labels.
       resolution: grid points per axis. padding: margin around the data, as a fraction of its range.
       class_names: legend labels. title: axes title. ax: draw into this Axes. path: save a PNG there.
+
+    Returns:
+      The matplotlib Figure (the one holding ``ax`` when ``ax`` is given): the regions and points in one
+      Axes, plus a colour-bar Axes for a one-score model.
+
+    Raises:
+      ValueError: ``x`` is not ``(n, 2)``, or ``y`` has another number of labels.
+      ImportError: matplotlib is not installed.
+
+    Example:
+      >>> x, y = nnjax.data.make_moons(40)
+      >>> model = nnjax.serial(nnjax.Dense(3), nnjax.Tanh(), nnjax.Dense(2))
+      >>> params, state = model.init(jax.random.key(0), (2,))
+      >>> fig = nnjax.plots.plot_decision_boundary(model, (params, state), x, y, resolution=30)
+      >>> len(fig.axes), fig.axes[0].get_xlabel(), fig.axes[0].get_ylabel()
+      (1, 'x1', 'x2')
     """
     x, y = np.asarray(x), np.asarray(y).reshape(-1)
     if x.ndim != 2 or x.shape[1] != 2:
@@ -534,6 +591,19 @@ def plot_confusion_matrix(
       normalize: show each row as fractions of the true class (recall on the diagonal).
       title: default "Confusion matrix (accuracy A)". cmap: colour map. ax: draw into this Axes.
       path: save a PNG there.
+
+    Returns:
+      The matplotlib Figure (the one holding ``ax`` when ``ax`` is given): the heat map and its colour bar.
+
+    Raises:
+      ValueError: ``matrix`` is not square and 2-D, or ``class_names`` has the wrong length.
+      ImportError: matplotlib is not installed.
+
+    Example:
+      >>> matrix = np.array([[5, 1], [2, 4]])
+      >>> fig = nnjax.plots.plot_confusion_matrix(matrix, ["cat", "dog"], normalize=True)
+      >>> len(fig.axes), fig.axes[0].get_title()   # the heat map and its colour bar
+      (2, 'Confusion matrix (accuracy 75.0%)')
     """
     counts = np.asarray(matrix, np.float64)
     if counts.ndim != 2 or counts.shape[0] != counts.shape[1]:
@@ -631,6 +701,19 @@ def plot_images(
       cmap: colour map for grey images. vmin, vmax: the intensity range (default the data's; pass
         ``-m, m`` with a diverging map such as ``"RdBu_r"`` to centre zero). title: figure title.
       path: save a PNG there.
+
+    Returns:
+      The matplotlib Figure: a grid of ``ncols`` Axes per row (axes off), one per image drawn.
+
+    Raises:
+      ValueError: ``images`` is empty or of an unsupported shape (e.g. flat vectors of non-square length).
+      ImportError: matplotlib is not installed.
+
+    Example:
+      >>> images, labels = np.zeros((6, 8, 8)), np.array([0, 1, 2, 0, 1, 2])
+      >>> fig = nnjax.plots.plot_images(images, labels, predictions=[0, 1, 2, 0, 1, 0], ncols=3)
+      >>> len(fig.axes), [ax.get_title() for ax in fig.axes[4:]]   # "pred (true)"
+      (6, ['1 (1)', '0 (2)'])
     """
     images = _as_images(images)[:max_images]
     n = len(images)

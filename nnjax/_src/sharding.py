@@ -34,7 +34,22 @@ from nnjax._src.types import Array, PyTree
 
 
 def make_mesh(axis: str = "data", devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A one-axis ``Mesh`` named ``axis`` over ``devices`` (default: every device of every process)."""
+    """A one-axis ``Mesh`` named ``axis`` over ``devices`` (default: every device of every process).
+
+    Args:
+      axis: the mesh axis name, used by ``shard_batch``, ``data_parallel`` and ``fsdp_spec``.
+      devices: the devices, in order; default ``jax.devices()`` (all processes' devices).
+
+    Returns:
+      A ``jax.sharding.Mesh`` of shape ``{axis: len(devices)}``.
+
+    Example:
+      >>> mesh = nnjax.sharding.make_mesh()
+      >>> mesh.axis_names, mesh.size == len(jax.devices())
+      (('data',), True)
+      >>> dict(nnjax.sharding.make_mesh("batch", jax.devices()[:1]).shape)
+      {'batch': 1}
+    """
     devices = list(jax.devices() if devices is None else devices)
     return Mesh(np.array(devices), (axis,))
 
@@ -48,7 +63,23 @@ def _mesh_size(mesh: Mesh, axis: str) -> int:
 def fsdp_spec(shape: tuple[int, ...], size: int, axis: str = "data") -> P:
     """The FSDP ``PartitionSpec`` of one array: its largest dimension divisible by ``size`` is split over
     ``axis`` (the earliest among equals); arrays with no such dimension (scalars, biases of odd width)
-    are replicated."""
+    are replicated.
+
+    Args:
+      shape: the array's shape, e.g. ``(784, 128)``.
+      size: the number of devices along ``axis`` (``mesh.shape[axis]``).
+      axis: the mesh axis name.
+
+    Returns:
+      A ``jax.sharding.PartitionSpec``: ``axis`` at the split dimension and None elsewhere, or the empty
+      (replicated) spec when ``size`` is 1 or no dimension is divisible.
+
+    Example:
+      >>> tuple(nnjax.sharding.fsdp_spec((64, 128), 4))   # the largest divisible dimension is split
+      (None, 'data')
+      >>> tuple(nnjax.sharding.fsdp_spec((10,), 4))       # nothing divisible by 4: replicated
+      ()
+    """
     candidates = [(d, -i) for i, d in enumerate(shape) if d % size == 0 and d >= size]
     if size == 1 or not candidates:
         return P()
@@ -60,7 +91,31 @@ def fsdp_spec(shape: tuple[int, ...], size: int, axis: str = "data") -> P:
 
 def train_state_shardings(train_state: TrainState, mesh: Mesh, axis: str = "data", *, fsdp: bool = False) -> Any:
     """The ``NamedSharding`` of every leaf of ``train_state``: replicated (data parallel), or, with ``fsdp``,
-    parameters, model state and optimizer state split along their largest ``axis``-divisible dimension."""
+    parameters, model state and optimizer state split along their largest ``axis``-divisible dimension.
+
+    ``step`` and ``key`` are always replicated; the split dimension of each array is ``fsdp_spec``'s.
+
+    Args:
+      train_state: a ``TrainState`` (concrete, or abstract from ``abstract_train_state``).
+      mesh: the device mesh, e.g. ``make_mesh()``.
+      axis: the mesh axis to shard along.
+      fsdp: shard parameters, model state and optimizer state instead of replicating them.
+
+    Returns:
+      A ``TrainState`` of the same structure whose leaves are ``jax.sharding.NamedSharding``.
+
+    Raises:
+      ValueError: ``mesh`` has no axis ``axis``.
+
+    Example:
+      >>> ts = nnjax.init_train_state(nnjax.Dense(2), optax.sgd(0.1), jax.random.key(0), (3,))
+      >>> mesh = nnjax.sharding.make_mesh()
+      >>> shardings = nnjax.sharding.train_state_shardings(ts, mesh, fsdp=True)
+      >>> type(shardings.params["w"]).__name__, tuple(shardings.step.spec)
+      ('NamedSharding', ())
+      >>> shardings.params["w"].spec == nnjax.sharding.fsdp_spec((3, 2), mesh.size)
+      True
+    """
     size = _mesh_size(mesh, axis)
     replicated = NamedSharding(mesh, P())
 
@@ -100,8 +155,24 @@ def data_parallel(
     partitions it and adds the all-reduce of the gradients (and, for FSDP, the all-gathers of parameters).
     In several processes, every process must pass the same ``train_state`` (same key).
 
+    Args:
+      train_state: a ``TrainState`` (e.g. from ``init_train_state``), the same value in every process.
+      mesh: the device mesh; default ``make_mesh(axis)`` (every device).
+      axis: the mesh axis of the data (and, with ``fsdp``, of the parameter shards).
+      fsdp: shard parameters, model state and optimizer state (``train_state_shardings``).
+
+    Returns:
+      The same ``TrainState`` with every leaf a ``jax.Array`` placed on ``mesh``.
+
+    Raises:
+      ValueError: ``mesh`` has no axis ``axis``.
+
     Example:
-      >>> ts = data_parallel(init_train_state(model, opt, jax.random.key(0), (784,)))
+      >>> model, opt = nnjax.Dense(2), optax.sgd(0.1)
+      >>> ts = nnjax.init_train_state(model, opt, jax.random.key(0), (3,))
+      >>> ts = nnjax.sharding.data_parallel(ts, nnjax.sharding.make_mesh())
+      >>> ts.params["w"].shape, ts.params["w"].sharding.is_fully_replicated
+      ((3, 2), True)
     """
     mesh = make_mesh(axis) if mesh is None else mesh
     shardings = train_state_shardings(train_state, mesh, axis, fsdp=fsdp)
@@ -124,6 +195,26 @@ def shard_batch(batch: Batch, mesh: Mesh | None = None, axis: str = "data") -> B
 
     Single process: ``batch`` is the whole global batch. (With several processes use
     ``global_batch_from_process_data``.)
+
+    Args:
+      batch: a pytree of arrays ``(batch, ...)``, e.g. ``(x, y)``; ``batch`` divisible by the number of
+        devices along ``axis``.
+      mesh: the device mesh; default ``make_mesh(axis)`` (every device).
+      axis: the mesh axis to split the batch over.
+
+    Returns:
+      The same pytree of global ``jax.Array``s, each split along its first axis (spec ``P(axis)``).
+
+    Raises:
+      ValueError: ``mesh`` has no axis ``axis``, or a leaf is a scalar or has a batch size not divisible
+        by the number of devices along ``axis``.
+
+    Example:
+      >>> mesh = nnjax.sharding.make_mesh()
+      >>> n = 4 * mesh.size                 # a multiple of the number of devices
+      >>> x, y = nnjax.sharding.shard_batch((np.ones((n, 3), np.float32), np.zeros(n, np.int32)), mesh)
+      >>> x.shape == (n, 3), tuple(x.sharding.spec)
+      (True, ('data',))
     """
     mesh = make_mesh(axis) if mesh is None else mesh
     sharding = _batch_sharding(mesh, axis, batch, "shard_batch")
@@ -136,6 +227,25 @@ def global_batch_from_process_data(local_batch: Batch, mesh: Mesh | None = None,
     Process ``p`` passes the rows that belong to its devices (e.g. rows ``p * n_local:(p + 1) * n_local``
     of the global batch, for a mesh over ``jax.devices()``); the result has ``process_count()`` times as
     many rows, split along ``axis``. In one process it equals ``shard_batch``.
+
+    Args:
+      local_batch: a pytree of host arrays ``(n_local, ...)``: this process's rows, ``n_local`` divisible
+        by its number of local devices in ``mesh``.
+      mesh: the device mesh; default ``make_mesh(axis)`` (every device of every process).
+      axis: the mesh axis to split the batch over.
+
+    Returns:
+      The same pytree of global ``jax.Array``s ``(n_local * process_count(), ...)``, split along ``axis``.
+
+    Raises:
+      ValueError: raised by JAX when the rows cannot be split evenly over this process's devices.
+
+    Example:
+      >>> mesh = nnjax.sharding.make_mesh()
+      >>> rows = 2 * len(jax.local_devices())   # this process's rows
+      >>> x = nnjax.sharding.global_batch_from_process_data(np.ones((rows, 3), np.float32), mesh)
+      >>> x.shape == (rows * jax.process_count(), 3), tuple(x.sharding.spec)
+      (True, ('data',))
     """
     mesh = make_mesh(axis) if mesh is None else mesh
     sharding = NamedSharding(mesh, P(axis))
@@ -148,7 +258,31 @@ def jit_sharded(
     """``nnjax.jit`` of a plain step (``make_train_step(..., jit=False)``) with shardings pinned: the train
     state in and out keeps the shardings it has now (from ``data_parallel``), batches are split along
     ``axis`` and metrics are replicated. Not needed for correctness (GSPMD propagates the input shardings),
-    it guarantees FSDP parameters stay sharded between steps. The train state is donated."""
+    it guarantees FSDP parameters stay sharded between steps. The train state is donated.
+
+    Args:
+      step: a plain, un-jitted step ``(train_state, batch) -> (train_state, metrics)``.
+      train_state: the placed train state (from ``data_parallel``): its leaves' shardings are pinned.
+      mesh: the device mesh; default ``make_mesh(axis)`` (every device).
+      axis: the mesh axis to split batches over.
+
+    Returns:
+      The compiled step ``(train_state, batch) -> (train_state, metrics)``; pass batches whose size is
+      divisible by the number of devices along ``axis``, and do not reuse a train state once passed.
+
+    Raises:
+      AttributeError: a leaf of ``train_state`` is not a ``jax.Array`` (place it with ``data_parallel``).
+
+    Example:
+      >>> model, opt = nnjax.Dense(2), optax.sgd(0.1)
+      >>> mesh = nnjax.sharding.make_mesh()
+      >>> ts = nnjax.sharding.data_parallel(nnjax.init_train_state(model, opt, jax.random.key(0), (3,)), mesh)
+      >>> step = nnjax.sharding.jit_sharded(nnjax.make_train_step(model, nnjax.losses.mse, opt, jit=False), ts, mesh)
+      >>> n = 4 * mesh.size
+      >>> ts, metrics = step(ts, (np.ones((n, 3), np.float32), np.zeros((n, 2), np.float32)))
+      >>> int(ts.step), sorted(metrics)
+      (1, ['loss'])
+    """
     mesh = make_mesh(axis) if mesh is None else mesh
     ts_sharding = jax.tree.map(lambda a: a.sharding, train_state)
     batch_sharding = NamedSharding(mesh, P(axis))
@@ -185,6 +319,23 @@ def initialize_distributed(
         leave JAX's setting); sets ``jax_cpu_collectives_implementation``. Without it, CPU computations
         spanning processes fail.
       **kwargs: passed to ``jax.distributed.initialize`` (e.g. ``initialization_timeout``).
+
+    Returns:
+      None. Afterwards ``jax.process_count()`` is ``num_processes`` and ``jax.devices()`` spans them all.
+
+    Raises:
+      RuntimeError: raised by JAX when it is called twice, or after JAX has already run a computation.
+      ValueError, TypeError: raised by JAX for missing or inconsistent arguments where they cannot be
+        detected (e.g. ``process_id >= num_processes``).
+
+    Example:
+      One process (no ``initialize_distributed`` call) is the single-host case; every function of
+      ``nnjax.sharding`` works the same there:
+
+      >>> jax.process_count(), jax.process_index()
+      (1, 0)
+      >>> nnjax.sharding.make_mesh().size == jax.local_device_count()
+      True
     """
     if cpu_collectives is not None:
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
