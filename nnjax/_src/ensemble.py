@@ -52,19 +52,65 @@ ManyCallback = Callable[[int, TrainState, dict[str, np.ndarray]], Any]  # (epoch
 
 
 def stack_train_states(train_states: Sequence[TrainState]) -> TrainState:
-    """Stacks K train states of one structure into one with a leading model axis on every leaf."""
+    """Stacks K train states of one structure into one with a leading model axis on every leaf.
+
+    The stacked state is what ``make_many_step`` and ``fit_many(train_states=...)`` take; ``unstack`` is the
+    inverse.
+
+    Args:
+      train_states: K ``TrainState`` s (or any pytrees) with the same structure and leaf shapes, e.g. from
+        ``init_train_state`` with different keys or from several ``fit`` runs.
+
+    Returns:
+      One ``TrainState`` whose every leaf is ``(K, *leaf_shape)``.
+
+    Raises:
+      ValueError: ``train_states`` is empty, or (from ``jax.tree.map``) their structures differ.
+
+    Example:
+      >>> model, opt = nnjax.Dense(2), optax.sgd(0.1)
+      >>> states = [nnjax.init_train_state(model, opt, jax.random.key(s), (3,)) for s in range(4)]
+      >>> stacked = nnjax.ensemble.stack_train_states(states)
+      >>> stacked.params["w"].shape, stacked.step.shape, nnjax.ensemble.num_models(stacked)
+      ((4, 3, 2), (4,), 4)
+    """
     if not train_states:
         raise ValueError("stack_train_states: expected at least one train state, given none.")
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *train_states)
 
 
 def num_models(train_states: Any) -> int:
-    """The size K of the leading model axis of a stacked pytree."""
+    """The size K of the leading model axis of a stacked pytree.
+
+    Args:
+      train_states: a stacked ``TrainState`` (or any non-empty pytree of arrays with a leading model axis).
+
+    Returns:
+      K, a Python int: the leading dimension of the first leaf.
+
+    Example:
+      >>> stacked = nnjax.ensemble.init_many(nnjax.Dense(2), optax.sgd(0.1), [0, 1, 2], (3,))
+      >>> nnjax.ensemble.num_models(stacked)
+      3
+    """
     return int(jax.tree.leaves(train_states)[0].shape[0])
 
 
 def unstack(train_states: Any) -> list[Any]:
-    """The inverse of ``stack_train_states``: a list of K pytrees without the model axis."""
+    """The inverse of ``stack_train_states``: a list of K pytrees without the model axis.
+
+    Args:
+      train_states: a stacked ``TrainState`` (or any pytree with a leading model axis on every leaf).
+
+    Returns:
+      A list of K pytrees like ``train_states``, item ``i`` holding every leaf's ``[i]``.
+
+    Example:
+      >>> stacked = nnjax.ensemble.init_many(nnjax.Dense(2), optax.sgd(0.1), [0, 1], (3,))
+      >>> first, second = nnjax.ensemble.unstack(stacked)
+      >>> first.params["w"].shape, int(second.step)
+      ((3, 2), 0)
+    """
     return [jax.tree.map(lambda leaf, i=i: leaf[i], train_states) for i in range(num_models(train_states))]
 
 
@@ -88,8 +134,24 @@ def _hyperparam_arrays(hyperparams: Mapping[str, Any]) -> dict[str, Array]:
 
 
 def injected(optimizer_fn: OptimizerFn, hyperparams: Mapping[str, Any]) -> optax.GradientTransformation:
-    """``optax.inject_hyperparams(optimizer_fn)(**hyperparams)``: the hyperparameters live in the optimizer
-    state (``opt_state.hyperparams[name]``) as arrays, so a stacked state can hold one value per model."""
+    """``optax.inject_hyperparams(optimizer_fn)(**hyperparams)``: the hyperparameters live in the optimizer state.
+
+    They are kept as arrays in ``opt_state.hyperparams[name]``, so a stacked state can hold one value per
+    model and one compiled step serves them all; the values given here are only the initial ones.
+
+    Args:
+      optimizer_fn: an optimizer factory taking the hyperparameters as keyword arguments, e.g. ``optax.adam``.
+      hyperparams: ``name -> value`` for ONE model, e.g. ``{"learning_rate": 1e-3}``.
+
+    Returns:
+      An ``optax.GradientTransformation`` whose state carries the hyperparameters.
+
+    Example:
+      >>> opt = nnjax.ensemble.injected(optax.sgd, {"learning_rate": 0.1})
+      >>> state = opt.init({"w": jnp.zeros(2)})
+      >>> round(float(state.hyperparams["learning_rate"]), 4)
+      0.1
+    """
     return optax.inject_hyperparams(optimizer_fn)(**hyperparams)
 
 
@@ -108,17 +170,26 @@ def init_many(
       model: the network.
       optimizer: an Optax optimizer shared by all models, or (with ``hyperparams``) a factory such as
         ``optax.adam`` called as ``optimizer(**hyperparams)`` through ``optax.inject_hyperparams``.
-      keys: K int seeds or a ``(K,)`` key array; seed ``s`` gives the model ``init_train_state`` gives
-        for ``jax.random.key(s)`` (the one ``fit(seed=s)`` trains).
+      keys: K int seeds or a ``(K,)`` array of typed keys (``jax.random.split(key, K)``; raw ``key_data`` is
+        not accepted); seed ``s`` gives the model ``init_train_state`` gives for ``jax.random.key(s)`` (the
+        one ``fit(seed=s)`` trains).
       input_shape: one example's shape (no batch axis).
-      hyperparams: name -> K values, one per model (e.g. ``{"learning_rate": [1e-3, 1e-2]}``).
+      dtype: the dtype of the floating parameters.
+      hyperparams: name -> K values, one per model (e.g. ``{"learning_rate": [1e-3, 1e-2]}``); floats are
+        stored as float32.
 
     Returns:
       A ``TrainState`` whose every leaf has a leading axis of size K.
 
+    Raises:
+      TypeError: a factory without ``hyperparams``, or ``hyperparams`` with an already built optimizer.
+      ValueError: a hyperparameter does not have one value per model.
+
     Example:
-      >>> ts = init_many(model, optax.sgd, [0, 1], (4,), hyperparams={"learning_rate": [0.1, 0.01]})
-      >>> ts.opt_state.hyperparams["learning_rate"]   # Array([0.1, 0.01])
+      >>> model = nnjax.Dense(1)
+      >>> ts = nnjax.ensemble.init_many(model, optax.sgd, [0, 1], (4,), hyperparams={"learning_rate": [0.1, 0.01]})
+      >>> ts.params["w"].shape, [round(v, 4) for v in ts.opt_state.hyperparams["learning_rate"].tolist()]
+      ((2, 4, 1), [0.1, 0.01])
     """
     keys = _as_keys(keys)
     if not hyperparams:
@@ -154,14 +225,30 @@ def make_many_step(
     """The train step of K stacked models: ``jax.vmap`` of ``make_train_step``'s pure step.
 
     Args:
+      model: the network (one model's; all K share it).
+      loss: ``loss(predictions, targets) -> scalar`` or an ``nnjax.objective``, as ``make_train_step``.
       optimizer: the optimizer of ONE model (for swept hyperparameters: ``injected(factory, one_model_values)``
         or ``ManyResult.optimizer``; the values used are those in each model's ``opt_state``).
+      metrics: optional ``name -> fn(predictions, y)`` for the short form.
       shared_batch: all models see the same batch; otherwise every leaf of the batch is ``(K, batch, ...)``,
         one batch per model.
-      jit: ``nnjax.jit(..., donate_argnums=0)`` (default) or the plain vmapped function.
+      jit: ``nnjax.jit(..., donate_argnums=0)`` (default: do not reuse the input states) or the plain vmapped
+        function.
 
     Returns:
       ``(train_states, batch) -> (train_states, metrics)`` with metrics of shape ``(K,)``.
+
+    Raises:
+      ValueError: ``metrics`` given with a general objective.
+      TypeError: ``loss`` is neither callable nor an ``nnjax.objective``.
+
+    Example:
+      >>> model, opt = nnjax.Dense(1), optax.sgd(0.1)
+      >>> ts = nnjax.ensemble.init_many(model, opt, [0, 1, 2], (2,))
+      >>> step = nnjax.ensemble.make_many_step(model, nnjax.losses.mse, opt, shared_batch=True)
+      >>> ts, metrics = step(ts, (jnp.ones((4, 2)), jnp.zeros((4, 1))))
+      >>> metrics["loss"].shape, ts.step.tolist()
+      ((3,), [1, 1, 1])
     """
     step = make_train_step(model, loss, optimizer, metrics=metrics, jit=False)
     many = jax.vmap(step, in_axes=(0, None if shared_batch else 0))
@@ -181,6 +268,15 @@ class ManyResult(NamedTuple):
       best_index: the model with the best final ``select`` value (NaN counts as worst).
       optimizer: the optimizer of one model (hyperparameters injected), to keep training with
         ``make_many_step`` or, after ``best()``, ``make_train_step``/``fit(train_state=...)``.
+
+    ``best(index=None)`` returns model ``index``'s train state (default ``best_index``) without the model axis.
+
+    Example:
+      >>> ts = nnjax.ensemble.init_many(nnjax.Dense(1), optax.sgd(0.1), [0, 1], (2,))
+      >>> history = {"loss": np.array([[0.5, 0.3], [0.4, 0.1]])}   # (models, epochs)
+      >>> result = nnjax.ManyResult(ts, history, [{"seed": 0}, {"seed": 1}], 1, optax.sgd(0.1))
+      >>> result.configs[result.best_index], result.best().params["w"].shape, result.best(0).step.shape
+      ({'seed': 1}, (2, 1), ())
     """
 
     train_states: TrainState
@@ -198,8 +294,28 @@ class ManyResult(NamedTuple):
 def sweep_configs(
     seeds: Iterable[int], hyperparams: Mapping[str, Sequence[Any]] | None, grid: bool = True
 ) -> list[dict]:
-    """The per-model configurations: the grid ``seeds × values × ...`` (seed outermost), or, with
-    ``grid=False``, the lists zipped (all of one length; a single seed is repeated)."""
+    """The per-model configurations: the grid ``seeds × values × ...`` or the lists zipped.
+
+    Args:
+      seeds: the int seeds.
+      hyperparams: ``name -> list of values`` (None or ``{}``: seeds only).
+      grid: True for every combination (seed outermost, then the hyperparameters in the order given);
+        False for the lists zipped (all of one length; a single seed is repeated).
+
+    Returns:
+      A list of dicts ``{"seed": s, name: value, ...}``, one per model, in model order (the order of
+      ``fit_many``'s models and of ``ManyResult.configs``).
+
+    Raises:
+      ValueError: ``grid=False`` with lists of different lengths.
+
+    Example:
+      >>> nnjax.ensemble.sweep_configs([0, 1], {"learning_rate": [0.1, 0.01]})
+      [{'seed': 0, 'learning_rate': 0.1}, {'seed': 0, 'learning_rate': 0.01},
+       {'seed': 1, 'learning_rate': 0.1}, {'seed': 1, 'learning_rate': 0.01}]
+      >>> nnjax.ensemble.sweep_configs([0], {"learning_rate": [0.1, 0.01], "b1": [0.9, 0.8]}, grid=False)
+      [{'seed': 0, 'learning_rate': 0.1, 'b1': 0.9}, {'seed': 0, 'learning_rate': 0.01, 'b1': 0.8}]
+    """
     seeds = [int(s) for s in seeds]
     hyperparams = {k: list(np.asarray(v).reshape(-1).tolist()) for k, v in (hyperparams or {}).items()}
     names = list(hyperparams)
@@ -255,28 +371,52 @@ def fit_many(
     trains (same initialization, dropout keys and data order), up to float rounding.
 
     Args:
-      model, loss, x, y, input_shape, epochs, batch_size, metrics, validation_data, progress, progress_every:
-        as ``fit`` (``loss`` may be a general ``nnjax.objective``; its aux joins the history).
+      model: the network, shared by all K models.
+      loss: ``loss(predictions, y)`` or a general ``nnjax.objective`` (its aux joins the history), as ``fit``.
       optimizer: an Optax optimizer shared by all models, or a factory (``optax.adam``, or your own
         ``lambda learning_rate, weight_decay: optax.chain(...)``) called with each model's ``hyperparams``;
         they are injected with ``optax.inject_hyperparams`` so one program serves every value.
+      x: inputs ``(n, *input_shape)``, shared by all models (each draws its own order), as ``fit``.
+      y: targets ``(n, ...)``; optional for a general objective, as ``fit``.
+      input_shape: what ``model.init`` is given (default ``x.shape[1:]``).
       seeds: the seeds (initialization, dropout, data order).
       hyperparams: name -> list of values, e.g. ``{"learning_rate": [1e-3, 1e-2]}``.
-      grid: models are the product ``seeds × hyperparams`` (default) or the lists zipped (``False``).
-      train_states: continue from these stacked states (from ``ManyResult.train_states``).
+      grid: models are the product ``seeds × hyperparams`` (default) or the lists zipped (``False``); see
+        ``sweep_configs`` for the order.
+      epochs: train until this many epochs are done in total, as ``fit``.
+      batch_size: examples per update (clipped to ``n``), as ``fit``.
+      metrics: name -> ``fn(predictions, y)`` (loss form only), averaged over each epoch's batches.
+      validation_data: ``(x_val, y_val)`` (``x_val`` alone when ``y`` is None), evaluated for every model
+        after each epoch as ``val_loss``, ``val_<metric or aux>``.
+      train_states: continue from these stacked states (from ``ManyResult.train_states``); give the same
+        ``seeds``, ``hyperparams`` and ``grid`` as before (they must describe as many models).
       fused: ``"epoch"`` (default; one program per epoch), ``"all"`` (one program for the run) or ``False``
         (a Python loop over the vmapped, jitted step).
-      select, mode: the history entry whose final value picks ``best_index`` (default ``"val_loss"`` with
-        validation data, else ``"loss"``) and whether lower (``"min"``) or higher (``"max"``) is better.
+      select: the history entry whose final value picks ``best_index`` (default ``"val_loss"`` with
+        validation data, else ``"loss"``).
+      mode: ``"min"`` (lower ``select`` is better) or ``"max"``.
       callbacks: ``(epoch, train_states, logs) -> stop?`` after each epoch; ``logs`` values are ``(K,)`` arrays.
+      progress: show a tqdm bar (steps of all models together) and one line per epoch with the models' means.
+      progress_every: steps between progress updates from inside compiled code (default ~20 per epoch).
 
     Returns:
       ``ManyResult(train_states, history, configs, best_index, optimizer)``; ``history[name]`` is ``(K, epochs)``.
 
+    Raises:
+      ValueError: bad data or arguments (as ``fit``: ``fused``, ``epochs``, ``batch_size``, ``validation_data``,
+        ...), a bad ``mode``, ``select`` not in the history, zipped lists of different lengths, or
+        ``train_states`` holding another number of models than the configs.
+      TypeError: ``hyperparams`` with an already built optimizer, bad inputs or labels (as ``fit``), or a
+        ``loss`` neither callable nor an ``nnjax.objective``.
+
     Example:
-      >>> r = fit_many(model, losses.mse, optax.sgd, x, y, seeds=[0, 1], hyperparams={"learning_rate": [0.1, 0.01]})
-      >>> r.history["loss"].shape          # (4, 10): 2 seeds x 2 learning rates, 10 epochs
-      >>> r.configs[r.best_index]          # e.g. {'seed': 1, 'learning_rate': 0.1}
+      >>> x = np.linspace(-1, 1, 16, dtype=np.float32)[:, None]
+      >>> r = nnjax.fit_many(nnjax.Dense(1), nnjax.losses.mse, optax.sgd, x, 2 * x, seeds=[0, 1],
+      ...                    hyperparams={"learning_rate": [0.1, 0.01]}, epochs=2, batch_size=8, progress=False)
+      >>> r.history["loss"].shape                        # (2 seeds x 2 learning rates, 2 epochs)
+      (4, 2)
+      >>> r.configs[1], r.configs[r.best_index]["learning_rate"]
+      ({'seed': 0, 'learning_rate': 0.01}, 0.1)
     """
     if fused is True:
         fused = "epoch"
@@ -380,7 +520,26 @@ def fit_many(
 
 
 def ensemble_predict(model: Layer, train_states: TrainState, x: Any, *, batch_size: int = 1024) -> Array:
-    """Every model's predictions for ``x``: ``(K, n, *output_shape)``; average them for an ensemble."""
+    """Every model's predictions for ``x``: ``(K, n, *output_shape)``; average them for an ensemble.
+
+    Each model runs in inference mode (``train=False``), as ``nnjax.predict``.
+
+    Args:
+      model: the network the K stacked states were trained for.
+      train_states: a stacked ``TrainState`` (e.g. ``ManyResult.train_states``).
+      x: ``(n, *input_shape)`` inputs, shared by all models.
+      batch_size: examples computed together (keyword-only).
+
+    Returns:
+      A device array ``(K, n, *output_shape)``; ``.mean(axis=0)`` is the ensemble's prediction.
+
+    Example:
+      >>> model = nnjax.Dense(2)
+      >>> ts = nnjax.ensemble.init_many(model, optax.sgd(0.1), [0, 1, 2], (3,))
+      >>> predictions = nnjax.ensemble.ensemble_predict(model, ts, np.ones((5, 3), np.float32))
+      >>> predictions.shape, predictions.mean(axis=0).shape
+      ((3, 5, 2), (5, 2))
+    """
     predict_fn = jax.vmap(make_predict_fn(model, batch_size), in_axes=(0, None))
     return compile_jit(predict_fn)(train_states, jnp.asarray(x))
 

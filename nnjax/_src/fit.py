@@ -48,7 +48,22 @@ Callback = Callable[[int, TrainState, dict[str, float]], Any]  # (epoch, train_s
 
 
 class FitResult(NamedTuple):
-    """What ``fit`` returns: the final train state and the per-epoch history (``history["loss"][e]``)."""
+    """What ``fit`` (and ``fit_stream``) returns: the final train state and the per-epoch history.
+
+    Attributes:
+      train_state: the ``TrainState`` after the last epoch run (or the early stop); pass it to
+        ``predict``/``evaluate``, or back to ``fit(train_state=...)`` to continue.
+      history: ``name -> [one float per epoch]``: ``"loss"``, each metric or aux, ``"nonfinite"`` (with
+        ``nonfinite="skip"``) and ``"val_*"``, e.g. ``history["loss"][e]`` for epoch ``e`` (0-based,
+        counted from this call's first epoch). Empty when no epoch was left to run.
+
+    Example:
+      >>> x = np.linspace(-1, 1, 16, dtype=np.float32)[:, None]
+      >>> result = nnjax.fit(nnjax.Dense(1), nnjax.losses.mse, optax.sgd(0.1), x, 2 * x, epochs=2, progress=False)
+      >>> train_state, history = result
+      >>> list(history), len(history["loss"]), int(train_state.step)
+      (['loss'], 2, 2)
+    """
 
     train_state: TrainState
     history: History
@@ -208,10 +223,30 @@ def compiled_evaluate() -> Callable[..., dict[str, Array]]:
 
 
 def predict(model: Layer, train_state: TrainState, x: Any, *, batch_size: int = 1024) -> Array:
-    """The model's outputs for ``x`` in inference mode: ``model.apply(..., train=False)``, so BatchNorm
-    uses its running statistics and Dropout is off. Shapes: ``x: (n, *input_shape) -> (n, *output_shape)``.
+    """The model's outputs for ``x`` in inference mode: ``model.apply(..., train=False)``.
 
-    Compiled once per model, batch size and input shape: calling it again does not recompile.
+    BatchNorm uses its running statistics and Dropout is off. Each example is run as a batch of one
+    (``jax.lax.map`` over ``x``, ``batch_size`` of them vectorized at a time), so the outputs do not depend on
+    how ``x`` is split. Compiled once per model, batch size and input shape: calling it again does not
+    recompile.
+
+    Args:
+      model: the network the train state was trained for.
+      train_state: a ``TrainState`` (its ``params`` and ``state`` are used).
+      x: ``(n, *input_shape)`` inputs, NumPy or JAX.
+      batch_size: examples computed together (keyword-only); lower it to save memory.
+
+    Returns:
+      A device array ``(n, *output_shape)``: the model's raw outputs (logits for a classifier).
+
+    Raises:
+      LayerError, LayerTypeError: ``x`` does not suit the model (raised by its layers while tracing).
+
+    Example:
+      >>> model = nnjax.Dense(2)
+      >>> ts = nnjax.init_train_state(model, optax.sgd(0.1), jax.random.key(0), (3,))
+      >>> nnjax.predict(model, ts, np.ones((5, 3), np.float32)).shape
+      (5, 2)
     """
     return compiled_predict()(train_state, jnp.asarray(x), model=model, batch_size=batch_size)
 
@@ -226,9 +261,38 @@ def evaluate(
     metrics: Mapping[str, Metric] | None = None,
     batch_size: int = 1024,
 ) -> dict[str, float]:
-    """Loss and metrics (or a general objective's aux) over a whole data set with ``train=False``
-    (BatchNorm's running statistics, no Dropout); returns Python floats. ``y`` may be None only for a
-    general objective, which then gets the inputs alone. See ``make_evaluate_fn``.
+    """Loss and metrics (or a general objective's aux) over a whole data set with ``train=False``.
+
+    ``train=False``: BatchNorm's running statistics, no Dropout. A ``loss`` and its metrics see the
+    predictions for the whole set at once (so ``r2_score`` is the set's); a general objective runs on
+    chunks of ``batch_size`` examples with the run's ``eval_key`` and its values are the chunks' means
+    weighted by size. See ``make_evaluate_fn``.
+
+    Args:
+      model: the network.
+      train_state: a ``TrainState`` (``params``, ``state`` and ``key`` are used).
+      x: inputs ``(n, *input_shape)``, NumPy or JAX; checked as in ``fit``.
+      y: targets ``(n, ...)``; may be None only for a general objective, which then gets the inputs alone.
+      loss: ``loss(predictions, y) -> scalar`` or an ``nnjax.objective`` (keyword-only).
+      metrics: optional ``name -> fn(predictions, y)`` (loss form only).
+      batch_size: examples computed together.
+
+    Returns:
+      ``{"loss": float, <metric or aux name>: float, ...}`` (Python floats).
+
+    Raises:
+      ValueError: bad data (as in ``fit``), ``y`` missing for a loss, or ``metrics`` with a general objective.
+      TypeError: integer inputs to a model that expects floats, float labels for an integer-label loss, or
+        ``loss`` neither callable nor an ``nnjax.objective``.
+
+    Example:
+      >>> model = nnjax.Dense(2)
+      >>> ts = nnjax.init_train_state(model, optax.sgd(0.1), jax.random.key(0), (3,))
+      >>> x, y = np.ones((4, 3), np.float32), np.array([0, 1, 0, 1])   # same inputs: half the labels are right
+      >>> logs = nnjax.evaluate(model, ts, x, y, loss=nnjax.losses.softmax_cross_entropy,
+      ...                       metrics={"accuracy": nnjax.metrics.accuracy})
+      >>> sorted(logs), type(logs["loss"]).__name__, logs["accuracy"]
+      (['accuracy', 'loss'], 'float', 0.5)
     """
     as_objective("evaluate", model, loss, metrics)  # raises for a bad `loss` or `metrics`
     check_fit_data("evaluate", model, loss, x, y, None, None)
@@ -427,26 +491,34 @@ def fit(
         result.history["kl"]                                # the aux, per epoch, beside "loss"
 
     Args:
-      model: the network. optimizer: any Optax optimizer.
+      model: the network (a ``Layer``).
       loss: ``loss(predictions, y) -> scalar``, or an ``nnjax.objective`` ``(params, state, batch, *, key,
         train) -> (loss, (new_state, aux))`` given each batch as ``x[idx]`` (no ``y``) or ``(x[idx], y[idx])``,
         the step's key (``step_key``), and ``train=True`` (``False`` in validation, with a fixed key).
-      x, y: inputs ``(n, *input_shape)`` and targets ``(n, ...)``, NumPy or JAX arrays; ``y`` is optional
-        for a general objective.
+      optimizer: any ``optax.GradientTransformation`` (schedules, ``optax.chain``, ``optax.MultiSteps``).
+      x: inputs ``(n, *input_shape)``, a NumPy or JAX array (floating point unless the model takes integer
+        inputs, e.g. ``Embedding``); checked for NaN/Inf. For a general objective, any array whose examples
+        run along the first axis.
+      y: targets ``(n, ...)`` (integer class labels are checked against the model's output classes);
+        optional (None) for a general objective, which then gets ``x[idx]`` alone.
       input_shape: what ``model.init`` is given (default ``x.shape[1:]``), e.g. per-part shapes for
         ``nnjax.named``.
-      epochs: train until this many epochs are done (a ``train_state`` from epoch 3 with ``epochs=10``
-        runs epochs 4-10). batch_size: examples per update (clipped to ``n``).
-      seed: seeds initialization, dropout and data order (unused when ``train_state`` is given).
+      epochs: train until this many epochs are done in total (a ``train_state`` from epoch 3 with
+        ``epochs=10`` runs epochs 4-10; ``0`` or an already reached count runs none).
+      batch_size: examples per update (clipped to ``n``). The ``n % batch_size`` examples left over in each
+        shuffled epoch are skipped that epoch.
+      seed: seeds initialization, dropout and data order (unused when ``train_state`` is given or resumed).
       metrics: name -> ``fn(predictions, y)``, averaged over each epoch's batches (loss form only: a
         general objective returns its own in its aux).
       validation_data: ``(x_val, y_val)`` (``x_val`` alone when ``y`` is None), evaluated after each
         epoch with ``train=False`` as ``val_loss``, ``val_<metric or aux>`` (see ``make_evaluate_fn``).
-      train_state: continue from this state instead of initializing.
+      train_state: continue from this state instead of initializing (its ``step`` sets the first epoch).
       fused: ``"epoch"`` (one compiled program per epoch), ``"all"`` (one program for the whole run;
-        callbacks then run after it, once per epoch, with the final state), or ``False`` (Python loop).
-      callbacks: functions ``(epoch, train_state, logs) -> stop?`` called after each epoch; one that
-        returns True stops training. The state passed is donated to the next epoch: copy what you keep.
+        callbacks then run after it, once per epoch, with the final state), or ``False`` (Python loop);
+        ``True`` means ``"epoch"``. All three give the same numbers.
+      callbacks: functions ``(epoch, train_state, logs) -> stop?`` called after each epoch (``logs``: that
+        epoch's history entries as floats); one that returns True stops training (every callback still runs
+        that epoch). The state passed is donated to the next epoch: copy what you keep.
       progress: show a tqdm progress bar and one line per epoch (process 0 only).
       progress_every: steps between progress updates from inside compiled code (default ~20 per epoch).
       nonfinite: ``None``, ``"skip"`` (reject updates whose loss, gradient or model state holds NaN/Inf;
@@ -461,16 +533,35 @@ def fit(
         afresh). Data order and per-step keys derive from the root key and the epoch/step, so a resumed run
         ends bit-identical to an uninterrupted one (same device layout). Without it, a run replaces the
         checkpoints of earlier runs in ``checkpoint_dir`` as it reaches their steps.
-      keep, best_metric, best_mode: keep the ``keep`` newest checkpoints and the best by ``best_metric``
-        (a key of the logs, e.g. ``"val_loss"``), ``"min"`` or ``"max"``.
+      keep: how many of the newest checkpoints to keep (``None``: all).
+      checkpoint_every: save every this many epochs (a positive int; the last epoch is always saved).
+      best_metric: also keep the best checkpoint by this key of the logs (e.g. ``"val_loss"``); None: only
+        the newest.
+      best_mode: ``"min"`` or ``"max"``: whether a lower or a higher ``best_metric`` is better.
 
     Returns:
       ``FitResult(train_state, history)``; ``history`` maps ``loss``, each metric or aux and ``val_*`` to
       per-epoch floats.
 
     Raises:
-      ValueError / TypeError: bad data (see ``check_dataset``) or bad arguments.
+      ValueError: bad data (lengths differ, an empty set, NaN/Inf inputs, labels out of range: see
+        ``check_dataset``), ``y`` missing for a loss, ``validation_data`` of the wrong form, a bad ``fused``,
+        ``epochs``, ``batch_size``, ``nonfinite``, ``checkpoint_every`` or ``keep``, ``resume`` without
+        ``checkpoint_dir``, or a checkpoint to resume saved with another number of steps per epoch.
+      TypeError: integer inputs to a model that expects floats (hint: scale them), float labels for an
+        integer-label loss, or ``loss`` neither callable nor an ``nnjax.objective``.
       NonFiniteError: ``nonfinite="halt"`` met NaN/Inf, or a non-finite state was to be checkpointed.
+      CheckpointError: (``resume``) the newest checkpoint does not fit the model
+        (``CheckpointMismatchError``) or is unreadable (``CheckpointCorruptError``).
+
+    Example:
+      >>> x = np.linspace(-1, 1, 32, dtype=np.float32)[:, None]
+      >>> model = nnjax.Dense(1)
+      >>> result = nnjax.fit(model, nnjax.losses.mse, optax.sgd(0.5), x, 2 * x, epochs=3, batch_size=8, progress=False)
+      >>> len(result.history["loss"]), result.history["loss"][-1] < 0.01, int(result.train_state.step)
+      (3, True, 12)
+      >>> round(float(nnjax.predict(model, result.train_state, np.array([[0.5]], np.float32))[0, 0]), 1)   # 2 * 0.5
+      1.0
     """
     if fused is True:
         fused = "epoch"

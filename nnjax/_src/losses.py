@@ -49,26 +49,110 @@ def _regression(loss: str, predictions: Array, targets: Array) -> tuple[Array, A
 
 
 def mse(predictions: Array, targets: Array, weights: Array | None = None) -> Array:
-    """Mean squared error: ``mean((predictions - targets) ** 2)``. Shapes: both ``(batch, ...)``."""
+    """Mean squared error: ``mean((predictions - targets) ** 2)``.
+
+    Args:
+      predictions: ``(batch, ...)`` float.
+      targets: same shape as ``predictions`` (cast to its dtype).
+      weights: optional ``(batch,)`` non-negative weight per example (0/1 is a mask); the result is then
+        ``sum(weights * per_example_loss) / sum(weights)``, each example's loss being its mean over the other axes.
+
+    Returns:
+      A float scalar.
+
+    Raises:
+      TypeError: ``predictions`` are not floating point.
+      ValueError: ``predictions`` and ``targets`` differ in shape (no broadcasting), or ``weights`` is not
+        ``(batch,)``.
+
+    Example:
+      >>> predictions, targets = jnp.array([1.0, 2.0, 3.0]), jnp.array([1.0, 0.0, 5.0])
+      >>> round(float(nnjax.losses.mse(predictions, targets)), 4)
+      2.6667
+      >>> round(float(nnjax.losses.mse(predictions, targets, weights=jnp.array([1.0, 1.0, 0.0]))), 4)
+      2.0
+    """
     predictions, targets = _regression("mse", predictions, targets)
     return _reduce("mse", optax.losses.squared_error(predictions, targets), weights)
 
 
 def half_mse(predictions: Array, targets: Array, weights: Array | None = None) -> Array:
-    """Half the mean squared error, ``mean(½ (predictions - targets) ** 2)``: the source texts' cost function,
-    whose gradient is simply ``predictions - targets``."""
+    """Half the mean squared error, ``mean(½ (predictions - targets) ** 2)``.
+
+    The cost function of the classic textbooks: its gradient with respect to ``predictions`` is simply
+    ``predictions - targets`` (divided by the number of elements).
+
+    Args:
+      predictions: ``(batch, ...)`` float.
+      targets: same shape as ``predictions`` (cast to its dtype).
+      weights: optional ``(batch,)`` non-negative weight per example (0/1 is a mask); the result is then
+        ``sum(weights * per_example_loss) / sum(weights)``, each example's loss being its mean over the other axes.
+
+    Returns:
+      A float scalar, half of ``mse``.
+
+    Raises:
+      TypeError: ``predictions`` are not floating point.
+      ValueError: ``predictions`` and ``targets`` differ in shape, or ``weights`` is not ``(batch,)``.
+
+    Example:
+      >>> round(float(nnjax.losses.half_mse(jnp.array([1.0, 2.0, 3.0]), jnp.array([1.0, 0.0, 5.0]))), 4)
+      1.3333
+    """
     predictions, targets = _regression("half_mse", predictions, targets)
     return _reduce("half_mse", optax.losses.l2_loss(predictions, targets), weights)
 
 
 def mae(predictions: Array, targets: Array, weights: Array | None = None) -> Array:
-    """Mean absolute error: ``mean(|predictions - targets|)``."""
+    """Mean absolute error: ``mean(|predictions - targets|)``.
+
+    Args:
+      predictions: ``(batch, ...)`` float.
+      targets: same shape as ``predictions`` (cast to its dtype).
+      weights: optional ``(batch,)`` non-negative weight per example (0/1 is a mask); the result is then
+        ``sum(weights * per_example_loss) / sum(weights)``, each example's loss being its mean over the other axes.
+
+    Returns:
+      A float scalar.
+
+    Raises:
+      TypeError: ``predictions`` are not floating point.
+      ValueError: ``predictions`` and ``targets`` differ in shape, or ``weights`` is not ``(batch,)``.
+
+    Example:
+      >>> round(float(nnjax.losses.mae(jnp.array([1.0, 2.0, 3.0]), jnp.array([1.0, 0.0, 5.0]))), 4)
+      1.3333
+    """
     predictions, targets = _regression("mae", predictions, targets)
     return _reduce("mae", jnp.abs(predictions - targets), weights)
 
 
 def huber(predictions: Array, targets: Array, weights: Array | None = None, *, delta: float = 1.0) -> Array:
-    """Huber loss: ``½ e²`` for ``|e| <= delta``, else ``delta (|e| - ½ delta)``, with ``e = predictions - targets``."""
+    """Huber loss: ``½ e²`` for ``|e| <= delta``, else ``delta (|e| - ½ delta)``, with ``e = predictions - targets``.
+
+    Quadratic near zero, linear beyond ``delta``: less sensitive to outliers than ``mse``.
+
+    Args:
+      predictions: ``(batch, ...)`` float.
+      targets: same shape as ``predictions`` (cast to its dtype).
+      weights: optional ``(batch,)`` non-negative weight per example (0/1 is a mask); the result is then
+        ``sum(weights * per_example_loss) / sum(weights)``, each example's loss being its mean over the other axes.
+      delta: where the loss turns from quadratic to linear (keyword-only).
+
+    Returns:
+      A float scalar: the mean of the per-element Huber losses.
+
+    Raises:
+      TypeError: ``predictions`` are not floating point.
+      ValueError: ``predictions`` and ``targets`` differ in shape, or ``weights`` is not ``(batch,)``.
+
+    Example:
+      >>> predictions, targets = jnp.array([1.0, 2.0, 3.0]), jnp.array([1.0, 0.0, 5.0])   # errors 0, 2, -2
+      >>> round(float(nnjax.losses.huber(predictions, targets)), 4)               # (0 + 1.5 + 1.5) / 3
+      1.0
+      >>> round(float(nnjax.losses.huber(predictions, targets, delta=2.0)), 4)    # (0 + 2 + 2) / 3
+      1.3333
+    """
     predictions, targets = _regression("huber", predictions, targets)
     return _reduce("huber", optax.losses.huber_loss(predictions, targets, delta=delta), weights)
 
@@ -92,7 +176,28 @@ def _check_binary_labels(loss: str, labels: Array, allowed: tuple[float, ...], s
 def binary_cross_entropy_with_logits(logits: Array, labels: Array, weights: Array | None = None) -> Array:
     """Binary cross-entropy of ``sigmoid(logits)`` against labels in [0, 1] (numerically stable).
 
-    Shapes: ``logits`` and ``labels`` alike, e.g. ``(batch,)`` or ``(batch, outputs)``.
+    Computed from the logits directly (``optax.losses.sigmoid_binary_cross_entropy``), so large logits
+    neither overflow nor give ``log(0)``; prefer it to ``binary_cross_entropy`` after a ``Sigmoid()``.
+
+    Args:
+      logits: ``(batch,)`` or ``(batch, outputs)`` float, one logit per binary target.
+      labels: same shape as ``logits``: 0/1 labels (int or float) or soft labels (probabilities in [0, 1]).
+      weights: optional ``(batch,)`` non-negative weight per example (0/1 is a mask); the result is then
+        ``sum(weights * per_example_loss) / sum(weights)``, each example's loss being its mean over the other axes.
+
+    Returns:
+      A float scalar.
+
+    Raises:
+      TypeError: ``logits`` are not floating point.
+      ValueError: ``logits`` and ``labels`` differ in shape, ``weights`` is not ``(batch,)``, or (when the
+        labels are concrete, i.e. outside ``jit``) an integer label is not 0 or 1, or a float label lies
+        outside [0, 1].
+
+    Example:
+      >>> logits, labels = jnp.array([2.0, -1.0, 0.0]), jnp.array([1, 0, 1])
+      >>> round(float(nnjax.losses.binary_cross_entropy_with_logits(logits, labels)), 4)
+      0.3778
     """
     name = "binary_cross_entropy_with_logits"
     _check_float(name, logits, "logits")
@@ -106,6 +211,26 @@ def binary_cross_entropy(probabilities: Array, labels: Array, weights: Array | N
     """Binary cross-entropy of probabilities (e.g. after ``Sigmoid()``): ``-(y log p + (1 - y) log(1 - p))``.
 
     ``p`` is clipped to ``[eps, 1 - eps]``; prefer ``binary_cross_entropy_with_logits`` for stability.
+
+    Args:
+      probabilities: ``(batch,)`` or ``(batch, outputs)`` float, each in [0, 1].
+      labels: same shape as ``probabilities``: 0/1 labels (int or float) or soft labels in [0, 1].
+      weights: optional ``(batch,)`` non-negative weight per example (0/1 is a mask); the result is then
+        ``sum(weights * per_example_loss) / sum(weights)``, each example's loss being its mean over the other axes.
+      eps: the clipping margin of ``probabilities`` (keyword-only), so the loss stays finite at 0 and 1.
+
+    Returns:
+      A float scalar.
+
+    Raises:
+      TypeError: ``probabilities`` are not floating point.
+      ValueError: ``probabilities`` and ``labels`` differ in shape, ``weights`` is not ``(batch,)``, or
+        (concrete labels only) an integer label is not 0 or 1, or a float label lies outside [0, 1].
+
+    Example:
+      >>> probabilities = jax.nn.sigmoid(jnp.array([2.0, -1.0, 0.0]))
+      >>> round(float(nnjax.losses.binary_cross_entropy(probabilities, jnp.array([1, 0, 1]))), 4)
+      0.3778
     """
     name = "binary_cross_entropy"
     _check_float(name, probabilities, "probabilities")
@@ -119,11 +244,25 @@ def binary_cross_entropy(probabilities: Array, labels: Array, weights: Array | N
 def softmax_cross_entropy(logits: Array, labels: Array, weights: Array | None = None) -> Array:
     """Cross-entropy of ``softmax(logits)`` against integer class labels.
 
-    Shapes: ``logits: (batch, ..., classes)``, ``labels: (batch, ...)`` integers in ``[0, classes)``.
+    Args:
+      logits: ``(batch, ..., classes)`` float, unnormalized scores (no ``Softmax()`` before it).
+      labels: ``(batch, ...)`` integers in ``[0, classes)``.
+      weights: optional ``(batch,)`` non-negative weight per example (0/1 is a mask); the result is then
+        ``sum(weights * per_example_loss) / sum(weights)``, each example's loss being its mean over the other axes.
+
+    Returns:
+      A float scalar: the mean of ``-log softmax(logits)[label]``.
 
     Raises:
-      TypeError: float labels (use ``softmax_cross_entropy_soft`` for one-hot or soft labels).
-      ValueError: shapes disagree, or (eagerly) a label is out of range.
+      TypeError: ``logits`` are not floating point, or float labels (use ``softmax_cross_entropy_soft`` for
+        one-hot or soft labels).
+      ValueError: ``labels`` is not ``logits.shape[:-1]``, ``weights`` is not ``(batch,)``, or (eagerly, with
+        concrete labels) a label is out of range.
+
+    Example:
+      >>> logits = jnp.array([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+      >>> round(float(nnjax.losses.softmax_cross_entropy(logits, jnp.array([0, 2]))), 4)
+      1.2395
     """
     name = "softmax_cross_entropy"
     _check_float(name, logits, "logits")
@@ -139,7 +278,25 @@ def softmax_cross_entropy(logits: Array, labels: Array, weights: Array | None = 
 def softmax_cross_entropy_soft(logits: Array, targets: Array, weights: Array | None = None) -> Array:
     """Cross-entropy of ``softmax(logits)`` against one-hot or soft targets (rows sum to 1).
 
-    Shapes: ``logits`` and ``targets`` both ``(batch, ..., classes)``.
+    Args:
+      logits: ``(batch, ..., classes)`` float, unnormalized scores.
+      targets: same shape as ``logits``: a probability distribution over the classes in each row (one-hot,
+        label-smoothed, a teacher's softmax); rows are not checked to sum to 1.
+      weights: optional ``(batch,)`` non-negative weight per example (0/1 is a mask); the result is then
+        ``sum(weights * per_example_loss) / sum(weights)``, each example's loss being its mean over the other axes.
+
+    Returns:
+      A float scalar: the mean of ``-sum(targets * log softmax(logits), axis=-1)``.
+
+    Raises:
+      TypeError: ``logits`` are not floating point.
+      ValueError: ``logits`` and ``targets`` differ in shape, or ``weights`` is not ``(batch,)``.
+
+    Example:
+      >>> logits = jnp.array([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+      >>> targets = jnp.array([[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
+      >>> round(float(nnjax.losses.softmax_cross_entropy_soft(logits, targets)), 4)
+      1.7395
     """
     name = "softmax_cross_entropy_soft"
     _check_float(name, logits, "logits")
@@ -149,7 +306,27 @@ def softmax_cross_entropy_soft(logits: Array, targets: Array, weights: Array | N
 
 
 def hinge(scores: Array, labels: Array, weights: Array | None = None) -> Array:
-    """Binary hinge loss ``max(0, 1 - labels * scores)`` with labels in {-1, +1}."""
+    """Binary hinge loss ``max(0, 1 - labels * scores)`` with labels in {-1, +1} (a linear SVM's loss).
+
+    Args:
+      scores: ``(batch,)`` or ``(batch, outputs)`` float, unbounded decision values.
+      labels: same shape as ``scores``, each -1 or +1 (int or float; 0/1 labels are refused).
+      weights: optional ``(batch,)`` non-negative weight per example (0/1 is a mask); the result is then
+        ``sum(weights * per_example_loss) / sum(weights)``, each example's loss being its mean over the other axes.
+
+    Returns:
+      A float scalar.
+
+    Raises:
+      TypeError: ``scores`` are not floating point.
+      ValueError: ``scores`` and ``labels`` differ in shape, ``weights`` is not ``(batch,)``, or (concrete
+        labels only) a label is not -1 or +1.
+
+    Example:
+      >>> scores, labels = jnp.array([2.0, 0.5, -1.0]), jnp.array([1, 1, 1])
+      >>> round(float(nnjax.losses.hinge(scores, labels)), 4)   # (0 + 0.5 + 2) / 3
+      0.8333
+    """
     name = "hinge"
     _check_float(name, scores, "scores")
     _check_same_shape(name, scores, labels, ("scores", "labels"))

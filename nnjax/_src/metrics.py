@@ -55,7 +55,24 @@ def _weighted_mean(values: Array, weights: Array | None, metric: str = "metric")
 def accuracy(logits: Array, labels: Array, weights: Array | None = None) -> Array:
     """Share of examples whose highest-scoring class is the label.
 
-    Shapes: ``logits: (batch, ..., classes)`` (scores or probabilities), ``labels: (batch, ...)`` integers.
+    Args:
+      logits: ``(batch, ..., classes)`` float scores or probabilities (argmax is taken over the last axis).
+      labels: ``(batch, ...)`` integers in ``[0, classes)``.
+      weights: optional ``(batch,)`` non-negative weight per example (0/1 is a mask): the weighted mean.
+        With extra axes, each example counts as the share of its positions that are right.
+
+    Returns:
+      A float scalar in [0, 1].
+
+    Raises:
+      TypeError: ``labels`` are not integers (e.g. one-hot rows).
+      ValueError: ``labels`` is not ``logits.shape[:-1]`` (or has no batch axis), ``weights`` is not
+        ``(batch,)``, or (concrete labels only) a label is outside ``[0, classes)``.
+
+    Example:
+      >>> logits = jnp.array([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2], [0.2, 0.3, 0.5]])
+      >>> round(float(nnjax.metrics.accuracy(logits, jnp.array([1, 1, 2]))), 4)
+      0.6667
     """
     _check_class_scores("accuracy", logits, labels)
     correct = jnp.argmax(logits, axis=-1) == labels
@@ -63,7 +80,28 @@ def accuracy(logits: Array, labels: Array, weights: Array | None = None) -> Arra
 
 
 def binary_accuracy(logits: Array, labels: Array, weights: Array | None = None, *, threshold: float = 0.0) -> Array:
-    """Share of examples with ``(logits > threshold) == labels``. Use ``threshold=0.5`` for probabilities."""
+    """Share of examples with ``(logits > threshold) == (labels > 0.5)``. Use ``threshold=0.5`` for probabilities.
+
+    Args:
+      logits: ``(batch,)`` or ``(batch, outputs)`` scores (or probabilities, with ``threshold=0.5``).
+      labels: same shape as ``logits``, 0/1 (a label counts as positive when it is above 0.5).
+      weights: optional ``(batch,)`` non-negative weight per example (0/1 is a mask): the weighted mean.
+      threshold: the score above which a prediction is positive (keyword-only; 0.0 suits logits).
+
+    Returns:
+      A float scalar in [0, 1].
+
+    Raises:
+      ValueError: ``logits`` has no batch axis, ``logits`` and ``labels`` differ in shape, or ``weights`` is
+        not ``(batch,)``.
+
+    Example:
+      >>> logits, labels = jnp.array([1.5, -0.3, 0.2]), jnp.array([1, 0, 0])
+      >>> round(float(nnjax.metrics.binary_accuracy(logits, labels)), 4)
+      0.6667
+      >>> round(float(nnjax.metrics.binary_accuracy(jax.nn.sigmoid(logits), labels, threshold=0.5)), 4)
+      0.6667
+    """
     _check_batch("binary_accuracy", logits, "logits")
     _check_same_shape("binary_accuracy", logits, labels, ("logits", "labels"))
     correct = (logits > threshold) == (labels > 0.5)
@@ -71,7 +109,28 @@ def binary_accuracy(logits: Array, labels: Array, weights: Array | None = None, 
 
 
 def top_k_accuracy(logits: Array, labels: Array, weights: Array | None = None, *, k: int = 5) -> Array:
-    """Share of examples whose label is among the ``k`` highest-scoring classes."""
+    """Share of examples whose label is among the ``k`` highest-scoring classes.
+
+    Args:
+      logits: ``(batch, ..., classes)`` float scores or probabilities.
+      labels: ``(batch, ...)`` integers in ``[0, classes)``.
+      weights: optional ``(batch,)`` non-negative weight per example (0/1 is a mask): the weighted mean.
+      k: how many of the top classes count as a hit (keyword-only), ``1 <= k <= classes``; ``k=1`` is
+        ``accuracy``.
+
+    Returns:
+      A float scalar in [0, 1].
+
+    Raises:
+      TypeError: ``labels`` are not integers.
+      ValueError: ``k`` is not an int in ``[1, classes]``, ``labels`` is not ``logits.shape[:-1]``,
+        ``weights`` is not ``(batch,)``, or (concrete labels only) a label is out of range.
+
+    Example:
+      >>> logits = jnp.array([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2], [0.2, 0.3, 0.5]])
+      >>> round(float(nnjax.metrics.top_k_accuracy(logits, jnp.array([1, 1, 2]), k=2)), 4)
+      1.0
+    """
     _check_class_scores("top_k_accuracy", logits, labels)
     if not isinstance(k, int) or not 1 <= k <= jnp.shape(logits)[-1]:
         raise ValueError(f"top_k_accuracy: argument `k` expected an int in [1, {jnp.shape(logits)[-1]}] (the number of classes), given {k!r}.")
@@ -83,7 +142,28 @@ def top_k_accuracy(logits: Array, labels: Array, weights: Array | None = None, *
 def confusion_matrix(predictions: Array, labels: Array, num_classes: int | None = None) -> Array:
     """Counts ``(num_classes, num_classes)``: row = true label, column = predicted class.
 
-    ``predictions`` are class scores ``(batch, classes)`` (argmax is taken) or class indices ``(batch,)``.
+    Args:
+      predictions: class scores ``(batch, classes)`` (argmax is taken) or class indices ``(batch,)``
+        (integers); more generally ``(batch, ..., classes)`` or ``(batch, ...)``, every position counted.
+      labels: ``(batch, ...)`` integer true classes.
+      num_classes: the number of classes; default ``classes`` for scores, required for class indices.
+
+    Returns:
+      An int32 ``(num_classes, num_classes)`` array whose ``[i, j]`` counts examples of class ``i``
+      predicted as ``j`` (the diagonal holds the correct ones).
+
+    Raises:
+      TypeError: ``labels`` (or class-index ``predictions``) are not integers.
+      ValueError: ``num_classes`` is missing for class indices or not a positive int, ``predictions`` and
+        ``labels`` do not match in shape, or (concrete values only) a label or prediction is outside
+        ``[0, num_classes)``.
+
+    Example:
+      >>> logits = jnp.array([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2], [0.2, 0.3, 0.5]])
+      >>> nnjax.metrics.confusion_matrix(logits, jnp.array([1, 1, 2])).tolist()
+      [[0, 0, 0], [1, 1, 0], [0, 0, 1]]
+      >>> nnjax.metrics.confusion_matrix(jnp.array([0, 1, 1]), jnp.array([0, 1, 0]), num_classes=2).tolist()
+      [[1, 1], [0, 1]]
     """
     name = "confusion_matrix"
     check_integer_labels(name, labels)
@@ -112,13 +192,50 @@ def _check_regression(metric: str, predictions: Array, targets: Array) -> None:
 
 
 def mae(predictions: Array, targets: Array, weights: Array | None = None) -> Array:
-    """Mean absolute error."""
+    """Mean absolute error, ``mean(|predictions - targets|)``, in the units of the targets.
+
+    Args:
+      predictions: ``(batch, ...)`` float.
+      targets: same shape as ``predictions``.
+      weights: optional ``(batch,)`` non-negative weight per example (0/1 is a mask): the weighted mean.
+
+    Returns:
+      A float scalar.
+
+    Raises:
+      TypeError: ``predictions`` are not floating point.
+      ValueError: ``predictions`` has no batch axis, ``predictions`` and ``targets`` differ in shape, or
+        ``weights`` is not ``(batch,)``.
+
+    Example:
+      >>> round(float(nnjax.metrics.mae(jnp.array([1.0, 2.0, 3.0]), jnp.array([1.0, 0.0, 5.0]))), 4)
+      1.3333
+    """
     _check_regression("mae", predictions, targets)
     return _weighted_mean(jnp.abs(predictions - targets).reshape(jnp.shape(targets)[0], -1).mean(axis=1), weights, "mae")
 
 
 def rmse(predictions: Array, targets: Array, weights: Array | None = None) -> Array:
-    """Root mean squared error, in the units of the targets."""
+    """Root mean squared error, ``sqrt(mean((predictions - targets) ** 2))``, in the units of the targets.
+
+    Args:
+      predictions: ``(batch, ...)`` float.
+      targets: same shape as ``predictions``.
+      weights: optional ``(batch,)`` non-negative weight per example (0/1 is a mask): the weighted mean of
+        the squared errors, inside the square root.
+
+    Returns:
+      A float scalar.
+
+    Raises:
+      TypeError: ``predictions`` are not floating point.
+      ValueError: ``predictions`` has no batch axis, ``predictions`` and ``targets`` differ in shape, or
+        ``weights`` is not ``(batch,)``.
+
+    Example:
+      >>> round(float(nnjax.metrics.rmse(jnp.array([1.0, 2.0, 3.0]), jnp.array([1.0, 0.0, 5.0]))), 4)
+      1.633
+    """
     _check_regression("rmse", predictions, targets)
     return jnp.sqrt(_weighted_mean(jnp.square(predictions - targets).reshape(jnp.shape(targets)[0], -1).mean(axis=1), weights, "rmse"))
 
@@ -126,8 +243,27 @@ def rmse(predictions: Array, targets: Array, weights: Array | None = None) -> Ar
 def r2_score(predictions: Array, targets: Array) -> Array:
     """Coefficient of determination ``1 - SS_res / SS_tot`` (1 is perfect; 0 is predicting the mean).
 
+    ``SS_tot`` is taken about each output's mean over the batch; with several outputs both sums run over all
+    of them (scikit-learn's ``multioutput="variance_weighted"``, not its default uniform average).
     Constant targets (``SS_tot = 0``) give 1.0 for a perfect fit and 0.0 otherwise (scikit-learn's
-    ``force_finite``), not NaN or -inf.
+    ``force_finite``), not NaN or -inf. It is not a mean over examples: pass the whole set (as ``fit``'s
+    validation does), since an average of per-batch scores is not the set's score.
+
+    Args:
+      predictions: ``(batch, ...)`` float.
+      targets: same shape as ``predictions``.
+
+    Returns:
+      A float scalar, at most 1 (negative when worse than predicting the mean).
+
+    Raises:
+      TypeError: ``predictions`` are not floating point.
+      ValueError: ``predictions`` has no batch axis, or ``predictions`` and ``targets`` differ in shape.
+
+    Example:
+      >>> predictions, targets = jnp.array([1.1, 1.9, 3.2]), jnp.array([1.0, 2.0, 3.0])
+      >>> round(float(nnjax.metrics.r2_score(predictions, targets)), 4)
+      0.97
     """
     _check_regression("r2_score", predictions, targets)
     ss_res = jnp.sum(jnp.square(targets - predictions))

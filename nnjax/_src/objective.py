@@ -37,7 +37,21 @@ class Objective(NamedTuple):
     """A general objective ``fn(params, state, batch, *, key, train) -> (loss, (new_state, aux))``.
 
     Build it with ``nnjax.objective`` (as a decorator). Called like the function it wraps; hashable by
-    that function, so compiled code keyed on it compiles once.
+    that function, so compiled code keyed on it compiles once. Being an ``Objective`` (rather than a plain
+    function) is what tells ``make_train_step``, ``fit`` and the others to pass it the whole batch instead of
+    treating it as a ``loss(predictions, targets)``.
+
+    Attributes:
+      fn: the wrapped ``fn(params, state, batch, *, key, train) -> (loss, (new_state, aux))``.
+
+    Example:
+      >>> def zero(params, state, batch, *, key, train):
+      ...     return jnp.zeros(()), (state, {})
+      >>> obj = nnjax.objective(zero)
+      >>> isinstance(obj, nnjax.Objective), obj.fn is zero, obj
+      (True, True, objective(zero))
+      >>> obj({}, {}, None, key=None, train=True)[1]
+      ({}, {})
     """
 
     fn: ObjectiveFn
@@ -59,17 +73,28 @@ def objective(fn: ObjectiveFn) -> Objective:
         gives it (``fit(model, obj, opt, x)``: ``x[idx]``; ``fit(..., x, y)``: ``(x[idx], y[idx])``);
         ``key`` is the step's key (in evaluation a fixed key of the run); ``train`` is True in the train
         step and False in evaluation. It returns the scalar loss to minimize, the new model state (return
-        ``state`` when nothing changes) and ``aux``, a dict of named scalars (``{}`` for none).
+        ``state`` when nothing changes) and ``aux``, a dict of named scalars (``{}`` for none; no name
+        ``"loss"``).
 
     Returns:
-      An ``Objective``, accepted wherever a ``loss(predictions, targets)`` is.
+      An ``Objective``, accepted wherever a ``loss(predictions, targets)`` is; ``fn`` itself when it is one
+      already.
+
+    Raises:
+      TypeError: ``fn`` is not callable. (An aux that is not a dict of named scalars raises TypeError when a
+        step first runs the objective.)
 
     Example:
+      >>> model = nnjax.Dense(3)
       >>> @nnjax.objective
       ... def denoising_mse(params, state, x, *, key, train):
       ...     noisy = x + 0.1 * jax.random.normal(key, x.shape)
       ...     y, state = model.apply(params, state, noisy, train=train)
-      ...     return nnjax.losses.mse(y, x), (state, {})
+      ...     return nnjax.losses.mse(y, x), (state, {"noise": jnp.mean(jnp.abs(noisy - x))})
+      >>> params, state = model.init(jax.random.key(0), (3,))
+      >>> loss, (state, aux) = denoising_mse(params, state, jnp.ones((4, 3)), key=jax.random.key(1), train=True)
+      >>> loss.shape, sorted(aux)
+      ((), ['noise'])
     """
     if isinstance(fn, Objective):
         return fn

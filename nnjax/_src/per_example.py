@@ -5,7 +5,7 @@
 ``loss`` is a ``loss(predictions, targets)`` or a general ``nnjax.objective`` (then ``batch`` is any pytree
 whose leaves share a leading batch axis).
 
-is ``jax.vmap`` of ``jax.grad`` over the batch, each example seen as a batch of one. It costs about one
+It is ``jax.vmap`` of ``jax.grad`` over the batch, each example seen as a batch of one. It costs about one
 batched backward pass (no Python loop) and is what differential privacy, influence functions, gradient
 noise scales and data-attribution methods need.
 
@@ -64,7 +64,22 @@ def per_example_value_and_grads(
 
     Returns:
       ``((losses, (new_states, aux)), grads)`` as ``jax.value_and_grad(..., has_aux=True)`` gives them, with
-      a leading batch axis on every leaf: ``losses: (batch,)``, each aux value ``(batch,)``.
+      a leading batch axis on every leaf: ``losses: (batch,)``, each aux value ``(batch,)``, ``new_states``
+      and ``grads`` like ``state`` and ``params`` with ``(batch, ...)`` leaves.
+
+    Raises:
+      ValueError: ``metrics`` given with a general objective.
+      TypeError: ``loss`` is neither callable nor an ``nnjax.objective``, or an objective's aux is not a
+        dict of named scalars.
+
+    Example:
+      >>> model = nnjax.Dense(2)
+      >>> params, state = model.init(jax.random.key(0), (3,))
+      >>> x, y = jnp.ones((4, 3)), jnp.zeros((4, 2))
+      >>> (losses, (_, aux)), grads = nnjax.per_example.per_example_value_and_grads(
+      ...     model, nnjax.losses.mse, params, state, (x, y), metrics={"mae": nnjax.metrics.mae})
+      >>> losses.shape, aux["mae"].shape, grads["w"].shape
+      ((4,), (4,), (4, 3, 2))
     """
     objective_fn = as_objective("per_example_value_and_grads", model, loss, metrics)
     n = jax.tree.leaves(batch)[0].shape[0]
@@ -87,27 +102,81 @@ def per_example_grads(
     key: PRNGKey | None = None,
     train: bool = True,
 ) -> Params:
-    """The gradient of ``loss`` for each example of ``batch``: a pytree like ``params`` with a leading
-    batch axis, ``grads[...][i] = grad(loss on example i alone)``.
+    """The gradient of ``loss`` for each example of ``batch``: ``grads[...][i] = grad(loss on example i alone)``.
 
     Their mean over the batch axis is the batch gradient of a mean-reduced loss (without batch-coupled
-    layers such as BatchNorm, and with the same keys).
+    layers such as BatchNorm, and with the same keys). See ``per_example_value_and_grads`` for the losses
+    and aux too.
+
+    Args:
+      model: the network.
+      loss: ``loss(predictions, targets) -> scalar`` or an ``nnjax.objective`` (called on a batch of one).
+      params: the model's parameters (shared by all examples).
+      state: the model's state.
+      batch: ``(x, y)`` with ``x: (batch, *input_shape)``, ``y: (batch, ...)``; for an objective, any pytree
+        whose leaves have the leading batch axis.
+      key: randomness for training-mode layers (Dropout); example ``i`` gets ``jax.random.split(key, batch)[i]``.
+      train: run the model in training mode (default).
+
+    Returns:
+      A pytree like ``params`` whose every leaf is ``(batch, *param_shape)``.
+
+    Raises:
+      TypeError: ``loss`` is neither callable nor an ``nnjax.objective``, or an objective's aux is not a
+        dict of named scalars.
 
     Example:
-      >>> grads = per_example_grads(model, losses.mse, params, state, (x, y))
+      >>> model = nnjax.serial(nnjax.Dense(2))
+      >>> params, state = model.init(jax.random.key(0), (3,))
+      >>> x, y = jnp.arange(12.0).reshape(4, 3) / 10, jnp.zeros((4, 2))
+      >>> grads = nnjax.per_example_grads(model, nnjax.losses.mse, params, state, (x, y))
       >>> grads["dense_0"]["w"].shape     # (batch, in, out)
+      (4, 3, 2)
+      >>> batch_grads = jax.grad(lambda p: nnjax.losses.mse(model.apply(p, state, x)[0], y))(params)
+      >>> bool(jnp.allclose(grads["dense_0"]["w"].mean(axis=0), batch_grads["dense_0"]["w"], atol=1e-6))
+      True
     """
     return per_example_value_and_grads(model, loss, params, state, batch, key=key, train=train)[1]
 
 
 def per_example_norms(grads: Params) -> Array:
-    """The global L2 norm of each example's gradient (over all leaves): ``(batch,)``."""
+    """The global L2 norm of each example's gradient (over all leaves): ``(batch,)``.
+
+    Args:
+      grads: per-example gradients, a pytree whose every leaf is ``(batch, ...)`` (from ``per_example_grads``).
+
+    Returns:
+      A float ``(batch,)`` array: ``sqrt`` of the sum of squares of every leaf of example ``i``.
+
+    Example:
+      >>> grads = {"w": jnp.array([[3.0, 0.0], [0.0, 1.0]]), "b": jnp.array([4.0, 0.0])}
+      >>> nnjax.per_example.per_example_norms(grads).tolist()
+      [5.0, 1.0]
+    """
     return jax.vmap(optax.tree.norm)(grads)
 
 
 def clip_per_example(grads: Params, max_norm: float | Array) -> Params:
-    """Scales each example's gradient so its global L2 norm is at most ``max_norm`` (Optax's
-    ``clip_by_global_norm`` applied to each example); gradients already within the bound are unchanged."""
+    """Scales each example's gradient so its global L2 norm is at most ``max_norm``.
+
+    Optax's ``clip_by_global_norm`` applied to each example; gradients already within the bound are
+    unchanged.
+
+    Args:
+      grads: per-example gradients, a pytree whose every leaf is ``(batch, ...)``.
+      max_norm: the bound on each example's global L2 norm (a positive float or scalar array).
+
+    Returns:
+      A pytree like ``grads``: example ``i`` scaled by ``min(1, max_norm / norm_i)``.
+
+    Example:
+      >>> grads = {"w": jnp.array([[3.0, 0.0], [0.0, 1.0]]), "b": jnp.array([4.0, 0.0])}
+      >>> clipped = nnjax.per_example.clip_per_example(grads, 2.0)
+      >>> [round(v, 4) for v in nnjax.per_example.per_example_norms(clipped).tolist()]
+      [2.0, 1.0]
+      >>> [round(v, 4) for v in clipped["w"][0].tolist()]
+      [1.2, 0.0]
+    """
     clip = optax.clip_by_global_norm(max_norm)
     return jax.vmap(lambda g: clip.update(g, clip.init(g))[0])(grads)
 
@@ -135,16 +204,39 @@ def make_dp_train_step(
     usual ``init_train_state(model, optimizer, ...)``). Noise and dropout keys come from the train state's
     step key, so runs are reproducible, vmappable (many DP models at once) and resumable.
 
-    Args:
-      l2_norm_clip: the bound on each example's gradient norm (``C``).
-      noise_multiplier: noise standard deviation relative to ``C`` (``sigma``); 0 gives clipped SGD.
-      metrics, jit: as ``make_train_step``; here each metric (and a general objective's aux) is computed
-        on each example alone and averaged. Metrics add ``clipped_fraction``, the fraction of examples
-        whose gradient norm exceeded ``C``.
-
     The privacy budget (epsilon, delta) of a run depends on ``noise_multiplier``, the sampling rate and the
     number of steps; compute it with an accountant (e.g. ``dp_accounting``). Note that ``fit`` shuffles
     and partitions the data each epoch rather than Poisson-sampling it.
+
+    Args:
+      model: the network (prefer LayerNorm/GroupNorm to BatchNorm: each example runs as a batch of one).
+      loss: ``loss(predictions, targets) -> scalar`` or an ``nnjax.objective``.
+      optimizer: any ``optax.GradientTransformation``, applied to the privatized gradient.
+      l2_norm_clip: the bound on each example's gradient norm (``C``; keyword-only).
+      noise_multiplier: noise standard deviation relative to ``C`` (``sigma``); 0 gives clipped SGD.
+      metrics: as ``make_train_step``; here each metric (and a general objective's aux) is computed on each
+        example alone and averaged.
+      jit: return the step compiled by ``nnjax.jit`` with the train state donated (default) or the plain
+        function.
+
+    Returns:
+      The step ``(train_state, batch) -> (train_state, metrics)``; ``metrics`` holds ``"loss"`` (the mean of
+      the examples' losses), each metric or aux, and ``clipped_fraction``, the fraction of examples whose
+      gradient norm exceeded ``C``. The new model state is the mean of the examples' new states (floating
+      leaves; the first example's for the others).
+
+    Raises:
+      ValueError: ``metrics`` given with a general objective (when the step is first traced).
+      TypeError: ``loss`` is neither callable nor an ``nnjax.objective`` (when the step is first traced).
+
+    Example:
+      >>> model, opt = nnjax.Dense(2), optax.sgd(0.1)
+      >>> ts = nnjax.init_train_state(model, opt, jax.random.key(0), (3,))
+      >>> dp_step = nnjax.per_example.make_dp_train_step(model, nnjax.losses.mse, opt, l2_norm_clip=1e-3,
+      ...                                                  noise_multiplier=1.0)
+      >>> ts, metrics = dp_step(ts, (jnp.ones((4, 3)), jnp.ones((4, 2))))   # every gradient norm exceeds 1e-3
+      >>> int(ts.step), sorted(metrics), float(metrics["clipped_fraction"])
+      (1, ['clipped_fraction', 'loss'], 1.0)
     """
 
     def step(train_state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Array]]:

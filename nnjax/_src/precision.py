@@ -49,13 +49,23 @@ def _cast_floating(tree: Any, dtype: DType) -> Any:
 class Policy:
     """Which dtype parameters are stored in, computed in, and returned in.
 
+    A frozen dataclass; each field is normalized to a ``numpy.dtype``. Give it to ``with_policy``.
+
     Attributes:
       param_dtype: the dtype of the stored (master) parameters and state; the optimizer updates these.
       compute_dtype: the dtype of the forward and backward passes (``jnp.bfloat16`` or ``jnp.float16``).
       output_dtype: the dtype of the model's outputs, i.e. of the loss's inputs.
+      needs_loss_scaling: (property) True when ``compute_dtype`` is float16: use ``dynamic_loss_scale``.
+
+    Raises:
+      ValueError: a field is not a floating dtype (e.g. ``jnp.int32``).
 
     Example:
-      >>> Policy(compute_dtype=jnp.bfloat16)   # float32 / bfloat16 / float32
+      >>> policy = nnjax.Policy(compute_dtype=jnp.bfloat16)   # float32 params, bfloat16 math, float32 outputs
+      >>> policy.param_dtype.name, policy.compute_dtype.name, policy.output_dtype.name
+      ('float32', 'bfloat16', 'float32')
+      >>> policy.needs_loss_scaling, nnjax.Policy(compute_dtype=jnp.float16).needs_loss_scaling
+      (False, True)
     """
 
     param_dtype: DType = jnp.float32
@@ -75,12 +85,15 @@ class Policy:
         return self.compute_dtype == jnp.dtype(jnp.float16)
 
     def cast_to_param(self, tree: Any) -> Any:
+        """``tree`` with its floating leaves cast to ``param_dtype`` (other leaves unchanged)."""
         return _cast_floating(tree, self.param_dtype)
 
     def cast_to_compute(self, tree: Any) -> Any:
+        """``tree`` with its floating leaves cast to ``compute_dtype`` (other leaves unchanged)."""
         return _cast_floating(tree, self.compute_dtype)
 
     def cast_to_output(self, tree: Any) -> Any:
+        """``tree`` with its floating leaves cast to ``output_dtype`` (other leaves unchanged)."""
         return _cast_floating(tree, self.output_dtype)
 
 
@@ -92,10 +105,25 @@ def with_policy(model: Layer, policy: Policy) -> Layer:
     inputs, e.g. token ids, are left alone), runs ``model``, casts the outputs to ``output_dtype`` and the new
     state back to the dtype of the state it was given.
 
+    Args:
+      model: the network (a ``Layer``).
+      policy: a ``Policy``.
+
+    Returns:
+      A ``Layer`` with ``model``'s name and ``input_dtype``: ``init`` gives ``model``'s params and state in
+      ``param_dtype``; ``apply`` maps ``x: (batch, *input_shape)`` to ``model``'s outputs in ``output_dtype``
+      (same shapes).
+
+    Raises:
+      TypeError: ``model`` is not a ``Layer`` or ``policy`` not a ``Policy``.
+
     Example:
-      >>> model = with_policy(serial(Dense(512), Relu(), Dense(10)), Policy(compute_dtype=jnp.bfloat16))
-      >>> params, state = model.init(jax.random.key(0), (784,))     # float32 params
-      >>> logits, _ = model.apply(params, state, x)                  # bfloat16 matmuls, float32 logits
+      >>> mlp = nnjax.serial(nnjax.Dense(4), nnjax.Relu(), nnjax.Dense(1))
+      >>> model = nnjax.with_policy(mlp, nnjax.Policy(compute_dtype=jnp.bfloat16))
+      >>> params, state = model.init(jax.random.key(0), (3,))
+      >>> outputs, _ = model.apply(params, state, jnp.ones((2, 3)))   # bfloat16 matmuls, float32 outputs
+      >>> params["dense_0"]["w"].dtype.name, outputs.dtype.name, outputs.shape
+      ('float32', 'float32', (2, 1))
     """
     if not isinstance(model, Layer):
         raise TypeError(f"with_policy: argument `model` expected a Layer, given {type(model).__name__}.")
@@ -123,7 +151,19 @@ def with_policy(model: Layer, policy: Policy) -> Layer:
 
 
 class LossScaleState(NamedTuple):
-    """The optimizer state of ``dynamic_loss_scale(optimizer)``: the loss scale and the inner state."""
+    """The optimizer state of ``dynamic_loss_scale(optimizer)``: the loss scale and the inner state.
+
+    Attributes:
+      loss_scale: Flax's ``DynamicScale`` (a pytree): ``scale`` (float32 scalar), ``fin_steps`` (finite steps
+        since the last change) and the growth/backoff settings.
+      inner: the wrapped optimizer's own state.
+
+    Example:
+      >>> opt = nnjax.precision.dynamic_loss_scale(optax.sgd(0.1), initial_scale=1024.0)
+      >>> opt_state = opt.init({"w": jnp.zeros(3)})
+      >>> type(opt_state).__name__, opt_state._fields, float(opt_state.loss_scale.scale)
+      ('LossScaleState', ('loss_scale', 'inner'), 1024.0)
+    """
 
     loss_scale: DynamicScale
     inner: optax.OptState
@@ -144,9 +184,21 @@ def dynamic_loss_scale(
     to ``optimizer`` (they must be unscaled already).
 
     Args:
+      optimizer: any ``optax.GradientTransformation``, applied to the unscaled gradients.
       initial_scale: the first scale (2**15 is the usual start for float16).
       growth_interval: finite steps in a row after which the scale is multiplied by ``growth_factor``.
+      growth_factor: the factor applied to the scale after ``growth_interval`` finite steps.
       backoff_factor: the factor applied to the scale after a non-finite gradient.
+
+    Returns:
+      An ``optax.GradientTransformation`` whose state is a ``LossScaleState``; pass this same optimizer to
+      ``init_train_state`` and ``make_loss_scaled_train_step``.
+
+    Example:
+      >>> opt = nnjax.precision.dynamic_loss_scale(optax.adam(1e-3), initial_scale=2.0**10)
+      >>> ts = nnjax.init_train_state(nnjax.Dense(2), opt, jax.random.key(0), (3,))
+      >>> float(ts.opt_state.loss_scale.scale), int(ts.opt_state.loss_scale.fin_steps)
+      (1024.0, 0)
     """
 
     def init(params):
@@ -182,11 +234,31 @@ def make_loss_scaled_train_step(
     (the step counter still advances). Metrics add ``loss_scale`` (the scale for the next step) and
     ``grads_finite`` (1.0 or 0.0).
 
+    Args:
+      model: the network, usually ``with_policy(..., Policy(compute_dtype=jnp.float16))``.
+      loss: ``loss(predictions, targets) -> scalar`` or an ``nnjax.objective``.
+      optimizer: a ``dynamic_loss_scale(...)`` optimizer, the same one given to ``init_train_state``.
+      metrics: optional ``name -> fn(predictions, y)`` for the short form.
+      jit: return the step compiled by ``nnjax.jit`` with the train state donated (default) or the plain
+        function.
+
+    Returns:
+      The step ``(train_state, batch) -> (train_state, metrics)``; ``metrics`` holds ``"loss"`` (unscaled),
+      each metric or aux, ``"loss_scale"`` and ``"grads_finite"``.
+
+    Raises:
+      TypeError: ``loss`` is neither callable nor an ``nnjax.objective``; or, when the step runs, the train
+        state's ``opt_state`` is not a ``LossScaleState``.
+      ValueError: ``metrics`` given with a general objective.
+
     Example:
-      >>> model = with_policy(mlp, Policy(compute_dtype=jnp.float16))
-      >>> opt = dynamic_loss_scale(optax.adam(1e-3))
-      >>> ts = init_train_state(model, opt, jax.random.key(0), (784,))
-      >>> step = make_loss_scaled_train_step(model, losses.softmax_cross_entropy, opt)
+      >>> model = nnjax.with_policy(nnjax.Dense(2), nnjax.Policy(compute_dtype=jnp.float16))
+      >>> opt = nnjax.precision.dynamic_loss_scale(optax.sgd(0.1), initial_scale=2.0**10)
+      >>> ts = nnjax.init_train_state(model, opt, jax.random.key(0), (3,))
+      >>> step = nnjax.precision.make_loss_scaled_train_step(model, nnjax.losses.mse, opt)
+      >>> ts, metrics = step(ts, (jnp.ones((4, 3)), jnp.zeros((4, 2))))
+      >>> int(ts.step), float(metrics["grads_finite"]), float(metrics["loss_scale"])
+      (1, 1.0, 1024.0)
     """
 
     objective_fn = as_objective("make_loss_scaled_train_step", model, loss, metrics)

@@ -37,6 +37,16 @@ class TrainState(NamedTuple):
       key: the run's root key, kept as raw ``jax.random.key_data`` (a uint32 array: a typed key costs
         extra Python work at every jitted call); each update's key and each epoch's data order are
         derived from it and the step (``stream_key``), so a run is reproducible and resumable from any step.
+
+    A NamedTuple, so it is a pytree: ``jax.jit``, ``jax.vmap`` (a stacked state trains many models, see
+    ``nnjax.ensemble``) and checkpoints take it whole. Build it with ``init_train_state``.
+
+    Example:
+      >>> ts = nnjax.init_train_state(nnjax.Dense(2), optax.sgd(0.1), jax.random.key(0), (3,))
+      >>> int(ts.step), jax.tree.map(jnp.shape, ts.params), ts.state
+      (0, {'b': (2,), 'w': (3, 2)}, {})
+      >>> int(ts.replace(step=jnp.asarray(5, jnp.int32)).step)
+      5
     """
 
     step: Array
@@ -53,9 +63,31 @@ class TrainState(NamedTuple):
 def init_train_state(
     model: Layer, optimizer: optax.GradientTransformation, key: PRNGKey, input_shape: Shape, dtype: DType = jnp.float32
 ) -> TrainState:
-    """Initializes the model and the optimizer. ``input_shape`` excludes the batch axis.
+    """Initializes the model and the optimizer: the ``TrainState`` at step 0.
 
-    Pure in ``key``: ``jax.vmap(lambda k: init_train_state(model, opt, k, shape))(keys)`` builds an ensemble.
+    ``key`` is split in two: one half initializes the parameters, the other becomes the run's root key
+    (``TrainState.key``), from which every update's key and every epoch's data order are derived. Pure in
+    ``key``: ``jax.vmap(lambda k: init_train_state(model, opt, k, shape))(keys)`` builds an ensemble.
+
+    Args:
+      model: the network (a ``Layer``).
+      optimizer: any ``optax.GradientTransformation``; its state is ``optimizer.init(params)``.
+      key: a typed key (``jax.random.key(seed)``); ``fit(seed=s)`` uses ``jax.random.key(s)``.
+      input_shape: one example's shape, without the batch axis (e.g. ``(784,)``), or what ``model.init``
+        takes (per-part shapes for ``nnjax.named``).
+      dtype: the dtype of the floating parameters.
+
+    Returns:
+      ``TrainState(step=0, params, state, opt_state, key)`` with ``key`` stored as raw key data (uint32).
+
+    Raises:
+      LayerError: ``input_shape`` does not suit the model (raised by ``model.init``).
+
+    Example:
+      >>> model = nnjax.serial(nnjax.Dense(4), nnjax.Relu(), nnjax.Dense(1))
+      >>> ts = nnjax.init_train_state(model, optax.adam(1e-3), jax.random.key(0), (3,))
+      >>> int(ts.step), jax.tree.map(jnp.shape, ts.params)["dense_0"]
+      (0, {'b': (4,), 'w': (3, 4)})
     """
     init_key, train_key = jax.random.split(key)
     params, state = model.init(init_key, input_shape, dtype)
@@ -79,13 +111,46 @@ def stream_key(key: PRNGKey, stream: int, index: Array | int) -> PRNGKey:
 
 
 def step_key(train_state: TrainState) -> PRNGKey:
-    """The key for the update at ``train_state.step`` (dropout and other training randomness)."""
+    """The key for the update at ``train_state.step`` (dropout and other training randomness).
+
+    ``fold_in`` of the run's root key with the update stream and the step: a different key for every step,
+    the same one whenever that step is run again (a resumed run draws the same dropout masks).
+
+    Args:
+      train_state: a ``TrainState`` (its ``key`` and ``step`` are read).
+
+    Returns:
+      A typed key (scalar), the one the train step passes to the objective as ``key``.
+
+    Example:
+      >>> ts = nnjax.init_train_state(nnjax.Dense(2), optax.sgd(0.1), jax.random.key(0), (3,))
+      >>> first, second = nnjax.step_key(ts), nnjax.step_key(ts.replace(step=ts.step + 1))
+      >>> bool(jnp.array_equal(jax.random.key_data(first), jax.random.key_data(second)))
+      False
+      >>> bool(jnp.array_equal(jax.random.key_data(first), jax.random.key_data(nnjax.step_key(ts))))
+      True
+    """
     return stream_key(train_state.key, STEP_STREAM, train_state.step)
 
 
 def eval_key(train_state: TrainState) -> PRNGKey:
-    """The key a general objective gets in evaluation: fixed for the run, so every evaluation of a
-    stochastic objective (a VAE's sampled latents) draws the same noise and epochs compare fairly."""
+    """The key a general objective gets in evaluation: fixed for the run.
+
+    Every evaluation of a stochastic objective (a VAE's sampled latents) draws the same noise, so epochs
+    compare fairly. It is independent of ``step_key``'s keys and does not change with ``train_state.step``.
+
+    Args:
+      train_state: a ``TrainState`` (only its root ``key`` is read).
+
+    Returns:
+      A typed key (scalar), the one ``make_eval_step``, ``evaluate`` and ``fit``'s validation use.
+
+    Example:
+      >>> ts = nnjax.init_train_state(nnjax.Dense(2), optax.sgd(0.1), jax.random.key(0), (3,))
+      >>> later = ts.replace(step=ts.step + 100)
+      >>> bool(jnp.array_equal(jax.random.key_data(nnjax.eval_key(ts)), jax.random.key_data(nnjax.eval_key(later))))
+      True
+    """
     return stream_key(train_state.key, EVAL_STREAM, 0)
 
 
@@ -158,6 +223,25 @@ def make_train_step(
         metrics gain ``"nonfinite"``: 1 for a rejected update, else 0. (``optax.apply_if_finite`` is
         not used: it checks only the gradient, lets updates through after ``max_consecutive_errors``,
         and changes the shape of ``opt_state``.)
+
+    Returns:
+      The step ``(train_state, batch) -> (new_train_state, metrics)``: ``new_train_state.step`` is one more
+      (unless halted); ``metrics`` maps ``"loss"`` and each metric or aux name (and ``"nonfinite"``) to a
+      scalar device array.
+
+    Raises:
+      ValueError: ``nonfinite`` is not None, ``"skip"`` or ``"halt"``; or ``metrics`` given with a general
+        objective.
+      TypeError: ``loss`` is neither callable nor an ``nnjax.objective``; when the step is traced, an
+        objective's aux that is not a dict of named scalars.
+
+    Example:
+      >>> model = nnjax.Dense(2)
+      >>> ts = nnjax.init_train_state(model, optax.sgd(0.1), jax.random.key(0), (3,))
+      >>> step = nnjax.make_train_step(model, nnjax.losses.mse, optax.sgd(0.1), metrics={"mae": nnjax.metrics.mae})
+      >>> ts, metrics = step(ts, (jnp.ones((4, 3)), jnp.zeros((4, 2))))   # the old ts is donated: rebind it
+      >>> int(ts.step), sorted(metrics), metrics["loss"].shape
+      (1, ['loss', 'mae'], ())
     """
     check_nonfinite_mode("make_train_step", nonfinite)
     objective_fn = as_objective("make_train_step", model, loss, metrics)
@@ -239,8 +323,34 @@ def jit_train_step(step: Callable[[TrainState, Batch], tuple[TrainState, Any]]) 
 def make_eval_step(
     model: Layer, loss: Loss | Objective, *, metrics: Mapping[str, Metric] | None = None, jit: bool = True
 ) -> Callable[[TrainState, Batch], dict[str, Array]]:
-    """Returns the pure eval step ``(train_state, batch) -> metrics``: the objective with ``train=False``
-    (BatchNorm's running statistics, no Dropout) and the run's evaluation key (``eval_key``)."""
+    """Returns the pure eval step ``(train_state, batch) -> metrics``: the objective with ``train=False``.
+
+    ``train=False`` means BatchNorm's running statistics and no Dropout; a general objective gets the run's
+    evaluation key (``eval_key``). The train state is neither changed nor donated. For a whole data set at
+    once see ``nnjax.evaluate``.
+
+    Args:
+      model: the network.
+      loss: ``loss(predictions, targets) -> scalar`` (the batch is then ``(x, y)``) or an ``nnjax.objective``.
+      metrics: optional ``name -> fn(predictions, y)`` for the short form.
+      jit: return the step compiled by ``nnjax.jit`` (default) or the plain function.
+
+    Returns:
+      The step ``(train_state, batch) -> metrics``, a dict of scalar device arrays: ``"loss"`` and each
+      metric (or the objective's aux).
+
+    Raises:
+      ValueError: ``metrics`` given with a general objective.
+      TypeError: ``loss`` is neither callable nor an ``nnjax.objective``.
+
+    Example:
+      >>> model = nnjax.Dense(2)
+      >>> ts = nnjax.init_train_state(model, optax.sgd(0.1), jax.random.key(0), (3,))
+      >>> eval_step = nnjax.make_eval_step(model, nnjax.losses.mse, metrics={"mae": nnjax.metrics.mae})
+      >>> metrics = eval_step(ts, (jnp.ones((4, 3)), jnp.zeros((4, 2))))
+      >>> sorted(metrics), metrics["loss"].shape
+      (['loss', 'mae'], ())
+    """
     objective_fn = as_objective("make_eval_step", model, loss, metrics)
 
     def eval_step(train_state: TrainState, batch: Batch) -> dict[str, Array]:
