@@ -53,7 +53,18 @@ def reference_attention(
       dropout_key: needed when ``dropout_rate > 0``.
 
     Returns:
-      ``(batch, T, heads, head_dim)``.
+      ``(batch, T, heads, head_dim)`` in ``value``'s dtype (the logits and softmax are computed in at least
+      float32).
+
+    Example:
+      >>> q = k = v = jnp.ones((2, 3, 2, 4))  # (batch, T, heads, head_dim)
+      >>> nnjax.reference_attention(q, k, v).shape
+      (2, 3, 2, 4)
+      >>> zeros, values = jnp.zeros((1, 3, 1, 1)), jnp.arange(3.0).reshape(1, 3, 1, 1)
+      >>> causal = jnp.tril(jnp.ones((3, 3), bool))  # equal logits: each query averages the values it may see
+      >>> out = nnjax.reference_attention(zeros, zeros, values, causal)
+      >>> [round(float(o), 4) for o in out[0, :, 0, 0]]
+      [0.0, 0.5, 1.0]
     """
     logits_dtype = jnp.promote_types(query.dtype, jnp.float32)  # softmax in >= float32
     logits = jnp.einsum("btnh,bsnh->bnts", query, key).astype(logits_dtype) / math.sqrt(query.shape[-1])
@@ -161,19 +172,31 @@ def MultiHeadAttention(  # noqa: N802 - layer constructors are CamelCase, as in 
       implementation: ``None``/``"xla"``/``"cudnn"`` are passed to ``jax.nn.dot_product_attention``;
         ``"reference"`` always uses ``reference_attention``.
 
-    Shapes: ``x: (batch, T, d_model)`` or a dict ``{"x", "context": (batch, S, d_context), "mask": (batch, S)
-    or (batch, T, S) bool}`` (module docstring) ``-> y: (batch, T, out_features)``. ``input_shape`` is
-    ``(T, d_model)`` or the same dict of per-example shapes.
+    Returns:
+      A ``Layer`` whose ``apply`` maps ``x: (batch, T, d_model)`` float, or a dict ``{"x", "context": (batch, S,
+      d_context), "mask": (batch, S) or (batch, T, S) bool}`` (module docstring), to
+      ``y: (batch, T, out_features)``. ``input_shape`` is ``(T, d_model)`` or the same dict of per-example
+      shapes (``{"x": (T, d_model), "context": (S, d_context)}``).
 
     Raises:
-      ValueError: bad constructor arguments. LayerError: ``d_model`` not divisible by ``num_heads``, wrong
-      ranks, feature sizes, batch sizes or mask shapes, a missing ``key`` with dropout in training.
+      ValueError: (when built) ``num_heads``, ``head_dim`` or ``out_features`` is not a positive int,
+        ``dropout_rate`` is outside ``[0, 1)``, an unknown ``implementation``, or an odd ``head_dim`` with
+        ``use_rope``.
+      LayerError: (at init) ``d_model`` not divisible by ``num_heads`` (without ``head_dim``), an odd derived
+        head size with ``use_rope``, ``causal=True`` with a ``"context"``, shapes that are not ``(T, features)``;
+        (at apply) wrong ranks, feature sizes, batch sizes, dict keys, mask shapes or non-0/1 mask values, or a
+        missing ``key`` with dropout in training.
+      LayerTypeError: (at apply) ``x`` or ``context`` is not floating point.
 
     Example:
-      >>> attention = MultiHeadAttention(4, causal=True)
-      >>> params, state = attention.init(jax.random.key(0), (10, 32))
-      >>> attention.apply(params, state, jnp.ones((2, 10, 32)))[0].shape
-      (2, 10, 32)
+      >>> attention = nnjax.MultiHeadAttention(2, causal=True)
+      >>> params, state = attention.init(jax.random.key(0), (4, 8))  # T=4 tokens of d_model=8
+      >>> params["query"]["w"].shape, params["out"]["w"].shape  # (d_model, heads, head_dim), (heads, head_dim, out)
+      ((8, 2, 4), (2, 4, 8))
+      >>> mask = nnjax.sequence_mask(jnp.array([4, 3]), 4)  # (batch, S): the second sequence has 3 tokens
+      >>> y, _ = jax.jit(attention.apply)(params, state, {"x": jnp.ones((2, 4, 8)), "mask": mask})
+      >>> y.shape
+      (2, 4, 8)
     """
     name = f"MultiHeadAttention({num_heads})"
     for argument, value in (("num_heads", num_heads), ("head_dim", head_dim), ("out_features", out_features)):
@@ -355,9 +378,34 @@ def TransformerEncoderBlock(  # noqa: N802
     Shapes: ``x: (batch, T, d_model)`` or ``{"x": ..., "mask": (batch, T) or (batch, T, T) bool}``; the output
     has the same structure (the dict with ``"x"`` replaced), so blocks chain in ``serial``.
 
+    Args:
+      num_heads: attention heads.
+      mlp_dim: hidden size of the MLP.
+      dropout_rate: drop probability of the attention weights and of the residual branches, in ``[0, 1)``.
+      head_dim: size of each head; default ``d_model // num_heads``.
+      use_rope: rotary position embeddings in the attention (see ``MultiHeadAttention``).
+      implementation: the attention implementation (see ``MultiHeadAttention``).
+
+    Returns:
+      A ``Layer`` whose ``apply`` maps ``x: (batch, T, d_model)`` float to ``(batch, T, d_model)``, or the dict
+      ``{"x", "mask"}`` to the same dict with a new ``"x"``; ``input_shape`` is ``(T, d_model)`` (or
+      ``{"x": (T, d_model), ...}``).
+
+    Raises:
+      ValueError: (when built) ``num_heads`` or ``mlp_dim`` not a positive int, ``dropout_rate`` outside
+        ``[0, 1)``, or a bad ``head_dim``/``implementation`` (as ``MultiHeadAttention``).
+      LayerError: (at init) ``input_shape`` not ``(T, d_model)`` or ``d_model`` not divisible by ``num_heads``;
+        (at apply) a wrong shape, dict key or mask, or no ``key`` in training with dropout. Errors of the
+        attention come prefixed with ``TransformerEncoderBlock(...)[attention]``.
+      LayerTypeError: (at apply) ``x`` is not floating point.
+
     Example:
-      >>> encoder = serial(TransformerEncoderBlock(4, 128), TransformerEncoderBlock(4, 128))
-      >>> params, state = encoder.init(jax.random.key(0), (10, 32))
+      >>> encoder = nnjax.serial(nnjax.TransformerEncoderBlock(2, 8), nnjax.TransformerEncoderBlock(2, 8))
+      >>> params, state = encoder.init(jax.random.key(0), (4, 8))  # T=4 tokens of d_model=8
+      >>> sorted(params["transformer_encoder_block_0"])
+      ['attention', 'attention_norm', 'mlp', 'mlp_norm']
+      >>> jax.jit(encoder.apply)(params, state, jnp.ones((2, 4, 8)))[0].shape
+      (2, 4, 8)
     """
     name = f"TransformerEncoderBlock({num_heads}, {mlp_dim})"
     _check_block_args(name, num_heads, mlp_dim, dropout_rate)
@@ -423,6 +471,37 @@ def TransformerDecoderBlock(  # noqa: N802
     Shapes: ``x: (batch, T, d_model)`` or a dict ``{"x", "mask": (batch, T) or (batch, T, T),
     "context": (batch, S, d_context), "context_mask": (batch, S) or (batch, T, S)}``; ``"context"`` is
     required exactly when ``cross_attention=True``. The output has the input's structure.
+
+    Args:
+      num_heads: attention heads.
+      mlp_dim: hidden size of the MLP.
+      cross_attention: add cross-attention to ``x["context"]`` (an encoder's output) after self-attention.
+      dropout_rate: drop probability of the attention weights and of the residual branches, in ``[0, 1)``.
+      head_dim: size of each head; default ``d_model // num_heads``.
+      use_rope: rotary position embeddings in the attention (see ``MultiHeadAttention``).
+      implementation: the attention implementation (see ``MultiHeadAttention``).
+
+    Returns:
+      A ``Layer`` whose ``apply`` maps ``x: (batch, T, d_model)`` float, or the dict above, to the same
+      structure with ``"x"`` replaced by the block's ``(batch, T, d_model)`` output; ``input_shape`` is
+      ``(T, d_model)`` or ``{"x": (T, d_model), "context": (S, d_context)}``.
+
+    Raises:
+      ValueError: (when built) bad ``num_heads``, ``mlp_dim``, ``dropout_rate``, ``head_dim`` or
+        ``implementation``, as ``TransformerEncoderBlock``.
+      LayerError: (at init or apply) a ``"context"`` missing with ``cross_attention=True`` or given without it,
+        wrong shapes, dict keys or masks, or no ``key`` in training with dropout. Errors of an attention come
+        prefixed with ``TransformerDecoderBlock(...)[self_attention]`` or ``[cross_attention]``.
+      LayerTypeError: (at apply) ``x`` or the context is not floating point.
+
+    Example:
+      >>> block = nnjax.TransformerDecoderBlock(2, 8, cross_attention=True)
+      >>> params, state = block.init(jax.random.key(0), {"x": (4, 8), "context": (3, 8)})
+      >>> sorted(params)
+      ['cross_attention', 'cross_attention_norm', 'mlp', 'mlp_norm', 'self_attention', 'self_attention_norm']
+      >>> out, _ = jax.jit(block.apply)(params, state, {"x": jnp.ones((2, 4, 8)), "context": jnp.ones((2, 3, 8))})
+      >>> sorted(out), out["x"].shape
+      (['context', 'x'], (2, 4, 8))
     """
     name = f"TransformerDecoderBlock({num_heads}, {mlp_dim})"
     _check_block_args(name, num_heads, mlp_dim, dropout_rate)

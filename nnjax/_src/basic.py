@@ -22,14 +22,32 @@ def Dense(  # noqa: N802 - layer constructors are CamelCase, as in stax
 ) -> Layer:
     """A fully connected layer on the last axis: ``y = x @ w + b``.
 
-    Params: ``{"w": (in_features, features), "b": (features,)}``.
+    Params: ``{"w": (in_features, features), "b": (features,)}`` (no ``"b"`` when ``use_bias=False``);
+    ``in_features`` is the last axis of ``input_shape`` at ``init``.
 
     Args:
       features: number of output neurons.
       use_bias: add the bias ``b``.
-      w_init, b_init: initializer functions or names (see ``nnjax.initializers``).
+      w_init, b_init: initializer functions or names (see ``nnjax.initializers``); default Glorot-uniform
+        weights and zero biases.
 
-    Shapes: ``x: (batch, ..., in_features) -> y: (batch, ..., features)``.
+    Returns:
+      A ``Layer`` whose ``apply`` maps ``x: (batch, ..., in_features)`` float to ``y: (batch, ..., features)``
+      (the leading axes are kept).
+
+    Raises:
+      TypeError, ValueError: ``features`` is not a positive int; ValueError also for an unknown initializer name.
+      LayerError: (at init) an empty ``input_shape``; (at apply) ``x`` of rank < 2 or whose last axis is not the
+        ``in_features`` given at init.
+      LayerTypeError: (at apply) ``x`` is not floating point.
+
+    Example:
+      >>> layer = nnjax.Dense(3)
+      >>> params, state = layer.init(jax.random.key(0), (4,))
+      >>> jax.tree.map(jnp.shape, params)
+      {'b': (3,), 'w': (4, 3)}
+      >>> layer.apply(params, state, jnp.ones((2, 4)))[0].shape
+      (2, 3)
     """
     name = f"Dense({features})"
     check_number(name, "features", features, low=1, integer=True, what="a positive int")
@@ -67,6 +85,26 @@ def Dropout(rate: float) -> Layer:  # noqa: N802
 
     ``rate`` is the probability of DROPPING (stax's ``Dropout`` takes the keep-rate). Identity when
     ``train=False``. In training it needs ``key``.
+
+    Args:
+      rate: the drop probability, in ``[0, 1)``; 0 makes the layer the identity.
+
+    Returns:
+      A parameter-free ``Layer`` whose ``apply(params, state, x, key=..., train=...)`` maps ``x: (batch, ...)``
+      to an array of the same shape and dtype.
+
+    Raises:
+      TypeError, ValueError: ``rate`` is not a number in ``[0, 1)``.
+      LayerError: (at apply) ``train=True`` with ``rate > 0`` and no ``key``.
+
+    Example:
+      >>> layer = nnjax.Dropout(0.5)
+      >>> x = jnp.ones((10, 100))
+      >>> bool((layer.apply({}, {}, x)[0] == x).all())  # train=False: the identity
+      True
+      >>> y, _ = layer.apply({}, {}, x, key=jax.random.key(0), train=True)
+      >>> sorted(set(y.ravel().tolist()))  # dropped, or kept and scaled by 1 / (1 - 0.5)
+      [0.0, 2.0]
     """
     name = f"Dropout({rate})"
     check_number(name, "rate", rate, low=0.0, high=1.0, high_inclusive=False, what="a drop probability in [0, 1)")
@@ -89,7 +127,23 @@ def Dropout(rate: float) -> Layer:  # noqa: N802
 
 
 def Flatten() -> Layer:  # noqa: N802
-    """Flattens each example to a vector: ``(batch, d1, d2, ...) -> (batch, d1 * d2 * ...)``."""
+    """Flattens each example to a vector: ``(batch, d1, d2, ...) -> (batch, d1 * d2 * ...)``.
+
+    Returns:
+      A parameter-free ``Layer`` whose ``apply`` maps ``x: (batch, *input_shape)`` to
+      ``(batch, prod(input_shape))`` (``(batch, 1)`` for ``x: (batch,)``).
+
+    Raises:
+      LayerError: (at apply) ``x`` is a scalar (no batch axis).
+
+    Example:
+      >>> model = nnjax.serial(nnjax.Flatten(), nnjax.Dense(3))
+      >>> params, state = model.init(jax.random.key(0), (4, 4, 1))
+      >>> params["dense_1"]["w"].shape  # the Dense is layer 1 of the serial
+      (16, 3)
+      >>> nnjax.Flatten().apply({}, {}, jnp.ones((2, 4, 4, 1)))[0].shape
+      (2, 16)
+    """
 
     def fn(x):
         check_rank("Flatten", x, 1, "a batch")
@@ -99,7 +153,26 @@ def Flatten() -> Layer:  # noqa: N802
 
 
 def Reshape(shape: Shape) -> Layer:  # noqa: N802
-    """Reshapes each example: ``(batch, *in_shape) -> (batch, *shape)``; one entry of ``shape`` may be -1."""
+    """Reshapes each example: ``(batch, *in_shape) -> (batch, *shape)``; one entry of ``shape`` may be -1.
+
+    Args:
+      shape: the new shape of ONE example (no batch axis), a tuple of positive ints with at most one -1
+        (inferred from the size).
+
+    Returns:
+      A parameter-free ``Layer`` whose ``apply`` maps ``x: (batch, *in_shape)`` to ``(batch, *shape)``.
+
+    Raises:
+      TypeError: ``shape`` is not a tuple (or list) of ints.
+      ValueError: a size below 1 other than -1, or more than one -1.
+      LayerError: (at apply) the examples of ``x`` do not have ``prod(shape)`` elements (or a multiple of the
+        known sizes, with a -1).
+
+    Example:
+      >>> layer = nnjax.Reshape((7, 7, -1))
+      >>> layer.apply({}, {}, jnp.ones((2, 98)))[0].shape
+      (2, 7, 7, 2)
+    """
     name = f"Reshape({shape!r})"
     if not isinstance(shape, (tuple, list)) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
         raise TypeError(f"{name}: argument `shape` expected a tuple of ints, given {shape!r}.")
@@ -122,5 +195,15 @@ def Reshape(shape: Shape) -> Layer:  # noqa: N802
 
 
 def Identity() -> Layer:  # noqa: N802
-    """Returns its input unchanged."""
+    """A layer that returns its input unchanged (e.g. the shortcut branch of ``fanout``/``parallel``).
+
+    Returns:
+      A parameter-free ``Layer`` whose ``apply`` maps any ``x`` to ``x`` itself.
+
+    Example:
+      >>> block = nnjax.serial(nnjax.fanout(2), nnjax.parallel(nnjax.Identity(), nnjax.Dense(4)), nnjax.add())
+      >>> params, state = block.init(jax.random.key(0), (4,))
+      >>> block.apply(params, state, jnp.ones((3, 4)))[0].shape
+      (3, 4)
+    """
     return stateless(lambda x: x, "Identity")

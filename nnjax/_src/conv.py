@@ -196,17 +196,29 @@ def Conv(  # noqa: N802 - layer constructors are CamelCase, as in stax
       use_bias: add the bias ``b``.
       w_init, b_init: initializer functions or names (see ``nnjax.initializers``).
 
-    Shapes: ``x: (batch, *spatial, in_channels) -> y: (batch, *out_spatial, features)`` (channels-last).
+    Returns:
+      A ``Layer`` whose ``apply`` maps ``x: (batch, *spatial, in_channels)`` float to
+      ``y: (batch, *out_spatial, features)`` (channels-last); ``input_shape`` is ``(*spatial, in_channels)``.
+      Per spatial axis, ``out = ceil(size / stride)`` with ``"SAME"``, ``(size - k) // stride + 1`` with
+      ``"VALID"`` (``k = (kernel - 1) * dilation + 1``, the dilated kernel size), and
+      ``(size + low + high - k) // stride + 1`` with explicit pairs.
 
     Raises:
-      LayerError: wrong rank or channel count, ``in_channels`` not divisible by ``groups``, input smaller
-        than the kernel. LayerTypeError: integer input (scale it first).
+      ValueError: (when built) ``features``, ``groups``, ``strides`` or ``dilation`` is not a positive int (or
+        tuple of them), ``kernel_size`` does not have 1, 2 or 3 positive ints, a bad ``padding``,
+        ``features`` not divisible by ``groups``, or an unknown initializer name.
+      LayerError: (at init) ``input_shape`` is not ``(*spatial, in_channels)`` for ``len(kernel_size)`` spatial
+        axes, or ``in_channels`` is not divisible by ``groups``; (at apply) ``x`` of the wrong rank or channel
+        count (the message hints at channels-first input), or spatial sizes smaller than the dilated kernel.
+      LayerTypeError: (at apply) integer input, e.g. uint8 pixels (scale it first).
 
     Example:
-      >>> layer = Conv(32, (3, 3), strides=2)
-      >>> params, state = layer.init(jax.random.key(0), (28, 28, 1))
-      >>> layer.apply(params, state, jnp.ones((8, 28, 28, 1)))[0].shape
-      (8, 14, 14, 32)
+      >>> layer = nnjax.Conv(4, (3, 3), strides=2)
+      >>> params, state = layer.init(jax.random.key(0), (8, 8, 1))
+      >>> jax.tree.map(jnp.shape, params)
+      {'b': (4,), 'w': (3, 3, 1, 4)}
+      >>> layer.apply(params, state, jnp.ones((2, 8, 8, 1)))[0].shape
+      (2, 4, 4, 4)
     """
     name, (kernel_size, strides, padding, dilation), w_fn, b_fn, use_bias = _conv_layer(
         "Conv", features, kernel_size, strides, padding, dilation, groups, use_bias, w_init, b_init
@@ -281,13 +293,27 @@ def ConvTranspose(  # noqa: N802
       use_bias: add the bias ``b``.
       w_init, b_init: initializer functions or names.
 
-    Shapes: ``x: (batch, *spatial, in_channels) -> y: (batch, *out_spatial, features)`` (channels-last).
+    Returns:
+      A ``Layer`` whose ``apply`` maps ``x: (batch, *spatial, in_channels)`` float to
+      ``y: (batch, *out_spatial, features)`` (channels-last), ``out_spatial`` as given under ``padding``;
+      ``input_shape`` is ``(*spatial, in_channels)``.
+
+    Raises:
+      ValueError: (when built) bad ``features``, ``kernel_size``, ``strides``, ``padding``, ``dilation`` or
+        ``groups``, as for ``Conv``.
+      LayerError: (at init) ``input_shape`` of the wrong rank, or ``in_channels`` not divisible by ``groups``;
+        (at apply) ``x`` of the wrong rank or channel count, or an empty output (explicit padding that crops
+        more than the full output).
+      LayerTypeError: (at apply) integer input (scale it first).
 
     Example:
-      >>> layer = ConvTranspose(16, (3, 3), strides=2)
-      >>> params, state = layer.init(jax.random.key(0), (7, 7, 32))
-      >>> layer.apply(params, state, jnp.ones((8, 7, 7, 32)))[0].shape
-      (8, 14, 14, 16)
+      >>> layer = nnjax.ConvTranspose(2, (3, 3), strides=2)
+      >>> params, state = layer.init(jax.random.key(0), (3, 3, 4))
+      >>> layer.apply(params, state, jnp.ones((2, 3, 3, 4)))[0].shape
+      (2, 6, 6, 2)
+      >>> valid = nnjax.ConvTranspose(2, (3, 3), strides=2, padding="VALID")  # 3 * 2 + max(3 - 2, 0)
+      >>> valid.apply(params, state, jnp.ones((2, 3, 3, 4)))[0].shape  # the same params fit
+      (2, 7, 7, 2)
     """
     name, (kernel_size, strides, padding, dilation), w_fn, b_fn, use_bias = _conv_layer(
         "ConvTranspose", features, kernel_size, strides, padding, dilation, groups, use_bias, w_init, b_init

@@ -38,11 +38,25 @@ class ApplyFn(Protocol):
 class Layer(NamedTuple):
     """A layer: a pair of pure functions plus a readable name.
 
+    Every nnjax layer constructor (``Dense(10)``, ``serial(...)``) returns one; any two functions that follow
+    the contract make a layer that composes with the rest.
+
     Attributes:
       init: ``(key, input_shape, dtype=float32) -> (params, state)``; ``input_shape`` excludes the batch axis.
-      apply: ``(params, state, x, *, key=None, train=False) -> (y, new_state)``; ``x`` has a batch axis.
-      name: a readable description, e.g. ``"Dense(10)"``; used in errors and parameter names.
+      apply: ``(params, state, x, *, key=None, train=False) -> (y, new_state)``; ``x: (batch, *input_shape)``.
+      name: a readable description, e.g. ``"Dense(10)"``; used in errors, in ``repr`` and, in snake_case,
+        for parameter names in combinators (``"Dense(10)"`` at position 0 of a ``serial`` is ``"dense_0"``).
       input_dtype: the dtype the layer expects (``None``: the params' floating dtype; ``int32`` for Embedding).
+
+    Example:
+      >>> def init(key, input_shape, dtype=jnp.float32):
+      ...     return {"scale": jnp.ones(input_shape[-1:], dtype)}, {}
+      >>> def apply(params, state, x, *, key=None, train=False):
+      ...     return x * params["scale"], state
+      >>> scale = nnjax.Layer(init, apply, "Scale")
+      >>> params, state = nnjax.serial(nnjax.Dense(3), scale).init(jax.random.key(0), (4,))
+      >>> sorted(params), scale.output_shape((3,))
+      (['dense_0', 'scale_1'], (3,))
     """
 
     init: InitFn
@@ -51,7 +65,15 @@ class Layer(NamedTuple):
     input_dtype: DType | None = None
 
     def output_shape(self, input_shape: Shape, dtype: DType = jnp.float32) -> Shape:
-        """The shape of one example's output, found with ``jax.eval_shape`` (no FLOPs are spent)."""
+        """The shape of one example's output, found with ``jax.eval_shape`` (no FLOPs are spent).
+
+        Args:
+          input_shape: ONE example's shape, no batch axis (a pytree of shapes for multi-input layers).
+          dtype: the parameter dtype.
+
+        Returns:
+          One example's output shape, e.g. ``(10,)`` (a pytree of shapes for multi-output layers).
+        """
 
         def run(x):
             params, state = self.init(jax.random.key(0), input_shape, dtype)
@@ -119,11 +141,33 @@ def serial(*layers: Layer) -> Layer:
     """Chains layers: the output of each is the input of the next.
 
     Params and state are dicts keyed by kind and position (``{"dense_0": ..., "relu_1": {}}``); errors
-    from a sub-layer are prefixed with its position, e.g. ``serial[2] > Dense(10): ...``.
+    from a sub-layer are prefixed with its position, e.g. ``serial[2] > Dense(10): ...``. ``init`` splits
+    ``key`` into one key per layer and passes each layer the output shape of the one before; ``apply``
+    splits its ``key`` (when given) the same way.
+
+    Args:
+      *layers: one or more layers, applied in order.
+
+    Returns:
+      A ``Layer`` named ``"serial"`` whose ``apply`` maps ``x: (batch, *input_shape)`` to the last layer's
+      output; its ``input_dtype`` is the first layer's.
+
+    Raises:
+      ValueError: no layers given.
+      TypeError: an argument is not a ``Layer`` (e.g. ``Relu`` instead of ``Relu()``).
+      LayerError, LayerTypeError: (at init or apply) raised by a sub-layer, prefixed with ``serial[i]``.
 
     Example:
-      >>> model = serial(Dense(8), Relu(), Dense(1))
+      >>> model = nnjax.serial(nnjax.Dense(8), nnjax.Relu(), nnjax.Dense(1))
       >>> params, state = model.init(jax.random.key(0), (4,))
+      >>> sorted(params), state
+      (['dense_0', 'dense_2', 'relu_1'], {'dense_0': {}, 'relu_1': {}, 'dense_2': {}})
+      >>> model.apply(params, state, jnp.ones((5, 4)))[0].shape
+      (5, 1)
+      >>> model.apply(params, state, jnp.ones((5, 3)))
+      Traceback (most recent call last):
+      ...
+      nnjax._src.errors.LayerError: serial[0] > Dense(8): argument `x` expected shape (batch, ..., 4), given (5, 3)...
     """
     _check_layers("serial", layers)
     names = child_names(layers)
@@ -156,7 +200,28 @@ def parallel(*layers: Layer) -> Layer:
     """Applies layer ``i`` to input ``i`` of a tuple; returns the tuple of outputs.
 
     ``input_shape`` is a tuple of per-input shapes; ``x`` a tuple of batches. Use with ``fanout``
-    and ``concatenate``/``add`` to build branches.
+    and ``concatenate``/``add`` to build branches. Params and state are dicts keyed by kind and position,
+    as in ``serial``.
+
+    Args:
+      *layers: one or more layers, one per input.
+
+    Returns:
+      A ``Layer`` whose ``apply`` maps a tuple ``(x_0, ..., x_n)`` of batches to the tuple of
+      ``layers[i]``'s outputs on ``x_i``.
+
+    Raises:
+      ValueError: no layers given.
+      TypeError: an argument is not a ``Layer``.
+      LayerError: (at init or apply) ``input_shape`` or ``x`` is not a tuple of one entry per layer; errors of a
+        sub-layer (LayerError, LayerTypeError) come prefixed with ``parallel[i]``.
+
+    Example:
+      >>> branches = nnjax.parallel(nnjax.Dense(2), nnjax.Dense(3))
+      >>> params, state = branches.init(jax.random.key(0), ((4,), (5,)))
+      >>> ys, _ = branches.apply(params, state, (jnp.ones((8, 4)), jnp.ones((8, 5))))
+      >>> [y.shape for y in ys]
+      [(8, 2), (8, 3)]
     """
     _check_layers("parallel", layers)
     names = child_names(layers)
@@ -191,7 +256,24 @@ def parallel(*layers: Layer) -> Layer:
 
 
 def stateless(fn: Callable[[Any], Any], name: str, input_dtype: DType | None = None) -> Layer:
-    """Wraps a parameter-free, state-free function ``fn(x) -> y`` of a batch as a layer."""
+    """Wraps a parameter-free, state-free function ``fn(x) -> y`` of a batch as a layer.
+
+    Args:
+      fn: a function of a whole batch, ``x: (batch, ...) -> y: (batch, ...)``; it must be traceable by
+        ``jax.eval_shape`` (``init`` of a ``serial`` runs it abstractly to find output shapes).
+      name: the layer's name; its snake_case form names it in combinators (``"Double"`` -> ``"double_0"``).
+      input_dtype: the dtype the layer expects (``None``: the params' floating dtype).
+
+    Returns:
+      A ``Layer`` with params and state ``{}`` whose ``apply`` returns ``fn(x)``.
+
+    Example:
+      >>> double = nnjax.stateless(lambda x: 2.0 * x, "Double")
+      >>> double.init(jax.random.key(0), (3,))
+      ({}, {})
+      >>> double.apply({}, {}, jnp.ones((1, 3)))[0].tolist()
+      [[2.0, 2.0, 2.0]]
+    """
 
     def init(key, input_shape, dtype=jnp.float32):
         return {}, {}
@@ -203,14 +285,48 @@ def stateless(fn: Callable[[Any], Any], name: str, input_dtype: DType | None = N
 
 
 def fanout(n: int) -> Layer:
-    """Copies its input ``n`` times: ``x -> (x, ..., x)``."""
+    """Copies its input ``n`` times: ``x -> (x, ..., x)``, the fan-out before ``parallel`` branches.
+
+    Args:
+      n: the number of copies, a positive int.
+
+    Returns:
+      A parameter-free ``Layer`` whose ``apply`` maps ``x`` to the tuple of ``n`` references to ``x``.
+
+    Raises:
+      ValueError: ``n`` is not a positive int.
+
+    Example:
+      >>> model = nnjax.serial(nnjax.fanout(2), nnjax.parallel(nnjax.Dense(3), nnjax.Dense(5)), nnjax.concatenate())
+      >>> params, state = model.init(jax.random.key(0), (4,))
+      >>> model.apply(params, state, jnp.ones((2, 4)))[0].shape
+      (2, 8)
+    """
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"fanout: argument `n` expected a positive int, given {n!r}.")
     return stateless(lambda x: (x,) * n, f"Fanout({n})")
 
 
 def concatenate(axis: int = -1) -> Layer:
-    """Joins a tuple of batches along ``axis`` (default: features)."""
+    """Joins a tuple of batches along ``axis`` (default: features), a fan-in after ``parallel``.
+
+    Args:
+      axis: the axis of the batched arrays to join along (axis 0 is the batch axis; default -1, the
+        features).
+
+    Returns:
+      A parameter-free ``Layer`` whose ``apply`` maps a tuple of arrays equal in every axis but ``axis``, e.g.
+      ``((batch, f_0), (batch, f_1))``, to ``(batch, f_0 + f_1)``.
+
+    Raises:
+      LayerError: (at apply) ``x`` is not a tuple or list, or its arrays differ in rank or in an axis other
+        than ``axis``.
+
+    Example:
+      >>> join = nnjax.concatenate()
+      >>> join.apply({}, {}, (jnp.ones((2, 3)), jnp.zeros((2, 5))))[0].shape
+      (2, 8)
+    """
 
     def fn(xs):
         if not isinstance(xs, (tuple, list)):
@@ -228,7 +344,20 @@ def concatenate(axis: int = -1) -> Layer:
 
 
 def add() -> Layer:
-    """Sums a tuple of batches of the same shape (a fan-in)."""
+    """Sums a tuple of batches of the same shape (a fan-in after ``parallel``).
+
+    Returns:
+      A parameter-free ``Layer`` whose ``apply`` maps a tuple ``(x_0, ..., x_n)`` of arrays of one shape to
+      ``x_0 + ... + x_n``, of that shape.
+
+    Raises:
+      LayerError: (at apply) the arrays of the tuple differ in shape.
+
+    Example:
+      >>> total = nnjax.add()
+      >>> total.apply({}, {}, (jnp.ones((2, 3)), jnp.full((2, 3), 2.0)))[0].tolist()
+      [[3.0, 3.0, 3.0], [3.0, 3.0, 3.0]]
+    """
 
     def fn(xs):
         shapes = [tuple(jnp.shape(x)) for x in xs]
@@ -243,6 +372,27 @@ def residual(*layers: Layer) -> Layer:
     """A skip connection: ``x -> x + serial(*layers)(x)``; the body must keep the shape of ``x``.
 
     Params and state are those of the body, under ``"body"``.
+
+    Args:
+      *layers: the body, one or more layers chained as in ``serial``.
+
+    Returns:
+      A ``Layer`` named ``"Residual"`` whose ``apply`` maps ``x: (batch, *input_shape)`` to ``x + body(x)``, of
+      the same shape.
+
+    Raises:
+      ValueError: no layers given.
+      TypeError: an argument is not a ``Layer``.
+      LayerError: (at init) the body's output shape differs from ``input_shape``; errors of the body's layers
+        come prefixed with their position (``serial[i]``, and ``residual`` at apply).
+
+    Example:
+      >>> block = nnjax.residual(nnjax.Dense(8), nnjax.Relu(), nnjax.Dense(4))
+      >>> params, state = block.init(jax.random.key(0), (4,))
+      >>> sorted(params["body"])
+      ['dense_0', 'dense_2', 'relu_1']
+      >>> block.apply(params, state, jnp.ones((2, 4)))[0].shape
+      (2, 4)
     """
     body = serial(*layers)
 
@@ -267,8 +417,17 @@ def residual(*layers: Layer) -> Layer:
 
 
 class Named(Layer):
-    """A ``Layer`` of named parts (``named``): each part is an attribute, ``parts.encoder``, and the
-    mapping of all is ``parts.parts``."""
+    """A ``Layer`` of named parts (what ``named`` returns): each part is an attribute, ``model.encoder``.
+
+    Attributes:
+      parts: the mapping ``{name: Layer}`` of all parts, in the order given to ``named``.
+      init, apply, name, input_dtype: as in ``Layer``.
+
+    Example:
+      >>> model = nnjax.named(encoder=nnjax.Dense(2), decoder=nnjax.Dense(4))
+      >>> isinstance(model, nnjax.Named), model.encoder.name, list(model.parts)
+      (True, 'Dense(2)', ['encoder', 'decoder'])
+    """
 
     def __getattr__(self, name: str) -> Layer:  # called only when normal lookup fails: a part's name
         parts = self.__dict__.get("parts", {})
@@ -286,11 +445,28 @@ def named(**parts: Layer) -> Named:
     the parts one by one: ``parts.encoder.apply(params["encoder"], state["encoder"], x, ...)``. Being one
     pytree, the params checkpoint, shard, print (``summary``) and stack (``fit_many``) as any model's.
 
+    Args:
+      **parts: the parts, as ``name=layer``.
+
+    Returns:
+      A ``Named`` layer (each part also an attribute) whose ``apply`` maps ``{name: (batch, ...)}`` to
+      ``{name: part's output}``; params and state are ``{name: part's}``.
+
+    Raises:
+      ValueError: no parts given.
+      TypeError: a part is not a ``Layer``.
+      LayerError: (at init or apply) ``input_shape`` or ``x`` is not a dict with exactly one entry per part;
+        errors of a part (LayerError, LayerTypeError) come prefixed with ``named['name']``.
+
     Example:
-      >>> vae = named(encoder=serial(Dense(32), Relu(), Dense(2 * 8)), decoder=serial(Dense(32), Relu(), Dense(64)))
-      >>> params, state = vae.init(jax.random.key(0), {"encoder": (64,), "decoder": (8,)})
+      >>> encoder = nnjax.serial(nnjax.Dense(8), nnjax.Relu(), nnjax.Dense(2 * 2))  # mean, log-variance
+      >>> decoder = nnjax.serial(nnjax.Dense(8), nnjax.Relu(), nnjax.Dense(4))
+      >>> vae = nnjax.named(encoder=encoder, decoder=decoder)
+      >>> params, state = vae.init(jax.random.key(0), {"encoder": (4,), "decoder": (2,)})
       >>> sorted(params), vae.decoder.name
       (['decoder', 'encoder'], 'serial')
+      >>> vae.decoder.apply(params["decoder"], state["decoder"], jnp.ones((3, 2)))[0].shape
+      (3, 4)
     """
     _check_layers("named", list(parts.values()))
     names = list(parts)

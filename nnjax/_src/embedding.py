@@ -43,19 +43,26 @@ def Embedding(  # noqa: N802 - layer constructors are CamelCase, as in stax
       features: size of each embedding vector.
       table_init: initializer function or name; default ``default_embedding_init()`` (std ``1/sqrt(features)``).
 
-    Shapes: ``x: (batch, ...)`` integer ids ``-> y: (batch, ..., features)``; ``input_shape`` is ``(T,)``.
+    Returns:
+      A ``Layer`` (``input_dtype=int32``) whose ``apply`` maps integer ids ``x: (batch, ...)`` to
+      ``y: (batch, ..., features)`` in the table's dtype; ``input_shape`` is ``(T,)`` for sequences.
 
     Raises:
-      LayerTypeError: ``x`` is not an integer array.
-      LayerError: (eagerly, when ``x`` holds concrete values) a token id lies outside ``[0, vocab_size)``.
-        Under ``jit`` the values are unknown: an out-of-range id (negative ones included) looks up a
-        vector of NaN, so the loss turns NaN instead of silently reading another token's row.
+      ValueError: (when built) ``vocab_size`` or ``features`` is not a positive int, or an unknown
+        ``table_init`` name.
+      LayerTypeError: (at apply) ``x`` is not an integer array.
+      LayerError: (at apply) ``x`` is a scalar; or (eagerly, when ``x`` holds concrete values) a token id lies
+        outside ``[0, vocab_size)``. Under ``jit`` the values are unknown: an out-of-range id (negative ones
+        included) looks up a vector of NaN, so the loss turns NaN instead of silently reading another
+        token's row.
 
     Example:
-      >>> embed = Embedding(100, 16)
-      >>> params, state = embed.init(jax.random.key(0), (8,))
-      >>> embed.apply(params, state, jnp.zeros((2, 8), jnp.int32))[0].shape
-      (2, 8, 16)
+      >>> embed = nnjax.Embedding(10, 4)
+      >>> params, state = embed.init(jax.random.key(0), (3,))  # sequences of 3 tokens
+      >>> params["table"].shape
+      (10, 4)
+      >>> embed.apply(params, state, jnp.array([[1, 2, 3], [0, 0, 9]]))[0].shape
+      (2, 3, 4)
     """
     name = f"Embedding({vocab_size}, {features})"
     _check_positive_int(name, "vocab_size", vocab_size)
@@ -107,12 +114,13 @@ def embedding_attend(params: Params, x: Array) -> Array:
 
     Raises:
       LayerError: the last axis of ``x`` is not the table's ``features``.
+      LayerTypeError: ``x`` is not floating point.
 
     Example:
-      >>> embed = Embedding(100, 16)
-      >>> params, _ = embed.init(jax.random.key(0), (8,))
-      >>> embedding_attend(params, jnp.ones((2, 8, 16))).shape
-      (2, 8, 100)
+      >>> embed = nnjax.Embedding(10, 4)
+      >>> params, _ = embed.init(jax.random.key(0), (3,))
+      >>> nnjax.embedding_attend(params, jnp.ones((2, 3, 4))).shape  # (batch, T, vocab_size)
+      (2, 3, 10)
     """
     table = params["table"]
     check_float_input("embedding_attend", x)
@@ -128,9 +136,25 @@ def sinusoidal_positions(length: int, features: int, max_wavelength: float = 10_
     """The sinusoidal position table of "Attention Is All You Need".
 
     ``pe[p, 2i] = sin(p / max_wavelength**(2i / features))`` and ``pe[p, 2i + 1] = cos(...)`` (same angle).
+    Computed in NumPy float64, then cast; an odd ``features`` ends with a sine column.
+
+    Args:
+      length: number of positions ``T`` (rows ``0 .. length - 1``).
+      features: size of each position vector ``D``.
+      max_wavelength: the base of the angles' frequencies, as above (10000 in the paper).
+      dtype: the dtype of the result.
 
     Returns:
-      ``(length, features)`` array.
+      A ``(length, features)`` array of ``dtype``, values in ``[-1, 1]``.
+
+    Example:
+      >>> pe = nnjax.sinusoidal_positions(4, 6)
+      >>> pe.shape
+      (4, 6)
+      >>> pe[0].tolist()  # position 0: sin 0 and cos 0
+      [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]
+      >>> round(float(pe[1, 0]), 4), round(float(pe[1, 1]), 4)  # sin(1), cos(1)
+      (0.8415, 0.5403)
     """
     positions = np.arange(length)[:, None]  # (T, 1)
     even = np.arange(0, features, 2)[None, :]  # (1, ceil(D / 2))
@@ -154,6 +178,25 @@ def SinusoidalPositionalEncoding(max_wavelength: float = 10_000.0) -> Layer:  # 
     """Adds the fixed sinusoidal position table to a sequence: ``y = x + sinusoidal_positions(T, D)``.
 
     No params. Shapes: ``x: (batch, T, features) -> y: (batch, T, features)``; any ``T``.
+
+    Args:
+      max_wavelength: the base of the table's frequencies (see ``sinusoidal_positions``).
+
+    Returns:
+      A parameter-free ``Layer`` whose ``apply`` maps ``x: (batch, T, features)`` float to the same shape and
+      dtype; ``input_shape`` is ``(T, features)``.
+
+    Raises:
+      ValueError: (when built) ``max_wavelength`` is not positive.
+      LayerError: (at init) ``input_shape`` is not ``(T, features)``; (at apply) ``x`` is not rank 3.
+      LayerTypeError: (at apply) ``x`` is not floating point (token ids need an ``Embedding`` first).
+
+    Example:
+      >>> layer = nnjax.SinusoidalPositionalEncoding()
+      >>> params, state = layer.init(jax.random.key(0), (5, 8))
+      >>> y, _ = layer.apply(params, state, jnp.zeros((2, 5, 8)))
+      >>> y.shape, bool(jnp.allclose(y[1], nnjax.sinusoidal_positions(5, 8)))
+      ((2, 5, 8), True)
     """
     name = "SinusoidalPositionalEncoding"
     if not max_wavelength > 0:
@@ -179,6 +222,28 @@ def LearnedPositionalEmbedding(  # noqa: N802
 
     Params: ``{"table": (max_len, features)}`` (``table_init`` default: normal, std 0.02, as GPT-2).
     Shapes: ``x: (batch, T, features) -> y: (batch, T, features)`` with ``T <= max_len``.
+
+    Args:
+      max_len: the number of positions with a vector; longer sequences are refused.
+      table_init: initializer function or name; default normal with std 0.02.
+
+    Returns:
+      A ``Layer`` whose ``apply`` maps ``x: (batch, T, features)`` float to the same shape, for any
+      ``T <= max_len``; ``input_shape`` is ``(T, features)``.
+
+    Raises:
+      ValueError: (when built) ``max_len`` is not a positive int, or an unknown ``table_init`` name.
+      LayerError: (at init) ``input_shape`` is not ``(T, features)`` or ``T > max_len``; (at apply) ``x`` is not
+        ``(batch, T <= max_len, features)`` with init's ``features``.
+      LayerTypeError: (at apply) ``x`` is not floating point.
+
+    Example:
+      >>> model = nnjax.serial(nnjax.Embedding(10, 4), nnjax.LearnedPositionalEmbedding(8))
+      >>> params, state = model.init(jax.random.key(0), (3,))
+      >>> jax.tree.map(jnp.shape, params)
+      {'embedding_0': {'table': (10, 4)}, 'learned_positional_embedding_1': {'table': (8, 4)}}
+      >>> model.apply(params, state, jnp.zeros((2, 3), jnp.int32))[0].shape
+      (2, 3, 4)
     """
     name = f"LearnedPositionalEmbedding({max_len})"
     _check_positive_int(name, "max_len", max_len)
@@ -222,7 +287,16 @@ def apply_rope(x: Array, positions: Array, max_wavelength: float = 10_000.0) -> 
       An array shaped and typed like ``x``.
 
     Raises:
-      LayerError: odd last axis, or ``positions`` does not match ``x``'s ``(batch, T)``.
+      LayerError: ``x`` not of rank 3 or 4, an odd last axis, or ``positions`` does not match ``x``'s
+        ``(batch, T)``.
+
+    Example:
+      >>> q = jnp.ones((1, 3, 2, 4))  # (batch, T, heads, head_dim)
+      >>> rotated = nnjax.apply_rope(q, jnp.arange(3))
+      >>> rotated.shape, bool(jnp.allclose(rotated[:, 0], q[:, 0]))  # position 0 is not rotated
+      ((1, 3, 2, 4), True)
+      >>> bool(jnp.allclose(jnp.linalg.norm(rotated, axis=-1), 2.0))  # norms are kept
+      True
     """
     half = x.shape[-1] // 2
     if x.ndim not in (3, 4) or x.shape[-1] % 2:

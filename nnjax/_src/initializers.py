@@ -45,8 +45,30 @@ _PLAIN = {"zeros": zeros, "ones": ones}
 def get(initializer: str | Initializer, where: str = "initializer") -> Initializer:
     """Resolves an initializer given by name (``"he_normal"``) or as a function.
 
+    Names are those of ``nnjax.initializers`` but ``constant`` (``"glorot_uniform"``, ``"he_normal"``,
+    ``"orthogonal"``, ``"zeros"``, ...) plus the aliases ``"xavier_*"`` (Glorot) and ``"kaiming_*"`` (He); a
+    named initializer gets its default configuration (``"normal"``: std 0.01; ``"uniform"``: ``U[0, 0.01)``).
+
+    Args:
+      initializer: a name, or an initializer function ``init(key, shape, dtype) -> array`` (returned as is).
+      where: what the initializer is for, used in the error message (e.g. ``"Dense(10) w_init"``).
+
+    Returns:
+      The initializer function ``init(key, shape, dtype=float32) -> array`` of that ``shape``.
+
     Raises:
       ValueError: unknown name; the message lists the known ones.
+
+    Example:
+      >>> init = nnjax.initializers.get("he_normal")
+      >>> init(jax.random.key(0), (3, 4), jnp.float32).shape
+      (3, 4)
+      >>> nnjax.initializers.get("zeros")(jax.random.key(0), (2,), jnp.float32).tolist()
+      [0.0, 0.0]
+      >>> nnjax.initializers.get("he_nromal")
+      Traceback (most recent call last):
+      ...
+      ValueError: initializer: unknown initializer 'he_nromal'; expected a function or one of: glorot_normal, ...
     """
     if callable(initializer):
         return initializer

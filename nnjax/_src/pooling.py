@@ -69,11 +69,24 @@ def MaxPool(
       padding: ``"VALID"`` (default; trailing rows that fill no window are dropped), ``"SAME"`` or
         ``(low, high)`` pairs; padded positions never win.
 
-    Shapes: ``x: (batch, *spatial, channels) -> (batch, *out_spatial, channels)``.
+    Returns:
+      A parameter-free ``Layer`` whose ``apply`` maps ``x: (batch, *spatial, channels)`` float to
+      ``(batch, *out_spatial, channels)``; per spatial axis ``out = (size - window) // stride + 1`` with
+      ``"VALID"``, ``ceil(size / stride)`` with ``"SAME"``.
+
+    Raises:
+      ValueError: (when built) ``window`` is not 1, 2 or 3 positive ints, bad ``strides`` (not positive ints, or
+        not one per window axis) or a bad ``padding``.
+      LayerError: (at apply) ``x`` is not ``(batch, *spatial, channels)`` with ``len(window)`` spatial axes, or
+        a spatial size is too small for one window.
+      LayerTypeError: (at apply) ``x`` is not floating point.
 
     Example:
-      >>> MaxPool(2).apply({}, {}, jnp.ones((8, 28, 28, 32)))[0].shape
-      (8, 14, 14, 32)
+      >>> nnjax.MaxPool(2).apply({}, {}, jnp.ones((2, 4, 4, 3)))[0].shape
+      (2, 2, 2, 3)
+      >>> x = jnp.array([1.0, 5.0, 2.0, 3.0]).reshape(1, 4, 1)  # 1-D: (batch, length, channels)
+      >>> nnjax.MaxPool((2,)).apply({}, {}, x)[0][0, :, 0].tolist()
+      [5.0, 3.0]
     """
     name, window, strides, padding = _pool("MaxPool", window, strides, padding)
 
@@ -97,7 +110,24 @@ def AvgPool(
       strides: step per spatial axis; default ``window``.
       padding: ``"VALID"`` (default), ``"SAME"`` or ``(low, high)`` pairs.
 
-    Shapes: ``x: (batch, *spatial, channels) -> (batch, *out_spatial, channels)``.
+    Returns:
+      A parameter-free ``Layer`` whose ``apply`` maps ``x: (batch, *spatial, channels)`` float to
+      ``(batch, *out_spatial, channels)``, sizes as for ``MaxPool``.
+
+    Raises:
+      ValueError: (when built) ``window`` is not 1, 2 or 3 positive ints, bad ``strides`` (not positive ints, or
+        not one per window axis) or a bad ``padding``.
+      LayerError: (at apply) ``x`` is not ``(batch, *spatial, channels)`` with ``len(window)`` spatial axes, or
+        a spatial size is too small for one window.
+      LayerTypeError: (at apply) ``x`` is not floating point.
+
+    Example:
+      >>> nnjax.AvgPool(2).apply({}, {}, jnp.ones((2, 4, 4, 3)))[0].shape
+      (2, 2, 2, 3)
+      >>> x = jnp.array([1.0, 2.0, 3.0, 4.0]).reshape(1, 4, 1)  # 1-D: (batch, length, channels)
+      >>> pool = nnjax.AvgPool((3,), strides=1, padding="SAME")  # the ends average 2 values, not 3
+      >>> pool.apply({}, {}, x)[0][0, :, 0].tolist()
+      [1.5, 2.0, 3.0, 3.5]
     """
     name, window, strides, padding = _pool("AvgPool", window, strides, padding)
 
@@ -123,10 +153,38 @@ def _global(kind: str, reduce: Callable[[Array], Array]) -> Layer:
 
 
 def GlobalAvgPool() -> Layer:  # noqa: N802
-    """The mean over all spatial axes: ``(batch, *spatial, channels) -> (batch, channels)``."""
+    """The mean over all spatial axes: ``(batch, *spatial, channels) -> (batch, channels)``.
+
+    Returns:
+      A parameter-free ``Layer`` whose ``apply`` maps ``x: (batch, *spatial, channels)`` float (one or more
+      spatial axes) to ``(batch, channels)``.
+
+    Raises:
+      LayerError: (at apply) ``x`` has fewer than 3 axes.
+      LayerTypeError: (at apply) ``x`` is not floating point.
+
+    Example:
+      >>> x = jnp.arange(8.0).reshape(1, 2, 2, 2)  # channel 0 holds 0, 2, 4, 6; channel 1 holds 1, 3, 5, 7
+      >>> nnjax.GlobalAvgPool().apply({}, {}, x)[0].tolist()
+      [[3.0, 4.0]]
+    """
     return _global("GlobalAvgPool", lambda x: jnp.mean(x, axis=tuple(range(1, x.ndim - 1))))
 
 
 def GlobalMaxPool() -> Layer:  # noqa: N802
-    """The maximum over all spatial axes: ``(batch, *spatial, channels) -> (batch, channels)``."""
+    """The maximum over all spatial axes: ``(batch, *spatial, channels) -> (batch, channels)``.
+
+    Returns:
+      A parameter-free ``Layer`` whose ``apply`` maps ``x: (batch, *spatial, channels)`` float (one or more
+      spatial axes) to ``(batch, channels)``.
+
+    Raises:
+      LayerError: (at apply) ``x`` has fewer than 3 axes.
+      LayerTypeError: (at apply) ``x`` is not floating point.
+
+    Example:
+      >>> x = jnp.arange(8.0).reshape(1, 2, 2, 2)  # channel 0 holds 0, 2, 4, 6; channel 1 holds 1, 3, 5, 7
+      >>> nnjax.GlobalMaxPool().apply({}, {}, x)[0].tolist()
+      [[6.0, 7.0]]
+    """
     return _global("GlobalMaxPool", kernels.global_max_pool)

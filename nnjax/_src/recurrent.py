@@ -61,6 +61,22 @@ class SimpleRNNCell(NamedTuple):
 
     Params: ``{"w_x": (features, hidden), "w_h": (hidden, hidden), "b": (hidden,)}``; ``w_x`` Glorot-uniform,
     ``w_h`` orthogonal, ``b`` zeros (Keras' defaults). Carry: ``h: (batch, hidden)``.
+
+    Attributes:
+      hidden: the size of the hidden state (and of each output step), a positive int (checked by ``init``).
+      w_init: initializer of ``w_x`` (function or name), default ``"glorot_uniform"``.
+      h_init: initializer of ``w_h`` (function or name), default ``"orthogonal"``.
+      kind: ``"SimpleRNN"``, the name of the layer ``RNN`` makes of the cell (class constant).
+      gates: ``1``, the number of gate blocks in ``w_x``, ``w_h`` and ``b`` (class constant).
+
+    Example:
+      >>> cell = nnjax.SimpleRNNCell(4)
+      >>> params = cell.init(jax.random.key(0), 3)  # 3 input features
+      >>> jax.tree.map(jnp.shape, params)
+      {'b': (4,), 'w_h': (4, 4), 'w_x': (3, 4)}
+      >>> carry, h = cell.step(params, cell.initial_carry(2), jnp.ones((2, 3)))  # one step of a batch of 2
+      >>> h.shape, bool(jnp.allclose(carry, h))
+      ((2, 4), True)
     """
 
     hidden: int
@@ -70,10 +86,12 @@ class SimpleRNNCell(NamedTuple):
     gates = 1
 
     def init(self, key: PRNGKey, input_features: int, dtype: DType = jnp.float32) -> Params:
+        """The cell's params for ``input_features`` inputs; raises ValueError unless ``hidden`` is a positive int."""
         _check_hidden(self.kind, self.hidden)
         return _gate_params(key, input_features, self.hidden, 1, dtype, self.w_init, self.h_init)
 
     def initial_carry(self, batch: int, dtype: DType = jnp.float32) -> Carry:
+        """The zero carry before the first step, for ``batch`` sequences."""
         return jnp.zeros((batch, self.hidden), dtype)
 
     def input_projection(self, params: Params, x: Array) -> Array:
@@ -81,6 +99,7 @@ class SimpleRNNCell(NamedTuple):
         return x @ params["w_x"] + params["b"]
 
     def recurrence(self, params: Params, carry: Carry, xw_t: Array, feature_major: bool = False) -> tuple[Carry, Array]:
+        """The rest of ``step`` after ``input_projection``: ``(carry, xw_t) -> (new_carry, h_t)``."""
         h = jnp.tanh(xw_t + kernels.recurrent_matmul(params, carry, feature_major))
         return h, h
 
@@ -100,6 +119,23 @@ class LSTMCell(NamedTuple):
     the order ``i, f, g, o``; ``w_x`` Glorot-uniform, ``w_h`` orthogonal, ``b`` zeros except the forget
     block, which starts at ``forget_bias`` (1.0, as Keras' ``unit_forget_bias``; PyTorch starts at 0).
     PyTorch's ``b_ih + b_hh`` is our ``b``. Carry: ``(h, c)``, each ``(batch, hidden)``.
+
+    Attributes:
+      hidden: the size of the hidden state (and of each output step), a positive int (checked by ``init``).
+      forget_bias: the initial value of the forget gate's bias block (1.0).
+      w_init: initializer of ``w_x`` (function or name), default ``"glorot_uniform"``.
+      h_init: initializer of ``w_h`` (function or name), default ``"orthogonal"``.
+      kind: ``"LSTM"``, the name of the layer ``RNN`` makes of the cell (class constant).
+      gates: ``4``, the number of gate blocks in ``w_x``, ``w_h`` and ``b`` (class constant).
+
+    Example:
+      >>> cell = nnjax.LSTMCell(4)
+      >>> params = cell.init(jax.random.key(0), 3)
+      >>> params["w_x"].shape, params["b"].reshape(4, 4)[:, 0].tolist()  # bias blocks i, f, g, o
+      ((3, 16), [0.0, 1.0, 0.0, 0.0])
+      >>> (h, c), out = cell.step(params, cell.initial_carry(2), jnp.ones((2, 3)))
+      >>> h.shape, c.shape, bool(jnp.allclose(out, h))
+      ((2, 4), (2, 4), True)
     """
 
     hidden: int
@@ -110,12 +146,14 @@ class LSTMCell(NamedTuple):
     gates = 4
 
     def init(self, key: PRNGKey, input_features: int, dtype: DType = jnp.float32) -> Params:
+        """The cell's params for ``input_features`` inputs; raises ValueError unless ``hidden`` is a positive int."""
         _check_hidden(self.kind, self.hidden)
         params = _gate_params(key, input_features, self.hidden, 4, dtype, self.w_init, self.h_init)
         params["b"] = params["b"].at[self.hidden : 2 * self.hidden].set(self.forget_bias)
         return params
 
     def initial_carry(self, batch: int, dtype: DType = jnp.float32) -> Carry:
+        """The zero carry before the first step, for ``batch`` sequences."""
         zeros = jnp.zeros((batch, self.hidden), dtype)
         return (zeros, zeros)
 
@@ -124,6 +162,7 @@ class LSTMCell(NamedTuple):
         return x @ params["w_x"] + params["b"]
 
     def recurrence(self, params: Params, carry: Carry, xw_t: Array, feature_major: bool = False) -> tuple[Carry, Array]:
+        """The rest of ``step`` after ``input_projection``: ``(carry, xw_t) -> (new_carry, h_t)``."""
         h, c = carry
         i, f, g, o = jnp.split(xw_t + kernels.recurrent_matmul(params, h, feature_major), 4, axis=0 if feature_major else -1)
         c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
@@ -147,6 +186,22 @@ class GRUCell(NamedTuple):
     "b_hn": (hidden,)}``; ``w_x`` Glorot-uniform, ``w_h`` orthogonal, biases zeros. PyTorch's
     ``b_ih + b_hh`` (r and z blocks) and ``b_ih`` (n block) are our ``b``; its ``b_hh`` n block is ``b_hn``.
     Carry: ``h: (batch, hidden)``.
+
+    Attributes:
+      hidden: the size of the hidden state (and of each output step), a positive int (checked by ``init``).
+      w_init: initializer of ``w_x`` (function or name), default ``"glorot_uniform"``.
+      h_init: initializer of ``w_h`` (function or name), default ``"orthogonal"``.
+      kind: ``"GRU"``, the name of the layer ``RNN`` makes of the cell (class constant).
+      gates: ``3``, the number of gate blocks in ``w_x``, ``w_h`` and ``b`` (class constant).
+
+    Example:
+      >>> cell = nnjax.GRUCell(4)
+      >>> params = cell.init(jax.random.key(0), 3)
+      >>> jax.tree.map(jnp.shape, params)
+      {'b': (12,), 'b_hn': (4,), 'w_h': (4, 12), 'w_x': (3, 12)}
+      >>> carry, h = cell.step(params, cell.initial_carry(2), jnp.ones((2, 3)))
+      >>> h.shape
+      (2, 4)
     """
 
     hidden: int
@@ -156,12 +211,14 @@ class GRUCell(NamedTuple):
     gates = 3
 
     def init(self, key: PRNGKey, input_features: int, dtype: DType = jnp.float32) -> Params:
+        """The cell's params for ``input_features`` inputs; raises ValueError unless ``hidden`` is a positive int."""
         _check_hidden(self.kind, self.hidden)
         params = _gate_params(key, input_features, self.hidden, 3, dtype, self.w_init, self.h_init)
         params["b_hn"] = jnp.zeros((self.hidden,), dtype)
         return params
 
     def initial_carry(self, batch: int, dtype: DType = jnp.float32) -> Carry:
+        """The zero carry before the first step, for ``batch`` sequences."""
         return jnp.zeros((batch, self.hidden), dtype)
 
     def input_projection(self, params: Params, x: Array) -> Array:
@@ -169,6 +226,7 @@ class GRUCell(NamedTuple):
         return x @ params["w_x"] + params["b"]
 
     def recurrence(self, params: Params, carry: Carry, xw_t: Array, feature_major: bool = False) -> tuple[Carry, Array]:
+        """The rest of ``step`` after ``input_projection``: ``(carry, xw_t) -> (new_carry, h_t)``."""
         h = carry
         axis = 0 if feature_major else -1
         xr, xz, xn = jnp.split(xw_t, 3, axis=axis)
@@ -189,7 +247,19 @@ Cell = SimpleRNNCell | LSTMCell | GRUCell
 
 
 def sequence_mask(lengths: Array, max_len: int) -> Array:
-    """A ``(batch, max_len)`` boolean mask, True at steps ``t < lengths[b]``: ``lengths: (batch,)`` ints."""
+    """A ``(batch, max_len)`` boolean mask, True at steps ``t < lengths[b]``: ``lengths: (batch,)`` ints.
+
+    Args:
+      lengths: ``(batch,)`` ints, the real length of each sequence.
+      max_len: ``T``, the padded length of the sequences.
+
+    Returns:
+      ``(batch, max_len)`` bool, for the ``"mask"`` of ``RNN``-family and attention inputs.
+
+    Example:
+      >>> nnjax.sequence_mask(jnp.array([1, 3]), 4).tolist()
+      [[True, False, False, False], [True, True, True, False]]
+    """
     return jnp.arange(max_len)[None, :] < jnp.asarray(lengths)[:, None]
 
 
@@ -344,15 +414,26 @@ def RNN(  # noqa: N802 - layer constructors are CamelCase, as in stax
     (both keys optional). With a mask and ``return_sequences``, the output is ``{"x": y, "mask": mask}``,
     so stacked RNNs see the mask too (take ``out["x"]`` for the array); padded steps of ``y`` are 0.
 
+    Returns:
+      A ``Layer`` whose ``apply`` maps ``x: (batch, T, features)`` float to ``(batch, T, hidden)``
+      (``return_sequences``; ``{"x": ..., "mask": ...}`` for a masked input) or ``(batch, hidden)``;
+      ``input_shape`` is ``(T, features)`` (or ``{"x": (T, features), ...}``).
+
     Raises:
-      LayerError / LayerTypeError (at apply): not rank 3, a feature count other than init's, a non-float
-        input, or a mask of the wrong shape.
+      TypeError: (when built) ``cell`` is not a cell (e.g. a layer such as ``LSTM(64)``).
+      ValueError: (when built) the cell's ``hidden`` is not a positive int.
+      LayerError: (at init) ``input_shape`` is not ``(T, features)``; (at apply) ``x`` not of rank 3, a feature
+        count other than init's, unknown dict keys, or a mask of the wrong shape.
+      LayerTypeError: (at apply) a non-float input (token ids need an ``Embedding`` first).
 
     Example:
-      >>> layer = RNN(LSTMCell(32), return_sequences=False)
-      >>> params, state = layer.init(jax.random.key(0), (10, 8))   # T=10 steps of 8 features
-      >>> layer.apply(params, state, jnp.ones((4, 10, 8)))[0].shape
-      (4, 32)
+      >>> layer = nnjax.RNN(nnjax.LSTMCell(4), return_sequences=False)
+      >>> params, state = layer.init(jax.random.key(0), (5, 3))  # T=5 steps of 3 features
+      >>> layer.name, layer.apply(params, state, jnp.ones((2, 5, 3)))[0].shape
+      ('LSTM(4)', (2, 4))
+      >>> x = {"x": jnp.ones((2, 5, 3)), "mask": nnjax.sequence_mask(jnp.array([5, 2]), 5)}
+      >>> layer.apply(params, state, x)[0].shape  # each sequence's last real step
+      (2, 4)
     """
     _check_cell("RNN", cell)
     name = f"{cell.kind}({cell.hidden})"
@@ -410,12 +491,24 @@ def Bidirectional(  # noqa: N802
       merge: ``"concat"`` (``2 * hidden`` features), ``"sum"``, ``"mean"`` or ``"mul"``.
       return_sequences: every step ``(batch, T, out)``; else the merge of the forward pass's last output
         and the backward pass's output at step 0, ``(batch, out)``.
+      unroll, hoist_input, feature_major: as for ``RNN``, for both directions.
+
+    Returns:
+      A ``Layer`` whose ``apply`` maps ``x: (batch, T, features)`` float to ``(batch, T, out)`` (a dict
+      ``{"x", "mask"}`` for a masked input) or ``(batch, out)``; ``out`` is ``hidden_fwd + hidden_bwd`` with
+      ``"concat"``, else ``hidden``.
+
+    Raises:
+      TypeError: (when built) a cell is not a cell.
+      ValueError: (when built) a bad ``hidden``, an unknown ``merge``, or unequal hidden sizes with a merge
+        other than ``"concat"``.
+      LayerError, LayerTypeError: (at init or apply) bad input, as for ``RNN``.
 
     Example:
-      >>> layer = Bidirectional(GRUCell(16))
-      >>> params, state = layer.init(jax.random.key(0), (10, 8))
-      >>> layer.apply(params, state, jnp.ones((4, 10, 8)))[0].shape
-      (4, 10, 32)
+      >>> layer = nnjax.Bidirectional(nnjax.GRUCell(4))
+      >>> params, state = layer.init(jax.random.key(0), (5, 3))  # T=5 steps of 3 features
+      >>> sorted(params), layer.apply(params, state, jnp.ones((2, 5, 3)))[0].shape
+      (['backward', 'forward'], (2, 5, 8))
     """
     _check_cell("Bidirectional", cell_fwd)
     cell_bwd = cell_fwd if cell_bwd is None else cell_bwd
@@ -478,6 +571,29 @@ def LSTM(  # noqa: N802
 
     Shapes: ``x: (batch, T, features) -> (batch, T, hidden)``, or ``(batch, hidden)`` when
     ``return_sequences=False``. See ``RNN`` for masks and initial carries, ``LSTMCell`` for the equations.
+
+    Args:
+      hidden: the size of the hidden state and of each output step.
+      return_sequences: return every step's output; else only the last (real) step's.
+      reverse: read the sequences from the end (outputs stay aligned with the inputs).
+      num_layers: the number of stacked layers; each but the last returns sequences to the next.
+      forget_bias: the initial bias of the forget gate (see ``LSTMCell``).
+      unroll, hoist_input, feature_major: as for ``RNN``.
+
+    Returns:
+      A ``Layer`` whose ``apply`` maps ``x: (batch, T, features)`` float (or a dict with ``"mask"``, see ``RNN``)
+      to ``(batch, T, hidden)``, or ``(batch, hidden)`` when ``return_sequences=False``; ``input_shape`` is
+      ``(T, features)``.
+
+    Raises:
+      ValueError: (when built) ``hidden`` or ``num_layers`` is not a positive int.
+      LayerError, LayerTypeError: (at init or apply) bad input, as for ``RNN``.
+
+    Example:
+      >>> layer = nnjax.LSTM(4, num_layers=2, return_sequences=False)
+      >>> params, state = layer.init(jax.random.key(0), (5, 3))  # T=5 steps of 3 features
+      >>> sorted(params), layer.apply(params, state, jnp.ones((2, 5, 3)))[0].shape
+      (['lstm_0', 'lstm_1'], (2, 4))
     """
     options = {"reverse": reverse, "unroll": unroll, "hoist_input": hoist_input, "feature_major": feature_major}
     return _sequence_layer(LSTMCell(hidden, forget_bias), num_layers, return_sequences, options)
@@ -493,7 +609,30 @@ def GRU(  # noqa: N802
     hoist_input: bool | None = None,
     feature_major: bool | None = None,
 ) -> Layer:
-    """``RNN(GRUCell(hidden))``; ``num_layers > 1`` stacks that many. Shapes as ``LSTM``; see ``GRUCell``."""
+    """``RNN(GRUCell(hidden))``; ``num_layers > 1`` stacks that many. Shapes as ``LSTM``; see ``GRUCell``.
+
+    Args:
+      hidden: the size of the hidden state and of each output step.
+      return_sequences: return every step's output; else only the last (real) step's.
+      reverse: read the sequences from the end (outputs stay aligned with the inputs).
+      num_layers: the number of stacked layers; each but the last returns sequences to the next.
+      unroll, hoist_input, feature_major: as for ``RNN``.
+
+    Returns:
+      A ``Layer`` whose ``apply`` maps ``x: (batch, T, features)`` float (or a dict with ``"mask"``, see ``RNN``)
+      to ``(batch, T, hidden)``, or ``(batch, hidden)`` when ``return_sequences=False``; ``input_shape`` is
+      ``(T, features)``.
+
+    Raises:
+      ValueError: (when built) ``hidden`` or ``num_layers`` is not a positive int.
+      LayerError, LayerTypeError: (at init or apply) bad input, as for ``RNN``.
+
+    Example:
+      >>> layer = nnjax.GRU(4)
+      >>> params, state = layer.init(jax.random.key(0), (5, 3))  # T=5 steps of 3 features
+      >>> layer.apply(params, state, jnp.ones((2, 5, 3)))[0].shape
+      (2, 5, 4)
+    """
     options = {"reverse": reverse, "unroll": unroll, "hoist_input": hoist_input, "feature_major": feature_major}
     return _sequence_layer(GRUCell(hidden), num_layers, return_sequences, options)
 
@@ -508,6 +647,29 @@ def SimpleRNN(  # noqa: N802
     hoist_input: bool | None = None,
     feature_major: bool | None = None,
 ) -> Layer:
-    """``RNN(SimpleRNNCell(hidden))`` (tanh Elman cell); ``num_layers > 1`` stacks that many. Shapes as ``LSTM``."""
+    """``RNN(SimpleRNNCell(hidden))`` (tanh Elman cell); ``num_layers > 1`` stacks that many. Shapes as ``LSTM``.
+
+    Args:
+      hidden: the size of the hidden state and of each output step.
+      return_sequences: return every step's output; else only the last (real) step's.
+      reverse: read the sequences from the end (outputs stay aligned with the inputs).
+      num_layers: the number of stacked layers; each but the last returns sequences to the next.
+      unroll, hoist_input, feature_major: as for ``RNN``.
+
+    Returns:
+      A ``Layer`` whose ``apply`` maps ``x: (batch, T, features)`` float (or a dict with ``"mask"``, see ``RNN``)
+      to ``(batch, T, hidden)``, or ``(batch, hidden)`` when ``return_sequences=False``; ``input_shape`` is
+      ``(T, features)``.
+
+    Raises:
+      ValueError: (when built) ``hidden`` or ``num_layers`` is not a positive int.
+      LayerError, LayerTypeError: (at init or apply) bad input, as for ``RNN``.
+
+    Example:
+      >>> layer = nnjax.SimpleRNN(4, return_sequences=False)
+      >>> params, state = layer.init(jax.random.key(0), (5, 3))  # T=5 steps of 3 features
+      >>> layer.apply(params, state, jnp.ones((2, 5, 3)))[0].shape
+      (2, 4)
+    """
     options = {"reverse": reverse, "unroll": unroll, "hoist_input": hoist_input, "feature_major": feature_major}
     return _sequence_layer(SimpleRNNCell(hidden), num_layers, return_sequences, options)

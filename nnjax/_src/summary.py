@@ -203,8 +203,27 @@ def summarize(model: Layer, input_shape: Shape, dtype: DType = jnp.float32, *, f
     """The data behind ``summary``: per-layer rows and model totals, without allocating parameters.
 
     Args:
-      model: the network. input_shape: ONE example's shape (no batch axis). dtype: the parameter dtype.
+      model: the network.
+      input_shape: ONE example's shape, no batch axis (a pytree of shapes for multi-input models).
+      dtype: the parameter dtype.
       flops: compile each layer to count FLOPs (set False to skip compilation on large models).
+
+    Returns:
+      A ``Summary``: ``rows`` (one ``Row`` per leaf layer, plus group rows for nested combinators, each with
+      ``path``, ``name``, ``output_shape``, ``params``, ``state``, ``flops``) and the model's totals
+      (``total_params``, ``param_bytes``, ``total_state``, ``state_bytes``, ``flops``); ``str()`` of it is
+      the table that ``summary`` prints.
+
+    Raises:
+      LayerError, LayerTypeError: the model does not accept ``input_shape`` (raised by its ``init`` or
+        ``apply``, run abstractly).
+
+    Example:
+      >>> info = nnjax.summarize(nnjax.serial(nnjax.Dense(32), nnjax.Relu(), nnjax.Dense(10)), (64,), flops=False)
+      >>> [(row.path, row.output_shape, row.params) for row in info.rows]
+      [('dense_0', (32,), 2080), ('relu_1', (32,), 0), ('dense_2', (10,), 330)]
+      >>> info.total_params, info.param_bytes, info.output_shape
+      (2410, 9640, (10,))
     """
     input_shape = tuple(input_shape) if all(isinstance(d, int) for d in input_shape) else input_shape
     spec = input_spec(model, input_shape, dtype)
@@ -313,10 +332,17 @@ def summary(
     Returns:
       The table as a string.
 
+    Raises:
+      LayerError, LayerTypeError: the model does not accept ``input_shape`` (as ``summarize``).
+
     Example:
-      >>> text = summary(serial(Dense(32), Relu(), Dense(10)), (64,), show=False)
+      >>> text = nnjax.summary(nnjax.serial(nnjax.Dense(32), nnjax.Relu(), nnjax.Dense(10)), (64,), show=False)
+      >>> print(text.splitlines()[-1])  # FLOPs come from XLA's cost analysis; flops=False skips compiling
+      Forward FLOPs per example: ...  [XLA cost analysis]
       >>> "Total params: 2,410" in text
       True
+      >>> print(text.splitlines()[0])
+      Model summary: input (64,) float32, output (10,)
     """
     text = str(summarize(model, input_shape, dtype, flops=flops))
     if show:
