@@ -108,6 +108,8 @@ def test_combinators_compute_what_they_say():
     total = nnjax.serial(nnjax.fanout(3), nnjax.add())
     y, _ = total.apply(*total.init(jax.random.key(0), (3,)), x)
     np.testing.assert_allclose(y, 3 * x)
+    with pytest.raises(nnjax.LayerError, match="Add: argument `x` expected a tuple of arrays, given ArrayImpl"):
+        nnjax.add().apply({}, {}, jnp.asarray(x))  # one array: it would have summed over the batch axis
 
 
 def test_dropout_rate_is_the_drop_probability():

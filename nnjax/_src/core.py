@@ -351,7 +351,7 @@ def add() -> Layer:
       ``x_0 + ... + x_n``, of that shape.
 
     Raises:
-      LayerError: (at apply) the arrays of the tuple differ in shape.
+      LayerError: (at apply) ``x`` is not a tuple or list of arrays, or its arrays differ in shape.
 
     Example:
       >>> total = nnjax.add()
@@ -360,6 +360,8 @@ def add() -> Layer:
     """
 
     def fn(xs):
+        if not isinstance(xs, (tuple, list)):  # iterating one array would sum over its batch axis
+            raise LayerError(f"Add: argument `x` expected a tuple of arrays, given {type(xs).__name__}.")
         shapes = [tuple(jnp.shape(x)) for x in xs]
         if len(set(shapes)) != 1:
             raise LayerError(f"Add: argument `x` expected arrays of one shape, given shapes {shapes}.")
