@@ -7,6 +7,7 @@ starts at 1, ``bias`` at 0). Statistics are computed in at least float32.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable
 
 import jax.numpy as jnp
@@ -68,42 +69,80 @@ def _stats(x: Array) -> Array:
     return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
+RUNNING_VARIANCES = ("biased", "unbiased")
+
+
 def BatchNorm(  # noqa: N802 - layer constructors are CamelCase, as in stax
     momentum: float = 0.99,
     epsilon: float = 1e-5,
     axis_name: Hashable | None = None,
     use_scale: bool = True,
     use_bias: bool = True,
+    *,
+    running_variance: str = "biased",
 ) -> Layer:
     """Batch normalization: each feature is normalized by statistics over the batch (and spatial) axes.
 
-    ``y = (x - mean) / sqrt(var + epsilon) * scale + bias``, with ``mean``/``var`` (biased) over every
-    axis but the last. With ``train=True`` they are the batch's statistics, and the returned state
-    holds the updated running averages ``running = momentum * running + (1 - momentum) * batch``
-    (Keras/Flax convention; PyTorch's ``momentum=0.1`` is ``momentum=0.9`` here). With ``train=False``
-    the running averages are used and the state is returned unchanged.
+    ``y = (x - mean) / sqrt(var + epsilon) * scale + bias``, with ``mean`` and the biased ``var`` (the mean
+    of squared deviations) over every axis but the last. With ``train=True`` they are the batch's
+    statistics, and the returned state holds the updated running averages::
+
+        running_mean = momentum * running_mean + (1 - momentum) * mean
+        running_var  = momentum * running_var  + (1 - momentum) * var * (n / (n - 1) if "unbiased" else 1)
+
+    where ``n`` is the number of values averaged per feature (batch times spatial size, times the shards
+    of ``axis_name``). With ``train=False`` the running averages are used and the state is returned unchanged.
+
+    Conventions. ``momentum`` weights the OLD average (Keras/Flax); PyTorch's ``momentum`` weights the NEW
+    batch, so PyTorch's default ``momentum=0.1`` is ``momentum=0.9`` here (nnjax's default, 0.99, is Keras').
+    Flax and Keras fold the biased batch variance into ``running_var`` (``running_variance="biased"``, the
+    default); PyTorch folds the unbiased one, ``var * n / (n - 1)`` (``running_variance="unbiased"``). Both
+    normalize a training batch by its biased variance, so the two agree in ``train=True`` outputs and in
+    evaluation from the same running statistics; only the running variance they accumulate differs (most
+    for small batches). For a model ported from PyTorch use
+    ``BatchNorm(momentum=0.9, epsilon=1e-5, running_variance="unbiased")`` (``nnjax.interop.TorchBatchNorm``).
 
     Params: ``{"scale": (features,), "bias": (features,)}``. State: ``{"mean": (features,), "var": (features,)}``,
     starting at 0 and 1.
 
     Args:
-      momentum: decay of the running averages, in [0, 1].
-      epsilon: added to the variance.
+      momentum: decay of the running averages, in [0, 1] (``1 - `` PyTorch's momentum).
+      epsilon: added to the variance (PyTorch's ``eps``).
       axis_name: name of a mapped axis (``shard_map``, ``pmap``, ``vmap(..., axis_name=...)``) whose
         shards form one batch: statistics are averaged over it with ``lax.pmean`` (equal shard sizes).
-      use_scale, use_bias: learn ``scale`` and ``bias``.
+      use_scale, use_bias: learn ``scale`` and ``bias`` (PyTorch's ``affine``).
+      running_variance: ``"biased"`` (Flax/Keras) or ``"unbiased"`` (PyTorch): the batch variance folded
+        into ``running_var`` in training.
 
-    Shapes: ``x: (batch, ..., features) -> y`` of the same shape.
+    Returns:
+      A ``Layer`` named ``"BatchNorm"``: ``x: (batch, ..., features) -> y`` of the same shape.
+
+    Raises:
+      ValueError: ``momentum`` outside [0, 1], ``epsilon <= 0`` or an unknown ``running_variance``.
+      LayerError: (at init/apply) no feature axis, a feature count other than init's, or, with
+        ``running_variance="unbiased"``, a training batch of one value per feature (``n - 1 = 0``).
+      LayerTypeError: (at apply) integer input.
 
     Example:
-      >>> layer = BatchNorm()
-      >>> params, state = layer.init(jax.random.key(0), (16,))
-      >>> y, state = layer.apply(params, state, jnp.ones((4, 16)), train=True)
+      >>> layer = nnjax.BatchNorm(momentum=0.9, running_variance="unbiased")
+      >>> params, state = layer.init(jax.random.key(0), (2,))
+      >>> y, state = layer.apply(params, state, jnp.array([[0.0, 1.0], [2.0, 5.0]]), train=True)
+      >>> print(y)
+      [[-1. -1.]
+       [ 1.  1.]]
+      >>> print(state["mean"], state["var"])  # 0.9 * 0 + 0.1 * mean; 0.9 * 1 + 0.1 * var * 2 / (2 - 1)
+      [0.1 0.3] [1.1 1.7]
     """
     name = "BatchNorm"
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"{name}: argument `momentum` expected a value in [0, 1], given {momentum!r}.")
     _check_epsilon(name, epsilon)
+    if running_variance not in RUNNING_VARIANCES:
+        raise ValueError(
+            f"{name}: argument `running_variance` expected 'biased' (Flax/Keras) or 'unbiased' (PyTorch), "
+            f"given {running_variance!r}."
+        )
+    unbiased = running_variance == "unbiased"
 
     def init(key, input_shape: Shape, dtype=jnp.float32):
         features = _features(name, input_shape)
@@ -121,11 +160,25 @@ def BatchNorm(  # noqa: N802 - layer constructors are CamelCase, as in stax
             var = jnp.mean(jnp.square(xs - mean), axis=axes)
             if axis_name is not None:
                 var = lax.pmean(var, axis_name)
+            folded = var
+            if unbiased:
+                n = math.prod(x.shape[:-1])  # values per feature in this shard
+                if axis_name is not None:
+                    n = n * lax.psum(1, axis_name)
+                elif n < 2:
+                    raise LayerError(
+                        f"{name}: running_variance='unbiased' needs more than one value per feature in training "
+                        f"(the unbiased variance divides by n - 1), given x of shape {tuple(x.shape)}. Hint: "
+                        f"train on batches of at least 2 examples, as PyTorch requires."
+                    )
+                folded = var * (n / (n - 1))
             new_state = {
                 "mean": (momentum * state["mean"] + (1 - momentum) * lax.stop_gradient(mean)).astype(
                     state["mean"].dtype
                 ),
-                "var": (momentum * state["var"] + (1 - momentum) * lax.stop_gradient(var)).astype(state["var"].dtype),
+                "var": (momentum * state["var"] + (1 - momentum) * lax.stop_gradient(folded)).astype(
+                    state["var"].dtype
+                ),
             }
         else:
             mean, var, new_state = state["mean"], state["var"], state
@@ -136,11 +189,29 @@ def BatchNorm(  # noqa: N802 - layer constructors are CamelCase, as in stax
 
 
 def LayerNorm(epsilon: float = 1e-5, use_scale: bool = True, use_bias: bool = True) -> Layer:  # noqa: N802
-    """Layer normalization over the last (features) axis of each example.
+    """Layer normalization over the last (features) axis of each example (PyTorch's ``nn.LayerNorm(features)``).
 
-    ``y = (x - mean(x, -1)) / sqrt(var(x, -1) + epsilon) * scale + bias``.
+    ``y = (x - mean(x, -1)) / sqrt(var(x, -1) + epsilon) * scale + bias`` (biased variance).
 
-    Params: ``{"scale": (features,), "bias": (features,)}``. Shapes: ``x: (batch, ..., features) -> y`` same shape.
+    Params: ``{"scale": (features,), "bias": (features,)}`` (PyTorch's ``weight`` and ``bias``).
+
+    Args:
+      epsilon: added to the variance (PyTorch's ``eps``, default 1e-5 in both).
+      use_scale, use_bias: learn ``scale`` and ``bias`` (PyTorch's ``elementwise_affine`` and ``bias``).
+
+    Returns:
+      A ``Layer`` named ``"LayerNorm"``: ``x: (batch, ..., features) -> y`` of the same shape.
+
+    Raises:
+      ValueError: ``epsilon <= 0``.
+      LayerError: (at init/apply) no feature axis, or a feature count other than init's.
+      LayerTypeError: (at apply) integer input.
+
+    Example:
+      >>> layer = nnjax.LayerNorm()
+      >>> params, state = layer.init(jax.random.key(0), (4,))
+      >>> print(layer.apply(params, state, jnp.array([[1.0, 2.0, 3.0, 4.0]]))[0])
+      [[-1.3416 -0.4472  0.4472  1.3416]]
     """
     name = "LayerNorm"
     _check_epsilon(name, epsilon)
@@ -159,13 +230,33 @@ def LayerNorm(epsilon: float = 1e-5, use_scale: bool = True, use_bias: bool = Tr
 
 
 def GroupNorm(num_groups: int, epsilon: float = 1e-5, use_scale: bool = True, use_bias: bool = True) -> Layer:  # noqa: N802
-    """Group normalization: channels are split into ``num_groups`` groups, each normalized per example
-    over its channels and all spatial axes (``num_groups=1``: over the whole example; ``= channels``:
-    instance normalization).
+    """Group normalization: channels split into ``num_groups`` groups, each normalized per example.
+
+    Each group is normalized over its channels and all spatial axes (``num_groups=1``: over the whole
+    example; ``num_groups = channels``: instance normalization). Groups are consecutive channels, as
+    PyTorch's ``nn.GroupNorm(num_groups, channels)``, whose ``weight`` and ``bias`` are ``scale`` and ``bias``.
 
     Params: ``{"scale": (channels,), "bias": (channels,)}``.
 
-    Shapes: ``x: (batch, *spatial, channels) -> y`` of the same shape; ``channels % num_groups == 0``.
+    Args:
+      num_groups: number of channel groups; must divide the channel count.
+      epsilon: added to the variance.
+      use_scale, use_bias: learn ``scale`` and ``bias``.
+
+    Returns:
+      A ``Layer`` named ``"GroupNorm(num_groups)"``: ``x: (batch, *spatial, channels) -> y`` of the same shape.
+
+    Raises:
+      ValueError: ``num_groups`` not a positive int, or ``epsilon <= 0``.
+      LayerError: (at init/apply) channels not divisible by ``num_groups``, a channel count other than init's.
+      LayerTypeError: (at apply) integer input.
+
+    Example:
+      >>> layer = nnjax.GroupNorm(2)
+      >>> params, state = layer.init(jax.random.key(0), (4, 4, 6))
+      >>> y, _ = layer.apply(params, state, jnp.arange(2 * 4 * 4 * 6.0).reshape(2, 4, 4, 6))
+      >>> print(y.shape, y[..., :3].mean().round(4), y[..., :3].std().round(4))
+      (2, 4, 4, 6) 0.0 1.0
     """
     name = f"GroupNorm({num_groups})"
     if not isinstance(num_groups, int) or num_groups < 1:
@@ -201,7 +292,28 @@ def GroupNorm(num_groups: int, epsilon: float = 1e-5, use_scale: bool = True, us
 def RMSNorm(epsilon: float = 1e-6, use_scale: bool = True) -> Layer:  # noqa: N802
     """Root-mean-square normalization over the last axis: ``y = x / sqrt(mean(x**2, -1) + epsilon) * scale``.
 
-    Params: ``{"scale": (features,)}`` (no bias). Shapes: ``x: (batch, ..., features) -> y`` same shape.
+    PyTorch's ``nn.RMSNorm(features, eps)`` (its ``weight`` is ``scale``; its default ``eps=None`` means the
+    dtype's machine epsilon, so pass ``eps`` explicitly when porting).
+
+    Params: ``{"scale": (features,)}`` (no bias).
+
+    Args:
+      epsilon: added to the mean square.
+      use_scale: learn ``scale``.
+
+    Returns:
+      A ``Layer`` named ``"RMSNorm"``: ``x: (batch, ..., features) -> y`` of the same shape.
+
+    Raises:
+      ValueError: ``epsilon <= 0``.
+      LayerError: (at init/apply) no feature axis, or a feature count other than init's.
+      LayerTypeError: (at apply) integer input.
+
+    Example:
+      >>> layer = nnjax.RMSNorm()
+      >>> params, state = layer.init(jax.random.key(0), (2,))
+      >>> print(layer.apply(params, state, jnp.array([[3.0, 4.0]]))[0])
+      [[0.8485 1.1314]]
     """
     name = "RMSNorm"
     _check_epsilon(name, epsilon)
