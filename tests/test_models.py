@@ -1,0 +1,429 @@
+"""nnjax.models: shapes and parameter counts against hand formulas and torchvision, training on synthetic
+CIFAR-shaped data and on the embedded digits, BatchNorm state, summaries, and GPT's KV-cache decoding
+against full recomputation."""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import nnjax
+import nnjax.models as models
+
+
+def count(tree) -> int:
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
+
+
+def abstract_init(model, input_shape, dtype=jnp.float32):
+    """``model.init``'s params and state as shapes only: nothing is allocated or compiled."""
+    return jax.eval_shape(lambda key: model.init(key, input_shape, dtype), jax.random.key(0))
+
+
+def synthetic_cifar(n: int, seed: int = 0, num_classes: int = 10):
+    """32x32x3 images: a fixed random template per class plus noise; labels learnable from one glance."""
+    rng = np.random.default_rng(seed)
+    templates = rng.normal(size=(num_classes, 32, 32, 3)).astype(np.float32)
+    labels = rng.integers(0, num_classes, size=n).astype(np.int32)
+    images = templates[labels] + 0.5 * rng.normal(size=(n, 32, 32, 3)).astype(np.float32)
+    return images, labels
+
+
+# ---- ResNet -------------------------------------------------------------------------------------------
+
+
+def resnet_param_formula(stage_sizes, widths, num_classes, in_channels=3, stem_kernel=3):
+    """Parameter count of a basic-block ResNet, written out: convs without bias, 2 per BatchNorm channel."""
+
+    def conv(kernel, cin, cout):
+        return kernel * kernel * cin * cout
+
+    def block(cin, cout, projection):
+        body = conv(3, cin, cout) + 2 * cout + conv(3, cout, cout) + 2 * cout
+        return body + (conv(1, cin, cout) + 2 * cout if projection else 0)
+
+    total = conv(stem_kernel, in_channels, widths[0]) + 2 * widths[0]
+    cin = widths[0]
+    for i, (size, width) in enumerate(zip(stage_sizes, widths, strict=True)):
+        for j in range(size):
+            total += block(cin, width, projection=(j == 0 and (i > 0 or cin != width)))
+            cin = width
+    return total + widths[-1] * num_classes + num_classes
+
+
+def test_resnet20_parameter_count_is_the_hand_formula():
+    params, state = abstract_init(models.ResNet20(), (32, 32, 3))
+    assert count(params) == resnet_param_formula((3, 3, 3), (16, 32, 64), 10) == 272_474  # ~0.27M, as the paper
+    assert count(state) == 2 * (16 + 3 * 2 * 16 + (3 * 2 + 1) * 32 + (3 * 2 + 1) * 64)  # mean and var per BN channel
+    assert sorted(params) == ["dense_5", "global_avg_pool_4", "stage_1", "stage_2", "stage_3", "stem_0"]
+    assert "shortcut" not in params["stage_1"]["basic_block_0"]  # 16 -> 16 channels, stride 1: identity
+    assert params["stage_2"]["basic_block_0"]["shortcut"]["conv"]["w"].shape == (1, 1, 16, 32)
+    assert models.ResNet20(num_classes=100).output_shape((32, 32, 3)) == (100,)
+
+
+def test_resnet18_parameter_count_equals_torchvision():
+    model = models.ResNet18()
+    params, state = abstract_init(model, (64, 64, 3))
+    assert count(params) == 11_689_512  # torchvision.models.resnet18(): sum(p.numel() for p in parameters())
+    assert count(params) == resnet_param_formula((2, 2, 2, 2), (64, 128, 256, 512), 1000, stem_kernel=7)
+    assert params["stem_0"]["conv_0"]["w"].shape == (7, 7, 3, 64)
+    assert params["stage_4"]["basic_block_0"]["shortcut"]["conv"]["w"].shape == (1, 1, 256, 512)
+    assert model.output_shape((64, 64, 3)) == (1000,)
+    assert models.ResNet18(10).output_shape((224, 224, 3)) == (10,)
+
+
+@pytest.fixture(scope="module")
+def trained_resnet20():
+    """ResNet-20 after 8 Adam steps on synthetic CIFAR: model, initial state (a copy), train state, losses, x."""
+    x, y = synthetic_cifar(16)
+    model = models.ResNet20()
+    optimizer = optax.adam(1e-3)
+    train_state = nnjax.init_train_state(model, optimizer, jax.random.key(0), (32, 32, 3))
+    initial_state = jax.tree.map(np.array, train_state.state)  # a copy: the step donates its input
+    step = nnjax.make_train_step(model, nnjax.losses.softmax_cross_entropy, optimizer)
+    losses = []
+    for _ in range(8):
+        train_state, metrics = step(train_state, (x, y))
+        losses.append(float(metrics["loss"]))
+    return model, initial_state, train_state, losses, x
+
+
+def test_resnet20_trains_on_synthetic_cifar(trained_resnet20):
+    _, initial_state, train_state, losses, _ = trained_resnet20
+    assert losses[-1] < 0.5 * losses[0], losses
+    moved = jax.tree.map(lambda a, b: bool(np.any(a != np.asarray(b))), initial_state, train_state.state)
+    assert all(jax.tree.leaves(moved))  # training moved every BatchNorm's running mean and variance
+    block = train_state.state["stage_2"]["basic_block_0"]
+    assert set(block) == {"norm_1", "norm_2", "shortcut"} and set(block["shortcut"]["norm"]) == {"mean", "var"}
+
+
+def test_batchnorm_statistics_are_used_not_updated_in_evaluation(trained_resnet20):
+    model, _, train_state, _, x = trained_resnet20
+    params, state = train_state.params, train_state.state
+    apply = jax.jit(functools.partial(model.apply, train=False))
+    logits, kept = apply(params, state, x[:4])
+    jax.tree.map(np.testing.assert_array_equal, kept, state)  # evaluation leaves the statistics alone
+    # Each example is normalized by the running statistics, so the batch around it does not matter.
+    one_by_one = jax.vmap(lambda xi: apply(params, state, xi[None])[0][0])(x[:4])
+    np.testing.assert_allclose(one_by_one, logits, rtol=1e-4, atol=1e-4)
+
+
+def test_resnet_argument_errors_name_the_model():
+    with pytest.raises(ValueError, match=r"ResNet: arguments `stage_sizes` and `widths` expected one entry per stage"):
+        models.ResNet((2, 2), (16, 32, 64), 10)
+    with pytest.raises(ValueError, match=r"ResNet: argument `stem` expected one of \['cifar', 'imagenet'\]"):
+        models.ResNet((1,), (8,), 10, stem="tiny")
+    with pytest.raises(ValueError, match=r"ResNet20: argument `num_classes` expected a positive int, given 0"):
+        models.ResNet20(num_classes=0)
+    with pytest.raises(TypeError, match=r"ResNet: argument `widths` expected a non-empty sequence"):
+        models.ResNet((1,), 16, 10)
+    with pytest.raises(nnjax.LayerError, match=r"BasicBlock\(8\): argument `input_shape` expected one image"):
+        models.BasicBlock(8).init(jax.random.key(0), (8, 8))
+
+
+# ---- ViT ----------------------------------------------------------------------------------------------
+
+
+def x_spec(shape=(2, 16, 16, 3)):
+    return jax.ShapeDtypeStruct(shape, jnp.float32)
+
+
+def tiny_vit(**overrides):
+    config = dict(patch_size=8, hidden=32, depth=1, num_heads=4, mlp_dim=64, num_classes=10)
+    return models.ViT(**{**config, **overrides})
+
+
+def test_vit_params_and_shapes():
+    model = models.ViT(patch_size=4, hidden=48, depth=3, num_heads=6, mlp_dim=96, num_classes=7)
+    params, state = abstract_init(model, (32, 32, 3))
+    assert state == {} or not jax.tree.leaves(state)
+    assert params["patch_embedding_0"]["w"].shape == (4, 4, 3, 48)
+    assert params["class_token_1"]["token"].shape == (48,)
+    assert params["position_embedding_2"]["table"].shape == (65, 48)  # (32 / 4)^2 patches + the class token
+    assert sorted(params["encoder_4"]) == [f"transformer_encoder_block_{i}" for i in range(3)]
+    assert params["dense_7"]["w"].shape == (48, 7)
+    block = 4 * (48 * 48 + 48) + 2 * 2 * 48 + (48 * 96 + 96) + (96 * 48 + 48)  # q, k, v, out; 2 norms; MLP
+    assert count(params) == 4 * 4 * 3 * 48 + 48 + 48 + 65 * 48 + 3 * block + 2 * 48 + 48 * 7 + 7
+    assert model.output_shape((32, 32, 3)) == (7,)
+    assert model.output_shape((16, 24, 1)) == (7,)
+
+
+def test_vit_trains_on_synthetic_cifar():
+    x, y = synthetic_cifar(32, seed=1)
+    model = tiny_vit(hidden=16, num_heads=2, mlp_dim=32)
+    optimizer = optax.adam(3e-3)
+    train_state = nnjax.init_train_state(model, optimizer, jax.random.key(0), (32, 32, 3))
+    step = nnjax.make_train_step(model, nnjax.losses.softmax_cross_entropy, optimizer)
+    losses = []
+    for _ in range(8):
+        train_state, metrics = step(train_state, (x, y))
+        losses.append(float(metrics["loss"]))
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_vit_errors():
+    with pytest.raises(ValueError, match=r"ViT: argument `num_heads` expected a divisor of hidden=30 \(each head gets"):
+        tiny_vit(hidden=30)
+    with pytest.raises(ValueError, match=r"ViT: argument `dropout_rate` expected a drop probability in \[0, 1\)"):
+        tiny_vit(dropout_rate=1.0)
+    with pytest.raises(nnjax.LayerError, match=r"divisible by patch_size=8, given 30x32"):
+        tiny_vit().init(jax.random.key(0), (30, 32, 3))
+    model = tiny_vit(dropout_rate=0.1)
+    params, state = abstract_init(model, (16, 16, 3))
+    with pytest.raises(nnjax.LayerError, match=r"argument `key` is required when train=True"):  # found by tracing
+        jax.eval_shape(lambda p, x: model.apply(p, state, x, train=True), params, jnp.ones((2, 16, 16, 3)))
+    y = jax.eval_shape(lambda p, x: model.apply(p, state, x, key=jax.random.key(0), train=True)[0], params, x_spec())
+    assert y.shape == (2, 10)
+
+
+# ---- MLP and LeNet-5 ----------------------------------------------------------------------------------
+
+
+def test_mlp_shapes_activation_and_jit():
+    model = models.MLP((16, 8), num_classes=3, activation=nnjax.Tanh)
+    params, state = model.init(jax.random.key(0), (4, 5))
+    assert jax.tree.map(jnp.shape, params) == {
+        "flatten_0": {},
+        "dense_1": {"w": (20, 16), "b": (16,)},
+        "tanh_2": {},
+        "dense_3": {"w": (16, 8), "b": (8,)},
+        "tanh_4": {},
+        "dense_5": {"w": (8, 3), "b": (3,)},
+    }
+    x = np.random.default_rng(0).normal(size=(6, 4, 5)).astype(np.float32)
+    w = {name: np.asarray(params[name]["w"]) for name in ("dense_1", "dense_3", "dense_5")}
+    expected = np.tanh(np.tanh(x.reshape(6, 20) @ w["dense_1"]) @ w["dense_3"]) @ w["dense_5"]  # zero biases
+    eager, _ = model.apply(params, state, x)
+    jitted, _ = jax.jit(model.apply)(params, state, x)
+    np.testing.assert_allclose(eager, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-6)
+    assert models.MLP((), num_classes=2).output_shape((7,)) == (2,)  # logistic regression
+    assert models.MLP((4,), activation=nnjax.LeakyRelu(0.1)).output_shape((3,)) == (10,)
+    with pytest.raises(TypeError, match=r"MLP: argument `activation` expected a Layer"):
+        models.MLP((4,), activation="relu")
+    with pytest.raises(ValueError, match=r"MLP: argument `features` expected a positive int, given 0"):
+        models.MLP((4, 0))
+
+
+def test_lenet5_classic_and_digits_shapes():
+    params, _ = abstract_init(models.LeNet5(), (28, 28, 1))
+    classic = (5 * 5 * 1 * 6 + 6) + (5 * 5 * 6 * 16 + 16) + (400 * 120 + 120) + (120 * 84 + 84) + (84 * 10 + 10)
+    assert count(params) == classic == 61_706 and params["dense_7"]["w"].shape == (16 * 5 * 5, 120)
+    params, _ = abstract_init(models.LeNet5(padding="SAME"), (8, 8, 1))
+    assert params["dense_7"]["w"].shape == (16 * 2 * 2, 120)
+    with pytest.raises(nnjax.LayerError, match=r"at least 10x10 with padding='VALID', given 8x8. Hint: LeNet5\(pad"):
+        models.LeNet5().init(jax.random.key(0), (8, 8, 1))
+    with pytest.raises(ValueError, match=r"LeNet5: argument `padding` expected one of \['VALID', 'SAME'\]"):
+        models.LeNet5(padding="FULL")
+
+
+def test_lenet5_learns_the_digits():
+    images, labels = nnjax.data.load_digits()
+    x = images[..., None].astype(np.float32) / 16.0  # (n, 8, 8, 1)
+    x_train, y_train, x_test, y_test = nnjax.data.train_test_split(x, labels, test_fraction=0.2, seed=0)
+    model = models.LeNet5(padding="SAME")
+    result = nnjax.fit(model, nnjax.losses.softmax_cross_entropy, optax.adam(1e-2), x_train, y_train, epochs=8,
+                       batch_size=32, progress=False)  # fmt: skip
+    accuracy = float(np.mean(np.argmax(nnjax.predict(model, result.train_state, x_test), axis=-1) == y_test))
+    assert accuracy >= 0.93, accuracy  # 360 Adam steps (0.96 measured); chance is 0.1
+
+
+# ---- summary ------------------------------------------------------------------------------------------
+
+
+def test_summary_prints_a_row_per_layer(capsys):
+    cases = [
+        (models.ResNet20(), (32, 32, 3), ["stage_3: Serial", "basic_block_0  BasicBlock(64, strides=2)", "272,474"]),
+        (tiny_vit(), (32, 32, 3), ["patch_embedding_0  PatchEmbedding(8, 32)", "encoder_4: Serial", "dense_7"]),
+        (models.LeNet5(padding="SAME"), (8, 8, 1), ["conv_3  Conv(16, (5, 5))", "dense_11  Dense(10)", "21,386"]),
+        (models.MLP((8,)), (8, 8, 1), ["flatten_0  Flatten", "dense_1  Dense(8)", "Total params: 610"]),
+        (models.GPT(20, 8, 16, 2, 2, 32), (8,), ["GPT(vocab_size=20, hidden=16, depth=2)", "(8, 20)"]),
+    ]
+    for model, shape, expected in cases:
+        text = nnjax.summary(model, shape, flops=False)
+        printed = capsys.readouterr().out
+        assert printed.strip() == text.strip()
+        for piece in expected:
+            assert piece in text, (piece, text)
+        assert len(text.splitlines()) >= 7  # title, rules, header, at least one row, totals
+
+
+# ---- GPT and the KV cache -----------------------------------------------------------------------------
+
+VOCAB, MAX_LEN, BATCH = 23, 12, 2
+
+
+def tiny_gpt(**overrides):
+    config = dict(vocab_size=VOCAB, max_len=MAX_LEN, hidden=32, depth=2, num_heads=4, mlp_dim=64)
+    return models.GPT(**{**config, **overrides})
+
+
+@pytest.fixture(scope="module")
+def gpt():
+    """A tiny GPT, its params, and its full forward ``(params, tokens (BATCH, MAX_LEN)) -> logits``, compiled once."""
+    model = tiny_gpt()
+    params, _ = model.init(jax.random.key(0), (MAX_LEN,))
+    return model, params, jax.jit(lambda p, tokens: model.apply(p, {}, tokens)[0])
+
+
+def random_tokens(seed, length=MAX_LEN):
+    return jax.random.randint(jax.random.key(seed), (BATCH, length), 0, VOCAB, jnp.int32)
+
+
+def test_gpt_params_are_readable_and_tied():
+    model = tiny_gpt()
+    params, state = abstract_init(model, (MAX_LEN,))
+    assert state == {}
+    assert sorted(params) == ["block_0", "block_1", "final_norm", "position_embedding", "token_embedding"]
+    shapes = jax.tree.map(lambda a: a.shape, params["block_1"])
+    assert shapes["attention"]["query"] == {"w": (32, 4, 8), "b": (4, 8)}
+    assert shapes["attention"]["out"] == {"w": (4, 8, 32), "b": (32,)}
+    assert shapes["mlp"] == {"hidden": {"w": (32, 64), "b": (64,)}, "out": {"w": (64, 32), "b": (32,)}}
+    assert shapes["norm_1"] == shapes["norm_2"] == {"scale": (32,), "bias": (32,)}
+    assert params["token_embedding"]["table"].shape == (VOCAB, 32)  # also the output layer: no output params
+    block = 4 * (32 * 32 + 32) + 2 * 2 * 32 + (32 * 64 + 64) + (64 * 32 + 32)
+    assert count(params) == VOCAB * 32 + MAX_LEN * 32 + 2 * block + 2 * 32
+    assert model.output_shape((10,)) == (10, VOCAB) and model.input_dtype == jnp.int32
+    assert model.config == models.GPTConfig(VOCAB, MAX_LEN, 32, 2, 4, 64, 0.0)
+
+
+def test_gpt_is_causal_and_differentiable(gpt):
+    model, params, full = gpt
+    tokens = random_tokens(1)
+    changed = tokens.at[:, 6].set((tokens[:, 6] + 1) % VOCAB)
+    before, after = full(params, tokens), full(params, changed)
+    np.testing.assert_array_equal(before[:, :6], after[:, :6])  # the past does not see the future
+    assert not np.allclose(before[:, 6:], after[:, 6:])
+
+    def loss(p):
+        logits = model.apply(p, {}, tokens[:, :-1])[0]
+        return nnjax.losses.softmax_cross_entropy(logits, tokens[:, 1:])
+
+    grads = jax.jit(jax.grad(loss))(params)
+    assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
+    assert float(jnp.abs(grads["token_embedding"]["table"]).sum()) > 0  # the tied table learns from both ends
+
+
+def cached_logits(params, cache, tokens, chunks):
+    """Logits of ``tokens`` computed with the cache: prefill chunks of the given sizes, then one token per step."""
+    outputs, position = [], 0
+    for size in chunks:
+        logits, cache = models.gpt_prefill(params, cache, tokens[:, position : position + size], position)
+        outputs.append(logits)
+        position += size
+    for t in range(position, tokens.shape[1]):
+        logits, cache = models.gpt_decode_step(params, cache, tokens[:, t], t)  # compiled once, for every t
+        outputs.append(logits[:, None])
+    return jnp.concatenate(outputs, axis=1)
+
+
+def test_cached_decoding_equals_full_recomputation(gpt):
+    model, params, full = gpt
+    tokens = random_tokens(2)
+    cache = models.gpt_init_cache(model, batch=BATCH)
+    assert cache.keys[0].shape == (BATCH, MAX_LEN, 4, 8) and len(cache.values) == 2
+    cached = cached_logits(params, cache, tokens, chunks=(4, 3))  # positions 0-3, 4-6, then 7..11 one by one
+    np.testing.assert_allclose(cached, full(params, tokens), rtol=1e-5, atol=1e-5)  # full: MultiHeadAttention
+
+
+def test_cached_decoding_equals_full_recomputation_in_float64(gpt, x64):
+    model, params, _ = gpt
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+    tokens = random_tokens(3)
+    cached = cached_logits(params, models.gpt_init_cache(model, batch=BATCH, dtype=jnp.float64), tokens, (9,))
+    assert cached.dtype == jnp.float64
+    full = jax.jit(lambda p, t: model.apply(p, {}, t)[0])(params, tokens)  # MultiHeadAttention's float64 path
+    np.testing.assert_allclose(cached, full, rtol=1e-12, atol=1e-12)
+
+
+def reference_generate(full, params, prompt, steps, keys=None, temperature=1.0):
+    """Generation by full recomputation: the whole sequence through the model for every new token.
+
+    The sequence lives in a fixed ``MAX_LEN`` buffer (zeros after its end): causal attention makes the logits at
+    position ``t`` independent of what follows, so one compiled shape serves every step."""
+    length = prompt.shape[1]
+    buffer = jnp.zeros((BATCH, MAX_LEN), jnp.int32).at[:, :length].set(prompt)
+    for i in range(steps):
+        logits = full(params, buffer)[:, length + i - 1]
+        if keys is None:
+            token = jnp.argmax(logits, axis=-1)
+        else:
+            token = jax.random.categorical(keys[i], logits / temperature, axis=-1)
+        buffer = buffer.at[:, length + i].set(token)
+    return buffer[:, : length + steps]
+
+
+def test_greedy_generation_with_the_cache_equals_full_recomputation(gpt):
+    model, params, full = gpt
+    prompt = random_tokens(4, length=4)
+    tokens = models.generate(model, params, prompt, 8, temperature=0.0)
+    assert tokens.shape == (BATCH, 12) and tokens.dtype == jnp.int32
+    np.testing.assert_array_equal(tokens[:, :4], prompt)
+    np.testing.assert_array_equal(tokens, reference_generate(full, params, prompt, 8))
+    traced = jax.eval_shape(functools.partial(models.generate, model, steps=8, temperature=0.0), params, prompt)
+    assert traced.shape == (BATCH, 12)  # generate traces under jit: static shapes, no host round trips
+    np.testing.assert_array_equal(models.generate(model, params, prompt, 0, temperature=0.0), prompt)
+
+
+def test_sampled_generation_follows_the_documented_keys(gpt):
+    model, params, full = gpt
+    prompt = random_tokens(5, length=4)
+    key = jax.random.key(6)
+    tokens = models.generate(model, params, prompt, 8, key=key, temperature=0.7)
+    expected = reference_generate(full, params, prompt, 8, jax.random.split(key, 8), temperature=0.7)
+    np.testing.assert_array_equal(tokens, expected)
+    assert not np.array_equal(tokens, models.generate(model, params, prompt, 8, key=jax.random.key(7), temperature=0.7))
+
+
+def test_decode_step_costs_one_position_not_the_prefix():
+    model = tiny_gpt(max_len=64, hidden=64, mlp_dim=256)
+    params, _ = abstract_init(model, (64,))
+    cache = jax.eval_shape(lambda: models.gpt_init_cache(model, batch=1))
+    tokens = jax.ShapeDtypeStruct((1,), jnp.int32)
+    sequence = jax.ShapeDtypeStruct((1, 64), jnp.int32)
+
+    def flops(fn, *args):  # XLA's cost analysis of the lowered program: nothing is compiled or run
+        return jax.jit(fn).lower(*args).cost_analysis()["flops"]
+
+    step = flops(models.gpt_decode_step, params, cache, tokens, jax.ShapeDtypeStruct((), jnp.int32))
+    whole = flops(lambda p, t: model.apply(p, {}, t)[0], params, sequence)
+    assert step < whole / 16, (step, whole)  # a full forward over 64 positions costs ~64 decode steps
+
+
+def test_gpt_errors_name_the_function_and_argument(gpt):
+    _, params, _ = gpt
+    with pytest.raises(ValueError, match=r"GPT: argument `num_heads` expected a divisor of hidden=30 \(each head gets"):
+        tiny_gpt(hidden=30)
+    with pytest.raises(ValueError, match=r"GPT: argument `depth` expected a positive int, given 0"):
+        tiny_gpt(depth=0)
+    model = tiny_gpt(dropout_rate=0.1)  # the same params fit
+    prompt = jnp.ones((BATCH, 4), jnp.int32)
+    with pytest.raises(nnjax.LayerError, match=r"argument `x` expected sequences of 1 to max_len=12 tokens"):
+        model.apply(params, {}, jnp.ones((BATCH, 13), jnp.int32))
+    with pytest.raises(nnjax.LayerTypeError, match=r"expected integer token ids"):
+        model.apply(params, {}, jnp.ones((BATCH, 4)))
+    with pytest.raises(nnjax.LayerError, match=r"argument `key` is required when train=True"):
+        model.apply(params, {}, prompt, train=True)
+    with pytest.raises(ValueError, match=r"generate: arguments `prompt` and `steps` expected prompt_len >= 1 and"):
+        models.generate(model, params, prompt, 9, temperature=0.0)
+    with pytest.raises(ValueError, match=r"generate: argument `key` is required to sample with temperature=1.0"):
+        models.generate(model, params, prompt, 2)
+    with pytest.raises(TypeError, match=r"generate: argument `model` expected a model built by nnjax.models.GPT"):
+        models.generate(nnjax.Dense(3), params, prompt, 2, temperature=0.0)
+    with pytest.raises(nnjax.LayerError, match=r"generate: argument `params` expected the params of the model"):
+        models.generate(tiny_gpt(depth=3), params, prompt, 2, temperature=0.0)
+    cache = models.gpt_init_cache(model, batch=BATCH, max_len=8)
+    with pytest.raises(nnjax.LayerError, match=r"gpt_decode_step: argument `position` expected a position in \[0, 7\]"):
+        models.gpt_decode_step(params, cache, prompt[:, 0], 8)
+    with pytest.raises(nnjax.LayerError, match=r"gpt_decode_step: argument `cache` expected arrays of shape \(3, max_"):
+        models.gpt_decode_step(params, cache, jnp.ones((3,), jnp.int32), 0)
+    with pytest.raises(
+        nnjax.LayerError, match=r"gpt_prefill: argument `tokens` expected token ids of shape \(batch, T"
+    ):
+        models.gpt_prefill(params, cache, prompt[:, 0])
+    with pytest.raises(ValueError, match=r"gpt_init_cache: argument `max_len` expected an int in \[1, 12\]"):
+        models.gpt_init_cache(model, batch=BATCH, max_len=32)
