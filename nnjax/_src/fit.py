@@ -479,7 +479,7 @@ def fit(
     """Trains ``model`` on ``(x, y)`` with mini-batch gradient descent; returns the state and history.
 
     The objective is a ``loss(predictions, y)`` or, for anything else, a general ``nnjax.objective``
-    (stochastic losses that need a key, models with several parts, auxiliary outputs):
+    (stochastic losses that need a key, models with several parts, auxiliary outputs)::
 
         @nnjax.objective
         def elbo(params, state, x, *, key, train):          # batch: x[idx] (fit without y)

@@ -106,7 +106,7 @@ def BatchNorm(  # noqa: N802 - layer constructors are CamelCase, as in stax
     starting at 0 and 1.
 
     Args:
-      momentum: decay of the running averages, in [0, 1] (``1 - `` PyTorch's momentum).
+      momentum: decay of the running averages, in [0, 1]: one minus PyTorch's ``momentum``.
       epsilon: added to the variance (PyTorch's ``eps``).
       axis_name: name of a mapped axis (``shard_map``, ``pmap``, ``vmap(..., axis_name=...)``) whose
         shards form one batch: statistics are averaged over it with ``lax.pmean`` (equal shard sizes).
