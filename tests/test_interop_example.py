@@ -10,6 +10,7 @@ pytest.importorskip("torch")
 EXAMPLE = pathlib.Path(__file__).resolve().parents[1] / "examples" / "port_from_torch.py"
 
 
+@pytest.mark.slow  # in CI's slow pass, which installs torch
 def test_port_from_torch_example_predicts_the_same_both_ways():
     spec = importlib.util.spec_from_file_location("port_from_torch", EXAMPLE)
     module = importlib.util.module_from_spec(spec)
