@@ -21,6 +21,7 @@ def load():
     return module
 
 
+@pytest.mark.slow  # benchmark smoke runs: CI's slow pass
 def test_tiny_workloads_for_nnjax_and_raw_jax(tmp_path):
     anchors = load()
     impls = "jax,nnjax,nnjax_loop,nnjax_scan,nnjax_fit_all"
@@ -90,6 +91,7 @@ def test_lm_throughput_flop_count_by_hand():
     assert lm.model_flops_per_token(vocab=7, seq=5, d_model=2, layers=1, mlp=3) == 3 * (96 + 28)
 
 
+@pytest.mark.slow  # benchmark smoke runs: CI's slow pass
 def test_lm_throughput_tiny_run_reports_consistent_figures(tmp_path):
     lm = _load_lm()
     result = lm.main(
@@ -115,6 +117,7 @@ def load_script(name):
     return module
 
 
+@pytest.mark.slow  # benchmark smoke runs: CI's slow pass
 def test_cpu_bounds_flops_and_rows():
     bounds = load_script("cpu_bounds.py")
     # 784-512-512-10 at batch 128: forward and weight gradient of each layer, input gradient of the last two

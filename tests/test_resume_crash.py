@@ -122,6 +122,7 @@ def _crash_trials(tmp_path, reference, trials, seed):
     return figures
 
 
+@pytest.mark.slow  # about 60 s; the 20-trial test beside it is slow too
 def test_crash_resume_bit_identical_quick(tmp_path, reference):
     figures = _crash_trials(tmp_path, reference, trials=3, seed=0)
     assert figures["matched"] == 3 and figures["kills"] >= 3
