@@ -1,4 +1,5 @@
-"""Sphinx configuration: MyST pages, the notebooks through myst-nb, the API reference through autodoc.
+"""Sphinx configuration (Sphinx, as JAX, Flax and Optax use: autodoc and napoleon read the Google-style
+docstrings, MyST reads the Markdown guides, myst-nb executes and renders the notebooks).
 
 Builds offline: no intersphinx inventories are fetched. The notebooks are copied from ``notebooks/`` and
 executed at build time with ``NNJAX_SMOKE=1`` (the small sizes CI uses); ``NNJAX_DOCS_EXECUTE=0`` renders
