@@ -7,22 +7,8 @@ import inspect
 
 import nnjax
 
-PUBLIC_MODULES = [
-    "nnjax",
-    "nnjax.activations",
-    "nnjax.callbacks",
-    "nnjax.config",
-    "nnjax.data",
-    "nnjax.ensemble",
-    "nnjax.initializers",
-    "nnjax.losses",
-    "nnjax.metrics",
-    "nnjax.per_example",
-    "nnjax.plots",
-    "nnjax.precision",
-    "nnjax.sharding",
-]
-PUBLIC_MODULES += [f"nnjax.{name}" for name in ("models", "interop") if hasattr(nnjax, name)]
+# The package and every submodule it exports (``nnjax.losses``, ``nnjax.models``, ...).
+PUBLIC_MODULES = ["nnjax", *sorted(f"nnjax.{name}" for name in nnjax.__all__ if inspect.ismodule(getattr(nnjax, name)))]
 
 
 def public_objects() -> dict[str, object]:
