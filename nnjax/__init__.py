@@ -88,7 +88,8 @@ from nnjax._src.errors import (
     LayerTypeError,
     NonFiniteError,
 )
-from nnjax._src.fit import FitResult, evaluate, fit, predict
+from nnjax._src.fit import FitResult, fit
+from nnjax._src.inference import evaluate, predict
 from nnjax._src.normalization import BatchNorm, GroupNorm, LayerNorm, RMSNorm
 from nnjax._src.objective import Objective, objective
 from nnjax._src.per_example import per_example_grads
@@ -105,6 +106,7 @@ from nnjax._src.recurrent import (
     SimpleRNNCell,
     sequence_mask,
 )
+from nnjax._src.step_stats import StepStats
 from nnjax._src.stream import fit_stream, prefetch_to_device
 from nnjax._src.summary import summarize, summary
 from nnjax._src.train import TrainState, eval_key, init_train_state, make_eval_step, make_train_step, step_key
@@ -163,6 +165,7 @@ __all__ = [
     "Softmax",
     "Softplus",
     "Step",
+    "StepStats",
     "StraightThroughStep",
     "Tanh",
     "TrainState",

@@ -8,7 +8,8 @@ import pytest
 
 import nnjax
 from nnjax import losses, metrics
-from nnjax._src import fit as nnjax_fit
+from nnjax._src import engine as nnjax_engine
+from nnjax._src import training_data as nnjax_fit
 
 MODEL = nnjax.serial(nnjax.Dense(16), nnjax.Relu(), nnjax.Dropout(0.1), nnjax.Dense(3))
 RNG = np.random.default_rng(0)
@@ -38,7 +39,7 @@ def test_python_loop_over_several_gathered_chunks_agrees_with_the_fused_epoch():
     """50 steps an epoch: the loop gathers its batches LOOP_CHUNK (32) at a time, the last chunk short;
     a deterministic model, whose jitted step does not pass its array-free state."""
     model = nnjax.serial(nnjax.Dense(16), nnjax.Relu(), nnjax.Dense(3))
-    assert 100 // 2 > nnjax_fit.LOOP_CHUNK
+    assert 100 // 2 > nnjax_engine.LOOP_CHUNK
     results = [
         nnjax.fit(model, losses.softmax_cross_entropy, optax.sgd(0.05), X, Y, epochs=2, batch_size=2,
                   fused=mode, progress=False)
@@ -151,7 +152,7 @@ def test_xor_reaches_100_percent():
 
 
 def test_predict_and_evaluate_compile_once_per_model():
-    from nnjax._src.fit import compiled_evaluate, compiled_predict
+    from nnjax._src.inference import compiled_evaluate, compiled_predict
 
     _predict, _evaluate = compiled_predict(), compiled_evaluate()
     result = _fit(epochs=1)

@@ -9,7 +9,7 @@ import pytest
 import nnjax
 from nnjax._src.checkpoint import abstract_train_state, checkpoint_steps, restore_checkpoint
 from nnjax._src.errors import NonFiniteError, first_nonfinite
-from nnjax._src.fit import epoch_order
+from nnjax._src.training_data import epoch_order
 
 N, BATCH, FEATURES = 261, 64, 64  # 4 batches per epoch; 5 examples left out of each epoch
 LOSS = nnjax.losses.softmax_cross_entropy

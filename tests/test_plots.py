@@ -1,5 +1,7 @@
 """Plots run headless (Agg), write non-empty PNGs, and draw what the weights say."""
 
+from types import SimpleNamespace
+
 import jax
 import numpy as np
 import optax
@@ -121,6 +123,156 @@ def test_plot_history_single_and_compared_runs(tmp_path):
     assert [t.get_text() for t in both.axes[0].get_legend().get_texts()] == ["sgd", "adam", "train", "val"]
     with pytest.raises(KeyError, match="available"):
         plots.plot_history(h1, metrics=["f1"])
+
+
+def fit_many_history(models=3, epochs=4):
+    """A fit_many-shaped history by hand: every entry (models, epochs), row i for model i."""
+    rng = np.random.default_rng(0)
+    return {
+        "loss": rng.uniform(0, 1, (models, epochs)),
+        "accuracy": rng.uniform(0, 1, (models, epochs)),
+        "val_loss": rng.uniform(0, 1, (models, epochs)),
+    }
+
+
+def solid(ax):
+    return [line for line in ax.lines if line.get_linestyle() == "-"]
+
+
+def test_plot_history_fit_many_result_one_curve_per_model(tmp_path):
+    history = fit_many_history()
+    configs = [{"seed": s, "learning_rate": lr} for s, lr in [(0, 0.01), (1, 0.01), (0, 0.1)]]
+    result = SimpleNamespace(history=history, configs=configs)  # duck-typed ManyResult
+    fig = plots.plot_history(result, path=tmp_path / "many.png")
+    pixels(tmp_path / "many.png")
+    assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == ["loss", "accuracy"]
+    labels = ["seed=0, learning_rate=0.01", "seed=1, learning_rate=0.01", "seed=0, learning_rate=0.1"]
+    for ax, name in zip(fig.axes, ["loss", "accuracy"], strict=False):
+        assert ax.get_xlabel() == "epoch"
+        lines = solid(ax)
+        assert [line.get_label() for line in lines] == labels
+        for i, line in enumerate(lines):  # model i is row i, drawn against epochs 1..4 (not transposed)
+            np.testing.assert_array_equal(line.get_xdata(), [1, 2, 3, 4])
+            np.testing.assert_array_equal(line.get_ydata(), history[name][i])
+    val = [line for line in fig.axes[0].lines if line.get_linestyle() == "--"]
+    assert len(val) == 3 and all(line.get_label() == "_nolegend_" for line in val)
+    for i, line in enumerate(val):  # dashed, in its model's colour
+        np.testing.assert_array_equal(line.get_ydata(), history["val_loss"][i])
+        assert line.get_color() == solid(fig.axes[0])[i].get_color() == f"C{i}"
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == labels  # the models, once for the figure
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["train", "val"]
+    # a FitResult-like object (a .history, no .configs) draws its history
+    one = {"loss": [1.0, 0.5, 0.3], "val_loss": [1.1, 0.7, 0.6]}
+    fit_like = plots.plot_history(SimpleNamespace(history=one, train_state=None))
+    assert [tuple(line.get_ydata()) for line in fit_like.axes[0].lines] == [(1.0, 0.5, 0.3), (1.1, 0.7, 0.6)]
+
+
+def test_plot_history_bare_fit_many_history_labels_models():
+    history = fit_many_history()
+    fig = plots.plot_history(history, metrics=["accuracy"])
+    lines = solid(fig.axes[0])
+    assert [line.get_label() for line in lines] == ["model 0", "model 1", "model 2"]
+    np.testing.assert_array_equal(np.stack([line.get_ydata() for line in lines]), history["accuracy"])
+    many = plots.plot_history(fit_many_history(models=12), metrics=["loss"])  # only the first 10 are named
+    assert len(solid(many.axes[0])) == 12
+    legend = many.legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == [f"model {i}" for i in range(10)]
+    assert legend.get_title().get_text() == "first 10 of 12 models"
+
+
+def test_plot_history_step_series_get_panels_of_their_own():
+    steps = 6
+    history = {
+        "loss": [1.0, 0.5],
+        "step/loss": list(np.linspace(1, 0.4, steps)),
+        "step/grad_norm": [3.0, 2.0, 2.5, 1.0, 0.5, 0.4],
+        "step/grad_norm/dense_0": [1.0] * steps,
+        "step/grad_norm/dense_2": [2.0] * steps,
+        "step/param_norm/dense_0": [4.0] * steps,
+        "step/learning_rate": [0.1] * steps,
+    }
+    fig = plots.plot_history(history)
+    axes = {ax.get_title(): ax for ax in fig.axes if ax.get_visible()}
+    assert list(axes) == [
+        "loss",
+        "loss per step",
+        "grad_norm per step",
+        "grad_norm per layer",
+        "param_norm per layer",
+        "learning_rate per step",
+    ]
+    assert axes["loss"].get_xlabel() == "epoch"
+    for title in list(axes)[1:]:
+        ax = axes[title]
+        assert ax.get_xlabel() == "step"
+        for line in ax.lines:  # steps are numbered 1..steps, as epochs are
+            np.testing.assert_array_equal(line.get_xdata(), np.arange(1, steps + 1))
+    np.testing.assert_array_equal(axes["grad_norm per step"].lines[0].get_ydata(), history["step/grad_norm"])
+    layers = axes["grad_norm per layer"]  # the per-layer series of one kind share one panel
+    assert [line.get_label() for line in layers.lines] == ["dense_0", "dense_2"]
+    assert [t.get_text() for t in layers.get_legend().get_texts()] == ["dense_0", "dense_2"]
+    np.testing.assert_array_equal(layers.lines[1].get_ydata(), [2.0] * steps)
+    chosen = plots.plot_history(history, metrics=["step/grad_norm", "step/param_norm/*"], logy=["step/grad_norm"])
+    assert [ax.get_title() for ax in chosen.axes] == ["grad_norm per step", "param_norm per layer"]
+    assert chosen.axes[0].get_yscale() == "log"
+    # fit_many: one curve per model in a step panel, the mean over the models per layer
+    k = 3
+    many = {
+        "loss": np.ones((k, 2)),
+        "step/loss": np.arange(k * steps, dtype=float).reshape(k, steps),
+        "step/grad_norm/dense_0": np.arange(k * steps, dtype=float).reshape(k, steps),
+    }
+    fig = plots.plot_history(many, metrics=["step/loss", "step/grad_norm/*"])
+    assert [line.get_label() for line in fig.axes[0].lines] == ["model 0", "model 1", "model 2"]
+    np.testing.assert_array_equal(fig.axes[0].lines[2].get_ydata(), many["step/loss"][2])
+    (mean,) = fig.axes[1].lines
+    np.testing.assert_array_equal(mean.get_ydata(), many["step/grad_norm/dense_0"].mean(axis=0))
+    assert mean.get_label() == "dense_0" and "mean over models" in fig.axes[1].get_ylabel()
+
+
+BAD_HISTORIES = {  # what plot_history must refuse rather than draw wrong, and the message naming the key
+    "3-D": ({"loss": np.zeros((2, 3, 4))}, ValueError, r"history\['loss'\] expected a 1-D .* given .*\(2, 3, 4\)"),
+    "mixed 1-D and 2-D": (
+        {"loss": [1.0, 0.5], "val_loss": np.zeros((2, 2))},
+        ValueError,
+        r"history\['val_loss'\] has shape \(2, 2\) but history\['loss'\] has shape \(2,\); expected every",
+    ),
+    "models differ": (
+        {"loss": np.zeros((3, 4)), "accuracy": np.zeros((2, 4))},
+        ValueError,
+        r"history\['accuracy'\] has 2 models .* history\['loss'\] has 3",
+    ),
+    "step models differ": (
+        {"loss": np.zeros((3, 4)), "step/loss": np.zeros((2, 9))},
+        ValueError,
+        r"history\['step/loss'\] has 2 models",
+    ),
+    "strings": ({"loss": [1.0, "nan?"]}, TypeError, r"history\['loss'\] expected numbers.*given list"),
+    "None": ({"loss": [1.0, None]}, TypeError, r"history\['loss'\] expected numbers.*given list"),
+    "in a run": (
+        {"a": {"loss": [1.0]}, "b": {"loss": np.zeros((1, 1, 1))}},
+        ValueError,
+        r"history\['b'\]\['loss'\] expected",
+    ),
+    "configs count": (
+        SimpleNamespace(history=fit_many_history(), configs=[{"seed": 0}]),
+        ValueError,
+        r"the result has len\(configs\) = 1 but history\['loss'\] has shape \(3, 4\); expected",
+    ),
+    "configs of one model": (
+        SimpleNamespace(history={"loss": [1.0, 0.5]}, configs=[{"seed": 0}]),
+        ValueError,
+        r"the result has len\(configs\) = 1 but history\['loss'\] has shape \(2,\)",
+    ),
+    "not a history": ([1.0, 0.5], TypeError, r"argument `history` expected .* given list"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_HISTORIES))
+def test_plot_history_rejects_what_it_would_draw_wrong(case):
+    history, error, pattern = BAD_HISTORIES[case]
+    with pytest.raises(error, match=f"^plot_history: {pattern}"):
+        plots.plot_history(history)
 
 
 def test_plot_activations_gallery(tmp_path):

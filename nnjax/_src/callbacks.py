@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nnjax._src.step_stats import find_hyperparams
 from nnjax._src.types import PyTree
 
 Logs = dict[str, float]
@@ -368,23 +369,6 @@ class BestModel(_Tracker):
             self.best, self.best_epoch = value, epoch
             self.train_state = host_copy(train_state)
         return False
-
-
-def find_hyperparams(opt_state: Any) -> dict[str, Any] | None:
-    """The ``hyperparams`` dict of the first ``optax.inject_hyperparams`` state inside ``opt_state``, or None."""
-    hyperparams = getattr(opt_state, "hyperparams", None)
-    if isinstance(hyperparams, Mapping):
-        return dict(hyperparams)
-    children: Any = ()
-    if isinstance(opt_state, Mapping):
-        children = opt_state.values()
-    elif isinstance(opt_state, (tuple, list)):
-        children = opt_state
-    for child in children:
-        found = find_hyperparams(child)
-        if found is not None:
-            return found
-    return None
 
 
 class LearningRateLogger:

@@ -270,7 +270,8 @@ def save_checkpoint(
 
     Args:
       directory: where checkpoints of this run live (created if missing; relative paths and ``~`` are fine).
-      train_state: the whole state; every process calls this with its (possibly sharded) arrays.
+      train_state: the whole state; every process calls this with its (possibly sharded) arrays. A stacked
+        state (``fit_many``'s, one step count per model) is saved under its first model's step.
       metrics: name -> number for this step (e.g. the epoch's logs); stored in the record.
       config: any JSON-serializable description of the run (hyperparameters); stored in the record.
       keep: how many of the newest checkpoints to keep (``None``: all). Older ones are deleted after
@@ -312,7 +313,7 @@ def save_checkpoint(
             f"(metrics: {sorted(metrics)})."
         )
     config = _json_ready(where, "config", dict(config or {}))
-    step = int(np.asarray(train_state.step))
+    step = int(np.asarray(train_state.step).reshape(-1)[0])  # a stacked state (fit_many): its models' common step
 
     bad = first_nonfinite(train_state)
     if bad is not None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 import jax
@@ -27,20 +26,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from nnjax._src.arguments import check_choice, check_fused, check_int
 from nnjax._src.compile import jit as compile_jit
 from nnjax._src.core import Layer
-from nnjax._src.fit import (
-    _Progress,
-    as_data,
-    check_fit_data,
-    epoch_order,
-    make_evaluate_fn,
-    make_predict_fn,
-    run_epochs,
-    take,
-)
+from nnjax._src.engine import Plan, Progress, Recorder, checkpoints_for, resume_from, step_count, train
+from nnjax._src.inference import make_evaluate_fn, make_predict_fn
 from nnjax._src.objective import Loss, Metric, Objective, as_objective
-from nnjax._src.train import Batch, TrainState, init_train_state, make_train_step
+from nnjax._src.step_stats import StepStats, as_step_stats
+from nnjax._src.train import NONFINITE_MODES, Batch, TrainState, build_train_step, init_train_state, make_train_step
+from nnjax._src.training_data import as_data, check_fit_data, epoch_order
 from nnjax._src.types import Array, DType, PRNGKey, Shape
 
 OptimizerFn = Callable[..., optax.GradientTransformation]  # (**hyperparams) -> optimizer, e.g. optax.adam
@@ -364,6 +358,12 @@ def fit_many(
     callbacks: Sequence[ManyCallback] = (),
     progress: bool = True,
     progress_every: int | None = None,
+    nonfinite: str | None = None,
+    step_stats: bool | StepStats | None = None,
+    checkpoint_dir: str | None = None,
+    resume: bool = False,
+    keep: int | None = 3,
+    checkpoint_every: int = 1,
 ) -> ManyResult:
     """Trains K models at once, one compiled vmapped program per epoch (or per run); like K ``fit`` calls.
 
@@ -396,11 +396,22 @@ def fit_many(
         validation data, else ``"loss"``).
       mode: ``"min"`` (lower ``select`` is better) or ``"max"``.
       callbacks: ``(epoch, train_states, logs) -> stop?`` after each epoch; ``logs`` values are ``(K,)`` arrays.
+        One that returns True stops training; every callback still runs that epoch.
       progress: show a tqdm bar (steps of all models together) and one line per epoch with the models' means.
-      progress_every: steps between progress updates from inside compiled code (default ~20 per epoch).
+      progress_every: at most this many steps between progress updates (default: about 4 a second).
+      nonfinite: ``None``, ``"skip"`` (each model rejects its own non-finite updates; ``history["nonfinite"]``
+        counts them) or ``"halt"`` (a model that meets NaN/Inf stays at its last finite state, its later
+        logs NaN, and a ``RuntimeWarning`` names it; the others train on), as ``fit``.
+      step_stats: per-step series per model (``history["step/grad_norm"]``: ``(K, steps)``), as ``fit``.
+      checkpoint_dir: save the stacked train states there, as ``fit`` (every ``checkpoint_every`` epochs and
+        after the last; with ``fused="all"`` once, after the run); ``keep`` as ``fit``.
+      resume: continue from the newest intact checkpoint in ``checkpoint_dir``, exactly (as ``fit``).
+      keep: how many of the newest checkpoints to keep (``None``: all).
+      checkpoint_every: save every this many epochs (the last epoch is always saved).
 
     Returns:
-      ``ManyResult(train_states, history, configs, best_index, optimizer)``; ``history[name]`` is ``(K, epochs)``.
+      ``ManyResult(train_states, history, configs, best_index, optimizer)``; ``history[name]`` is ``(K, epochs)``
+      (``(K, steps)`` for the ``step/*`` series).
 
     Raises:
       ValueError: bad data or arguments (as ``fit``: ``fused``, ``epochs``, ``batch_size``, ``validation_data``,
@@ -418,105 +429,76 @@ def fit_many(
       >>> r.configs[1], r.configs[r.best_index]["learning_rate"]
       ({'seed': 0, 'learning_rate': 0.01}, 0.1)
     """
-    if fused is True:
-        fused = "epoch"
-    if fused not in ("epoch", "all", False):
-        raise ValueError(f"fit_many: argument `fused` expected 'epoch', 'all' or False, given {fused!r}.")
-    if mode not in ("min", "max"):
-        raise ValueError(f"fit_many: argument `mode` expected 'min' or 'max', given {mode!r}.")
-    if not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"fit_many: argument `epochs` expected a non-negative int, given {epochs!r}.")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"fit_many: argument `batch_size` expected a positive int, given {batch_size!r}.")
-    as_objective("fit_many", model, loss, metrics)  # raises for a bad `loss` or `metrics`
+    fused = check_fused("fit_many", fused)
+    check_choice("fit_many", "mode", mode, ("min", "max"))
+    check_int("fit_many", "epochs", epochs)
+    check_int("fit_many", "batch_size", batch_size, minimum=1)
+    check_choice("fit_many", "nonfinite", nonfinite, NONFINITE_MODES)
+    objective_fn = as_objective("fit_many", model, loss, metrics)
     input_shape, val = check_fit_data("fit_many", model, loss, x, y, input_shape, validation_data)
-
     configs = sweep_configs(seeds, hyperparams, grid)
-    names = list(hyperparams or {})
+    opt, init_optimizer = sweep_optimizer(optimizer, configs, list(hyperparams or {}))
+    n = np.shape(x)[0]
+    batch_size = min(batch_size, n)
+    steps = n // batch_size
+    config = {"fit_many": {"examples": int(n), "batch_size": batch_size, "steps_per_epoch": steps, "configs": configs}}
+    checkpoints = checkpoints_for("fit_many", checkpoint_dir, resume=resume, every=checkpoint_every, keep=keep,
+                                  config=config)
+
+    def init(like: bool = False) -> TrainState:
+        hp = {name: [c[name] for c in configs] for name in hyperparams or {}}
+        fn = lambda: init_many(model, init_optimizer, [c["seed"] for c in configs], input_shape, hyperparams=hp)  # noqa: E731
+        return jax.eval_shape(fn) if like else fn()
+
+    restored = resume_from("fit_many", checkpoints, init(like=True), steps) if resume else None
+    if restored is not None:
+        train_states = restored[0]
+    elif train_states is None:
+        train_states = init()
+    else:
+        train_states = jax.tree.map(jnp.copy, train_states)  # the caller's arrays are never donated
+    if num_models(train_states) != len(configs):
+        k = num_models(train_states)
+        raise ValueError(f"fit_many: `train_states` hold {k} models, the configs {len(configs)}.")
+    first_epoch = step_count(train_states) // steps
+    evaluate_fn = jax.vmap(make_evaluate_fn(model, loss, metrics), in_axes=(0, None, None))
+    plan = Plan(
+        build_train_step(objective_fn, opt, nonfinite=nonfinite, step_stats=as_step_stats("fit_many", step_stats)),
+        many=True,
+        halt=nonfinite == "halt",
+        data=jax.tree.map(jnp.asarray, as_data(x, y)),
+        order=lambda ts, epoch: jnp.swapaxes(  # (steps, K, batch); lax.map, as vmap would run both cond branches
+            jax.lax.map(lambda key: epoch_order(key, epoch, n, batch_size), ts.key), 0, 1),
+        steps=steps,
+        validate=None if val is None else lambda ts: evaluate_fn(ts, *val),
+    )
+    total = max(0, epochs - first_epoch) * steps
+    recorder = Recorder("fit_many", epochs=epochs, many=True, callbacks=callbacks, checkpoints=checkpoints,
+                        progress=Progress(progress and total > 0, total, first_epoch * steps),
+                        objective=objective_fn, progress_every=progress_every)
+    train_states = train(plan, train_states, first_epoch, epochs, mode=fused, recorder=recorder)
+    history = {name: np.stack(values, axis=1) for name, values in recorder.history.items()}  # (K, epochs or steps)
+    best = _best_index(history, select or ("val_loss" if val is not None else "loss"), mode) if history else 0
+    return ManyResult(train_states, history, configs, best, opt)
+
+
+def sweep_optimizer(
+    optimizer: optax.GradientTransformation | OptimizerFn, configs: list[dict[str, Any]], names: list[str]
+) -> tuple[optax.GradientTransformation, Any]:
+    """``fit_many``'s optimizer: ``(one model's optimizer, what init_many is given)``.
+
+    With swept hyperparameters the factory is injected (``optax.inject_hyperparams``): each model's values
+    live in its ``opt_state``, and one model's optimizer serves all.
+    """
     if names:
         if isinstance(optimizer, optax.GradientTransformation):
             raise TypeError(
                 "fit_many: `hyperparams` need an optimizer factory such as `optax.adam`, given an already built "
                 "optimizer. Hint: fit_many(model, loss, optax.adam, x, y, hyperparams={'learning_rate': [...]})."
             )
-        opt = injected(optimizer, {n: configs[0][n] for n in names})  # values are read from each opt_state
-    elif isinstance(optimizer, optax.GradientTransformation):
-        opt = optimizer
-    else:
-        opt = optimizer()
-    if train_states is None:
-        hp = {n: [c[n] for c in configs] for n in names}
-        train_states = init_many(
-            model, optimizer if names else opt, [c["seed"] for c in configs], input_shape, hyperparams=hp
-        )
-    k = num_models(train_states)
-    if k != len(configs):
-        raise ValueError(f"fit_many: `train_states` hold {k} models, the configs {len(configs)}.")
-
-    n = np.shape(x)[0]
-    batch_size = min(batch_size, n)
-    steps = n // batch_size
-    first_step = int(np.asarray(train_states.step).reshape(-1)[0])
-    first_epoch = first_step // steps
-    history: dict[str, list[np.ndarray]] = {}
-    data = jax.tree.map(jnp.asarray, as_data(x, y))
-    total = max(0, epochs - first_epoch) * steps
-    bar = _Progress(progress and total > 0, total, first_step, progress_every or max(1, steps // 20))
-    many_step = make_many_step(model, loss, opt, metrics=metrics, jit=False)
-    evaluate_fn = jax.vmap(make_evaluate_fn(model, loss, metrics), in_axes=(0, None, None))
-
-    def orders_fn(keys, epoch, n, batch_size):  # (K, steps, batch); lax.map: vmap would run both cond branches
-        return jax.lax.map(lambda key: epoch_order(key, epoch, n, batch_size), keys)
-
-    def validate(ts, logs):
-        if val is not None:
-            logs.update({f"val_{name}": v for name, v in evaluate_fn(ts, *val).items()})
-        return logs
-
-    def run_epoch(ts, epoch):
-        def body(ts, idx):  # idx: (K, batch), one batch per model
-            ts, step_metrics = many_step(ts, take(data, idx))
-            bar.in_program(SimpleNamespace(step=ts.step[0]), step_metrics)
-            return ts, step_metrics
-
-        orders = jnp.swapaxes(orders_fn(ts.key, epoch, n, batch_size), 0, 1)  # (steps, K, batch)
-        ts, per_step = jax.lax.scan(body, ts, orders)
-        return ts, validate(ts, jax.tree.map(lambda v: jnp.mean(v, axis=0), per_step))
-
-    def record(epoch, ts, logs, seconds) -> bool:
-        logs = {name: np.asarray(v) for name, v in logs.items()}
-        for name, value in logs.items():
-            history.setdefault(name, []).append(value)
-        bar.epoch_end(
-            epoch, epochs, (epoch + 1) * steps, {name: float(np.mean(v)) for name, v in logs.items()}, seconds
-        )
-        return any(bool(cb(epoch, ts, logs)) for cb in callbacks)
-
-    jit_step = compile_jit(many_step, donate_argnums=0)
-    jit_orders = compile_jit(orders_fn, static_argnums=(2, 3))
-    jit_validate = compile_jit(validate)
-
-    def loop_epoch(ts, epoch):
-        per_step = []
-        for idx in jnp.swapaxes(jit_orders(ts.key, epoch, n, batch_size), 0, 1):
-            ts, step_metrics = jit_step(ts, take(data, idx))
-            per_step.append(step_metrics)
-            if bar.bar is not None and len(per_step) % bar.every == 0:
-                bar.report(ts.step[0], step_metrics["loss"])
-        return ts, jit_validate(ts, jax.tree.map(lambda *v: jnp.mean(jnp.stack(v), axis=0), *per_step))
-
-    try:
-        if first_epoch < epochs:
-            train_states, _ = run_epochs(
-                fused, train_states, first_epoch, epochs, run_epoch=run_epoch, loop_epoch=loop_epoch, record=record
-            )
-    finally:
-        bar.close()
-
-    out = {name: np.stack(values, axis=1) for name, values in history.items()}  # (K, epochs)
-    select = select or ("val_loss" if val is not None else "loss")
-    best = _best_index(out, select, mode) if out else 0
-    return ManyResult(train_states, out, configs, best, opt)
+        return injected(optimizer, {name: configs[0][name] for name in names}), optimizer
+    opt = optimizer if isinstance(optimizer, optax.GradientTransformation) else optimizer()
+    return opt, opt
 
 
 def ensemble_predict(model: Layer, train_states: TrainState, x: Any, *, batch_size: int = 1024) -> Array:

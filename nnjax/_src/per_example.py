@@ -31,7 +31,8 @@ import optax.contrib
 from nnjax._src.compile import jit as compile_jit
 from nnjax._src.core import Layer
 from nnjax._src.objective import Aux, Loss, Metric, Objective, as_objective, value_and_grad
-from nnjax._src.train import Batch, TrainState, step_key
+from nnjax._src.step_stats import StepStats
+from nnjax._src.train import Batch, Gradient, GradientFn, TrainState, build_train_step, check_nonfinite_mode
 from nnjax._src.types import Array, Params, PRNGKey, State
 
 
@@ -195,6 +196,8 @@ def make_dp_train_step(
     noise_multiplier: float,
     metrics: Mapping[str, Metric] | None = None,
     jit: bool = True,
+    nonfinite: str | None = None,
+    step_stats: StepStats | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, Array]]]:
     """A DP-SGD train step ``(train_state, (x, y)) -> (train_state, metrics)``, same contract as ``make_train_step``.
 
@@ -218,6 +221,8 @@ def make_dp_train_step(
         example alone and averaged.
       jit: return the step compiled by ``nnjax.jit`` with the train state donated (default) or the plain
         function.
+      nonfinite: the non-finite guard (None, ``"skip"`` or ``"halt"``), as ``make_train_step``.
+      step_stats: per-step statistics (an ``nnjax.StepStats``), as ``make_train_step``.
 
     Returns:
       The step ``(train_state, batch) -> (train_state, metrics)``; ``metrics`` holds ``"loss"`` (the mean of
@@ -226,8 +231,8 @@ def make_dp_train_step(
       leaves; the first example's for the others).
 
     Raises:
-      ValueError: ``metrics`` given with a general objective (when the step is first traced).
-      TypeError: ``loss`` is neither callable nor an ``nnjax.objective`` (when the step is first traced).
+      ValueError: ``metrics`` given with a general objective, or a bad ``nonfinite``.
+      TypeError: ``loss`` is neither callable nor an ``nnjax.objective``.
 
     Example:
       >>> model, opt = nnjax.Dense(2), optax.sgd(0.1)
@@ -239,25 +244,31 @@ def make_dp_train_step(
       (1, ['clipped_fraction', 'loss'], 1.0)
     """
 
-    def step(train_state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Array]]:
-        model_key, noise_key = jax.random.split(step_key(train_state))
+    check_nonfinite_mode("make_dp_train_step", nonfinite)
+    objective_fn = as_objective("make_dp_train_step", model, loss, metrics)
+    gradient = dp_gradient(model, l2_norm_clip=l2_norm_clip, noise_multiplier=noise_multiplier)
+    step = build_train_step(objective_fn, optimizer, gradient=gradient, nonfinite=nonfinite, step_stats=step_stats)
+    return compile_jit(step, donate_argnums=0) if jit else step
+
+
+def dp_gradient(model: Layer, *, l2_norm_clip: float, noise_multiplier: float) -> GradientFn:
+    """DP-SGD's gradient for ``build_train_step``: per-example gradients clipped, summed, noised, averaged.
+
+    The step key is split in two: one half for the model (example ``i`` gets its own split), the other for
+    the noise. The loss and aux are the examples' means; the new model state their mean (floating leaves).
+    """
+
+    def gradient(objective_fn: Objective, train_state: TrainState, batch: Batch, key: PRNGKey) -> Gradient:
+        model_key, noise_key = jax.random.split(key)
         (values, (new_states, aux)), grads = per_example_value_and_grads(
-            model, loss, train_state.params, train_state.state, batch, key=model_key, metrics=metrics
+            model, objective_fn, train_state.params, train_state.state, batch, key=model_key
         )
         aggregate = optax.contrib.differentially_private_aggregate(l2_norm_clip, noise_multiplier, key=noise_key)
         noised, _ = aggregate.update(grads, aggregate.init(train_state.params))
-        updates, opt_state = optimizer.update(noised, train_state.opt_state, train_state.params)
-        new_train_state = train_state.replace(
-            step=train_state.step + 1,
-            params=optax.apply_updates(train_state.params, updates),
-            state=_reduce_state(new_states),
-            opt_state=opt_state,
-        )
-        out = {"loss": jnp.mean(values), **jax.tree.map(jnp.mean, aux)}
-        out["clipped_fraction"] = jnp.mean(per_example_norms(grads) > l2_norm_clip)
-        return new_train_state, out
+        aux = {**jax.tree.map(jnp.mean, aux), "clipped_fraction": jnp.mean(per_example_norms(grads) > l2_norm_clip)}
+        return Gradient(jnp.mean(values), _reduce_state(new_states), aux, noised, train_state.opt_state)
 
-    return compile_jit(step, donate_argnums=0) if jit else step
+    return gradient
 
 
 __all__ = [

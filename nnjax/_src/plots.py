@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import reprlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -77,8 +78,74 @@ def _runs(history: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     return {"": history}
 
 
+_MAX_LABELLED = 10  # plot_history labels the first 10 models of a fit_many history in the legend
+
+
+def _config_label(config: Mapping[str, Any]) -> str:
+    """``"seed=0, learning_rate=0.01"``: floats compactly (``:g``), other values as they print."""
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float | np.floating) else f"{k}={v}" for k, v in config.items())
+
+
+def _series(run: str, history: Mapping[str, Any], configs: Sequence[Any] | None) -> tuple[dict, list[str] | None]:
+    """Each non-empty entry as a ``(models, points)`` float array, and the models' labels (None: one model).
+
+    All entries are 1-D (one model: ``fit``) or all 2-D with the same number of rows (``fit_many``).
+    """
+    where = f"history[{run!r}]" if run else "history"
+    arrays: dict[str, np.ndarray] = {}
+    for key, value in history.items():
+        try:
+            a = np.asarray(value)
+        except ValueError:  # ragged
+            a = np.asarray(None)
+        if a.dtype.kind not in "biuf":
+            raise TypeError(
+                f"plot_history: {where}[{key!r}] expected numbers (a list of floats, or a (models, epochs) array "
+                f"from fit_many); given {type(value).__name__} {reprlib.repr(value)}."
+            )
+        if a.ndim not in (1, 2):
+            raise ValueError(
+                f"plot_history: {where}[{key!r}] expected a 1-D sequence (fit: one value per epoch or step) or a 2-D "
+                f"(models, epochs) array (fit_many); given an array of shape {a.shape}."
+            )
+        if a.size:
+            arrays[key] = a.astype(np.float64)
+    if not arrays:
+        return {}, None
+    first, ref = next(iter(arrays.items()))
+    for key, a in arrays.items():
+        if a.ndim != ref.ndim:
+            raise ValueError(
+                f"plot_history: {where}[{key!r}] has shape {a.shape} but {where}[{first!r}] has shape {ref.shape}; "
+                "expected every entry 1-D (a fit history) or every entry 2-D (a fit_many history, (models, epochs))."
+            )
+        if a.ndim == 2 and len(a) != len(ref):
+            raise ValueError(
+                f"plot_history: {where}[{key!r}] has {len(a)} models (shape {a.shape}) but {where}[{first!r}] has "
+                f"{len(ref)} (shape {ref.shape}); expected one row per model in every entry of a fit_many history."
+            )
+    models = len(ref) if ref.ndim == 2 else None
+    if configs is not None and len(configs) != models:
+        raise ValueError(
+            f"plot_history: the result has len(configs) = {len(configs)} but history[{first!r}] has shape {ref.shape}; "
+            "expected (models, epochs) arrays with one row per config."
+        )
+    labels = None if models is None else [f"model {k}" for k in range(models)]
+    if configs is not None:
+        labels = [_config_label(c) for c in configs]
+    return {k: np.atleast_2d(a) for k, a in arrays.items()}, labels
+
+
+def _panel(key: str) -> str:
+    """The panel a history key is drawn in: ``val_x`` in ``x``'s, ``step/x/layer`` in ``step/x/*``."""
+    if not key.startswith("step/"):
+        return key.removeprefix("val_")
+    kind, _, layer = key.removeprefix("step/").partition("/")
+    return f"step/{kind}/*" if layer else key
+
+
 def plot_history(
-    history: Mapping[str, Any],
+    history: Any,
     *,
     metrics: Sequence[str] | None = None,
     logy: bool | Sequence[str] = False,
@@ -87,19 +154,29 @@ def plot_history(
 ) -> Any:
     """Training curves: one panel per metric, training solid and validation (``val_*``) dashed.
 
+    Per-epoch series are drawn against the epoch (x = 1, 2, ...), per-step series (keys ``"step/x"``, one value
+    per optimizer step) in panels of their own, titled ``"x per step"``, against the step (x = 1, 2, ...). The
+    per-layer series of one kind (``"step/x/<layer>"``) share one panel ``"step/x/*"``, titled ``"x per layer"``,
+    one curve per layer (for a fit_many history: the mean over the models).
+
     Args:
-      history: ``fit(...).history`` (``{"loss": [...], "val_loss": [...], ...}``), or several runs to
-        compare, ``{"sgd": history, "adam": history}`` (one colour per run).
-      metrics: the metrics to draw (default: all, in order; ``val_x`` joins ``x``'s panel).
-      logy: log-scale y axes (True for all panels, or the metric names to log-scale).
+      history: ``fit(...).history`` (``{"loss": [...], "val_loss": [...], ...}``) or the ``FitResult``; a
+        ``fit_many`` result (one curve per model, labelled by its config, e.g. ``"seed=0, learning_rate=0.01"``)
+        or its history of ``(models, epochs)`` arrays (labelled ``"model 0"``, ``"model 1"``, ...); or several
+        runs to compare, ``{"sgd": history, "adam": history}`` (one colour per run). A fit_many history's
+        models are named once, in a figure legend right of the panels (the first 10 of them).
+      metrics: the panels to draw (default: all, per-epoch ones first, in order; ``val_x`` joins ``x``'s panel),
+        by name: ``"loss"``, ``"step/grad_norm"``, ``"step/grad_norm/*"``.
+      logy: log-scale y axes (True for all panels, or the panel names to log-scale).
       title: the figure's title. path: save a PNG there.
 
     Returns:
-      The matplotlib Figure: one Axes per metric, up to 3 per row (unused grid cells are hidden).
+      The matplotlib Figure: one Axes per panel, up to 3 per row (unused grid cells are hidden).
 
     Raises:
-      ValueError: ``history`` is empty.
-      TypeError: ``history`` mixes metrics and runs.
+      ValueError: ``history`` is empty; an entry is not 1-D or 2-D; 1-D and 2-D entries are mixed, or 2-D
+        entries differ in their number of models; a result's configs do not match its models.
+      TypeError: ``history`` is not a history or a result, mixes metrics and runs, or has a non-numeric entry.
       KeyError: a name in ``metrics`` is not in the history.
       ImportError: matplotlib is not installed.
 
@@ -109,16 +186,27 @@ def plot_history(
       >>> [ax.get_title() for ax in fig.axes]
       ['loss', 'accuracy']
       >>> fig = nnjax.plots.plot_history({"sgd": history, "adam": history}, metrics=["loss"])   # two runs
+      >>> [line.get_label() for line in fig.axes[0].lines]
+      ['sgd', '_nolegend_', 'adam', '_nolegend_']
       >>> [line.get_label() for line in fig.axes[0].get_legend().get_lines()]
       ['sgd', 'adam', 'train', 'val']
+      >>> many = {"loss": np.array([[1.0, 0.5], [0.9, 0.2]]), "step/grad_norm": np.ones((2, 6))}   # 2 models
+      >>> fig = nnjax.plots.plot_history(many)   # given the fit_many result itself, labels are its configs
+      >>> [ax.get_title() for ax in fig.axes], [line.get_label() for line in fig.axes[0].lines]
+      (['loss', 'grad_norm per step'], ['model 0', 'model 1'])
     """
-    runs = _runs(history)
-    names: list[str] = []
-    for run in runs.values():
-        for key in run:
-            base = key.removeprefix("val_")
-            if base not in names:
-                names.append(base)
+    configs = None
+    if not isinstance(history, Mapping):
+        if not isinstance(getattr(history, "history", None), Mapping):
+            raise TypeError(
+                "plot_history: argument `history` expected a history ({name: values}), runs ({run: history}) "
+                f"or a fit / fit_many result; given {type(history).__name__}."
+            )
+        history, configs = history.history, getattr(history, "configs", None)
+    histories = _runs(history)
+    runs = {run: _series(run, h, configs) for run, h in histories.items()}
+    names = list(dict.fromkeys(_panel(key) for h in histories.values() for key in h))
+    names.sort(key=lambda n: n.startswith("step/"))  # per-epoch panels first (a stable sort)
     if metrics is not None:
         missing = [m for m in metrics if m not in names]
         if missing:
@@ -128,42 +216,64 @@ def plot_history(
     rows = math.ceil(len(names) / cols)
     fig = _figure(figsize=(4.6 * cols, 3.4 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).reshape(-1)
+    from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
+    models = runs.get("", ({}, None))[1] or []  # the models' labels of one fit_many history: one figure legend
+    model_lines: dict[int, Any] = {}
     for ax, name in zip(axes, names, strict=False):
-        for i, (run, h) in enumerate(runs.items()):
-            colour = f"C{i}"
-            for key, style, part in ((name, "-", "train"), (f"val_{name}", "--", "val")):
-                if key not in h or len(h[key]) == 0:
+        kind = name.removeprefix("step/").removesuffix("/*")
+        per_step, per_layer = name.startswith("step/"), name.endswith("/*")
+        val_unlabelled, layer = False, 0
+        for i, (run, (series, labels)) in enumerate(runs.items()):
+            if per_layer:  # one curve per layer, the mean over models
+                for key in (k for k in series if _panel(k) == name):
+                    label = key.removeprefix(f"step/{kind}/")
+                    y = series[key].mean(axis=0)
+                    ax.plot(np.arange(1, len(y) + 1), y, color=f"C{layer}", label=f"{run}: {label}" if run else label)
+                    layer += 1
+                continue
+            parts = [(name, "-", "train")] + ([] if per_step else [(f"val_{name}", "--", "val")])
+            for key, style, part in parts:
+                if key not in series:
                     continue
-                values = np.asarray(h[key], dtype=np.float64)
-                epochs = np.arange(1, len(values) + 1)
-                # one run: "train"/"val"; several: the run's name on its training line (style legend below)
-                label = part if not run else (run if part == "train" else "_nolegend_")
-                marker = "o" if len(values) <= 30 else None
-                lines = ax.plot(
-                    epochs,
-                    values.reshape(len(values), -1),
-                    style,
-                    color=colour,
-                    marker=marker,
-                    markersize=3,
-                    linewidth=1.6 if values.ndim == 1 else 0.8,
-                )
-                lines[0].set_label(label)
-        ax.set_title(name)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(name)
+                values = series[key]
+                for k, row in enumerate(values):
+                    if run:  # several runs: the run's name on its first training line (style legend below)
+                        label = run if part == "train" and k == 0 else "_nolegend_"
+                    elif labels is None:
+                        label = part
+                    else:  # one fit_many history: each model's label on its training line
+                        label = labels[k] if part == "train" and k < _MAX_LABELLED else "_nolegend_"
+                    val_unlabelled |= part == "val" and label == "_nolegend_"
+                    (line,) = ax.plot(
+                        np.arange(1, len(row) + 1),
+                        row,
+                        style,
+                        color=f"C{i}" if run else f"C{k}",
+                        label=label,
+                        marker="o" if len(row) <= 30 else None,
+                        markersize=3,
+                        linewidth=1.6 if len(values) == 1 else 1.0,
+                    )
+                    if models and label != "_nolegend_":
+                        model_lines.setdefault(k, line)
+        ax.set_title(f"{kind} per layer" if per_layer else f"{kind} per step" if per_step else name)
+        ax.set_xlabel("step" if per_step else "epoch")
+        ax.set_ylabel(f"{kind} (mean over models)" if per_layer and models else kind)
         if logy is True or (not isinstance(logy, bool) and name in logy):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        handles, _ = ax.get_legend_handles_labels()
-        if len(runs) > 1 and any(f"val_{name}" in h for h in runs.values()):
-            from matplotlib.lines import Line2D
-
+        handles = [h for h in ax.get_legend_handles_labels()[0] if h.get_label() not in models]
+        if val_unlabelled:
             handles += [Line2D([], [], color="0.3", label="train"), Line2D([], [], color="0.3", ls="--", label="val")]
-        ax.legend(handles=handles, fontsize=8)
+        if handles:
+            ax.legend(handles=handles, fontsize=8 if len(handles) <= 12 else 6)
+    if model_lines:  # the models' labels once, beside the panels
+        more = f"first {_MAX_LABELLED} of {len(models)} models" if len(models) > _MAX_LABELLED else None
+        lines = [model_lines[k] for k in sorted(model_lines)]
+        fig.legend(handles=lines, loc="outside right upper", fontsize=8, title=more, title_fontsize=8)
     for ax in axes[len(names) :]:
         ax.set_visible(False)
     if title:

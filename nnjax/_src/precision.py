@@ -29,11 +29,13 @@ import jax.numpy as jnp
 import optax
 from flax.training.dynamic_scale import DynamicScale
 
+from nnjax._src.arguments import check_choice
 from nnjax._src.compile import jit as compile_jit
 from nnjax._src.core import Layer
 from nnjax._src.objective import Loss, Metric, Objective, as_objective
-from nnjax._src.train import Batch, TrainState, step_key
-from nnjax._src.types import Array, DType
+from nnjax._src.step_stats import StepStats
+from nnjax._src.train import Batch, Gradient, TrainState, build_train_step
+from nnjax._src.types import Array, DType, PRNGKey
 
 
 def _cast_floating(tree: Any, dtype: DType) -> Any:
@@ -225,14 +227,17 @@ def make_loss_scaled_train_step(
     *,
     metrics: Mapping[str, Metric] | None = None,
     jit: bool = True,
+    nonfinite: str = "skip",
+    step_stats: StepStats | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, Array]]]:
     """``make_train_step`` with dynamic loss scaling; ``optimizer`` must be a ``dynamic_loss_scale(...)``.
     ``loss`` is a ``loss(predictions, targets)`` or a general ``nnjax.objective``, as there.
 
     One step: ``scale * loss`` is differentiated, gradients are divided by ``scale`` (in float32); if every
     gradient is finite the update is applied, otherwise params, model state and optimizer state are kept
-    (the step counter still advances). Metrics add ``loss_scale`` (the scale for the next step) and
-    ``grads_finite`` (1.0 or 0.0).
+    (the step counter still advances): the non-finite guard of ``make_train_step`` in its ``"skip"`` mode,
+    which also rejects a non-finite loss or model state. Metrics add ``loss_scale`` (the scale for the next
+    step), ``grads_finite`` (1.0 or 0.0) and the guard's ``nonfinite``.
 
     Args:
       model: the network, usually ``with_policy(..., Policy(compute_dtype=jnp.float16))``.
@@ -241,6 +246,9 @@ def make_loss_scaled_train_step(
       metrics: optional ``name -> fn(predictions, y)`` for the short form.
       jit: return the step compiled by ``nnjax.jit`` with the train state donated (default) or the plain
         function.
+      nonfinite: ``"skip"`` (default: the update is skipped and the scale backs off) or ``"halt"`` (the step
+        returns the train state unchanged, for a driver to stop); loss scaling needs one of them.
+      step_stats: per-step statistics (an ``nnjax.StepStats``), as ``make_train_step``.
 
     Returns:
       The step ``(train_state, batch) -> (train_state, metrics)``; ``metrics`` holds ``"loss"`` (unscaled),
@@ -249,7 +257,7 @@ def make_loss_scaled_train_step(
     Raises:
       TypeError: ``loss`` is neither callable nor an ``nnjax.objective``; or, when the step runs, the train
         state's ``opt_state`` is not a ``LossScaleState``.
-      ValueError: ``metrics`` given with a general objective.
+      ValueError: ``metrics`` given with a general objective, or ``nonfinite`` not ``"skip"`` or ``"halt"``.
 
     Example:
       >>> model = nnjax.with_policy(nnjax.Dense(2), nnjax.Policy(compute_dtype=jnp.float16))
@@ -261,38 +269,37 @@ def make_loss_scaled_train_step(
       (1, 1.0, 1024.0)
     """
 
+    check_choice("make_loss_scaled_train_step", "nonfinite", nonfinite, ("skip", "halt"))
     objective_fn = as_objective("make_loss_scaled_train_step", model, loss, metrics)
-
-    def step(train_state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Array]]:
-        scaled = train_state.opt_state
-        if not isinstance(scaled, LossScaleState):
-            raise TypeError(
-                "make_loss_scaled_train_step: the train state's optimizer state is not a LossScaleState. Hint: build "
-                "the optimizer as `dynamic_loss_scale(optax.adam(...))` and pass that same optimizer to "
-                "`init_train_state` and to this function."
-            )
-        key = step_key(train_state)
-
-        def loss_fn(params):
-            return objective_fn(params, train_state.state, batch, key=key, train=True)
-
-        new_scale, finite, (value, (new_state, aux)), grads = scaled.loss_scale.value_and_grad(
-            loss_fn, has_aux=True
-        )(train_state.params)
-        grads = jax.tree.map(lambda g, p: jnp.asarray(g, jnp.result_type(p)), grads, train_state.params)
-        updates, opt_state = optimizer.update(grads, scaled, train_state.params)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-        new_train_state = train_state.replace(
-            step=train_state.step + 1,
-            params=keep(optax.apply_updates(train_state.params, updates), train_state.params),
-            state=keep(new_state, train_state.state),
-            opt_state=LossScaleState(new_scale, keep(opt_state.inner, scaled.inner)),
-        )
-        out = {"loss": value, **aux}
-        out.update(loss_scale=new_scale.scale, grads_finite=finite.astype(jnp.float32))
-        return new_train_state, out
-
+    step = build_train_step(
+        objective_fn, optimizer, gradient=loss_scaled_gradient, nonfinite=nonfinite, step_stats=step_stats
+    )
     return compile_jit(step, donate_argnums=0) if jit else step
+
+
+def loss_scaled_gradient(objective_fn: Objective, train_state: TrainState, batch: Batch, key: PRNGKey) -> Gradient:
+    """The gradient of ``scale * loss`` divided by ``scale`` (float32), for ``build_train_step``.
+
+    The optimizer state it returns carries the next scale (backed off after a non-finite gradient, grown
+    after ``growth_interval`` finite ones), which the step keeps even when the guard rejects the update.
+    """
+    scaled = train_state.opt_state
+    if not isinstance(scaled, LossScaleState):
+        raise TypeError(
+            "make_loss_scaled_train_step: the train state's optimizer state is not a LossScaleState. Hint: build "
+            "the optimizer as `dynamic_loss_scale(optax.adam(...))` and pass that same optimizer to "
+            "`init_train_state` and to this function."
+        )
+
+    def loss_fn(params):
+        return objective_fn(params, train_state.state, batch, key=key, train=True)
+
+    new_scale, finite, (value, (new_state, aux)), grads = scaled.loss_scale.value_and_grad(loss_fn, has_aux=True)(
+        train_state.params
+    )
+    grads = jax.tree.map(lambda g, p: jnp.asarray(g, jnp.result_type(p)), grads, train_state.params)
+    aux = {**aux, "loss_scale": new_scale.scale, "grads_finite": finite.astype(jnp.float32)}
+    return Gradient(value, new_state, aux, grads, LossScaleState(new_scale, scaled.inner))
 
 
 __all__ = [

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import itertools
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -18,11 +17,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from nnjax._src.compile import jit as compile_jit
+from nnjax._src.arguments import check_choice, check_int
 from nnjax._src.core import Layer
-from nnjax._src.fit import Callback, FitResult, History, _ordered, _Progress, make_evaluate_fn
-from nnjax._src.objective import Loss, Metric, Objective
-from nnjax._src.train import Batch, TrainState, init_train_state, make_train_step
+from nnjax._src.engine import Plan, Progress, Recorder, checkpoints_for, resume_from, train
+from nnjax._src.fit import Callback, FitResult
+from nnjax._src.inference import make_evaluate_fn
+from nnjax._src.objective import Loss, Metric, Objective, as_objective
+from nnjax._src.step_stats import StepStats, as_step_stats
+from nnjax._src.train import NONFINITE_MODES, Batch, TrainState, build_train_step, init_train_state
+from nnjax._src.training_data import check_validation_data
 
 
 def prefetch_to_device(batches: Iterable[Any], size: int = 2, sharding: Any = None) -> Iterator[Any]:
@@ -82,7 +85,13 @@ def fit_stream(
     prefetch: int = 2,
     sharding: Any = None,
     progress: bool = True,
-    progress_every: int = 10,
+    progress_every: int | None = None,
+    nonfinite: str | None = None,
+    step_stats: bool | StepStats | None = None,
+    checkpoint_dir: str | None = None,
+    resume: bool = False,
+    keep: int | None = 3,
+    checkpoint_every: int = 1,
 ) -> FitResult:
     """Trains on batches streamed from the host: ``batches(epoch)`` returns that epoch's ``(x, y)`` batches.
 
@@ -93,22 +102,32 @@ def fit_stream(
       batches: ``epoch -> iterable of (x, y)`` host batches (NumPy arrays; any pytree for an objective), e.g.
         ``lambda e: nnjax.data.batches(x, y, 128, seed=e)`` or a reader over files. Give every batch one
         shape (drop or pad the last) so the step compiles once. Called once per epoch; also once more for
-        epoch 0 to peek at the first batch when neither ``input_shape`` nor ``train_state`` is given.
+        epoch 0 to peek at the first batch when ``input_shape`` is not given and it is needed (no
+        ``train_state``, or ``validation_data`` to check, or ``resume``).
       epochs: run epochs ``initial_epoch .. epochs - 1``.
       initial_epoch: the first epoch's number (set it when continuing from a ``train_state``; the stream's
-        epoch count is not recorded in it).
+        epoch count is not recorded in it, but it is in checkpoints: ``resume`` restores it).
       input_shape: what ``model.init`` is given; default: one example's shape in the first batch (its
         first element when it is a tuple).
       seed: seeds initialization and dropout (the data order is the stream's own); unused with ``train_state``.
       metrics: name -> ``fn(predictions, y)`` (loss form only), averaged over each epoch's batches.
       validation_data: ``(x_val, y_val)`` arrays in memory (``x_val`` alone for an objective that takes the
-        inputs alone), evaluated after each epoch with ``train=False`` as ``val_loss``, ``val_<metric>``.
-      train_state: continue from this state instead of initializing.
-      callbacks: ``(epoch, train_state, logs) -> stop?`` after each epoch, as ``fit``.
+        inputs alone), checked as ``fit`` checks it (lengths, NaN/Inf, labels in range) before training, and
+        evaluated after each epoch with ``train=False`` as ``val_loss``, ``val_<metric>``.
+      train_state: continue from this state instead of initializing (copied, never donated).
+      callbacks: ``(epoch, train_state, logs) -> stop?`` after each epoch, as ``fit`` (every callback runs).
       prefetch: batches copied to the device ahead of the step (``prefetch_to_device``).
       sharding: where to put each batch (data parallel: shard along the batch axis).
-      progress: show a tqdm bar per epoch (it counts steps within the epoch) and one line per epoch.
-      progress_every: steps between progress updates.
+      progress: show a tqdm bar (it counts steps; a stream's length is unknown) and one line per epoch.
+      progress_every: unused by a stream (its bar advances every 32 steps); kept for the drivers' common form.
+      nonfinite: ``None``, ``"skip"`` or ``"halt"``, as ``fit`` (a halt raises ``NonFiniteError`` naming the step,
+        the epoch, the batch's place in it and the first non-finite leaf).
+      step_stats: per-step series in the history, as ``fit``.
+      checkpoint_dir: save a checkpoint there every ``checkpoint_every`` epochs and after the last (or an early
+        stop), with the epochs done; ``keep`` as ``fit``.
+      resume: continue from the newest intact checkpoint in ``checkpoint_dir`` (its train state and epoch count).
+      keep: how many of the newest checkpoints to keep (``None``: all).
+      checkpoint_every: save every this many epochs.
 
     Returns:
       ``FitResult(train_state, history)``, per-epoch means of ``loss`` and ``metrics`` (each batch weighted
@@ -116,8 +135,11 @@ def fit_stream(
 
     Raises:
       ValueError: ``epochs`` is not a non-negative int, ``batches(epoch)`` yields no batch, ``prefetch`` is
-        not a positive int, or ``metrics`` are given with a general objective.
-      TypeError: ``loss`` is neither callable nor an ``nnjax.objective``.
+        not a positive int, ``metrics`` are given with a general objective, bad ``validation_data``, a bad
+        ``nonfinite``, ``checkpoint_every`` or ``keep``, or ``resume`` without ``checkpoint_dir``.
+      TypeError: ``loss`` is neither callable nor an ``nnjax.objective``, or ``batches`` is not callable.
+      NonFiniteError: ``nonfinite="halt"`` met NaN/Inf, or a non-finite state was to be checkpointed.
+      CheckpointError: ``checkpoint_dir`` cannot be written, or (``resume``) its newest checkpoint does not fit.
 
     Example:
       >>> x = np.linspace(-1, 1, 32, dtype=np.float32)[:, None]
@@ -126,41 +148,49 @@ def fit_stream(
       >>> len(result.history["loss"]), result.history["loss"][-1] < 0.01, int(result.train_state.step)
       (3, True, 12)
     """
-    if not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"fit_stream: argument `epochs` expected a non-negative int, given {epochs!r}.")
-    if train_state is None:
-        if input_shape is None:
-            first = next(iter(batches(0)))
-            first_x = first[0] if isinstance(first, (tuple, list)) else first
-            input_shape = tuple(jnp.shape(first_x)[1:])
-        input_shape = tuple(input_shape) if isinstance(input_shape, list) else input_shape
+    check_int("fit_stream", "epochs", epochs)
+    check_int("fit_stream", "initial_epoch", initial_epoch)
+    check_int("fit_stream", "prefetch", prefetch, minimum=1)
+    check_choice("fit_stream", "nonfinite", nonfinite, NONFINITE_MODES)
+    if not callable(batches):
+        raise TypeError(
+            f"fit_stream: argument `batches` expected a function epoch -> iterable of batches, given "
+            f"{type(batches).__name__}. Hint: wrap a generator as `lambda epoch: make_batches(epoch)`."
+        )
+    objective_fn = as_objective("fit_stream", model, loss, metrics)
+    checkpoints = checkpoints_for("fit_stream", checkpoint_dir, resume=resume, every=checkpoint_every, keep=keep)
+    if input_shape is None and (train_state is None or validation_data is not None or resume):
+        first = next(iter(batches(0)))
+        input_shape = tuple(jnp.shape(first[0] if isinstance(first, (tuple, list)) else first)[1:])
+    input_shape = tuple(input_shape) if isinstance(input_shape, list) else input_shape
+    general = isinstance(loss, Objective)
+    val = check_validation_data(
+        "fit_stream", model, validation_data, inputs_alone=general and not isinstance(validation_data, (tuple, list)),
+        output_shape=None if general or validation_data is None else model.output_shape(input_shape),
+    )
+    restored = None
+    if resume:
+        like = train_state
+        if like is None:
+            like = jax.eval_shape(lambda: init_train_state(model, optimizer, jax.random.key(seed), input_shape))
+        restored = resume_from("fit_stream", checkpoints, like, None)
+    if restored is not None:
+        train_state, initial_epoch = restored
+    elif train_state is None:
         train_state = init_train_state(model, optimizer, jax.random.key(seed), input_shape)
-    step = make_train_step(model, loss, optimizer, metrics=metrics)
-    if validation_data is not None and isinstance(loss, Objective) and not isinstance(validation_data, (tuple, list)):
-        validation_data = (validation_data, None)  # the inputs alone
-    evaluate_fn = compile_jit(make_evaluate_fn(model, loss, metrics))
-    val = None if validation_data is None else tuple(None if a is None else jnp.asarray(a) for a in validation_data)
-    history: History = {}
-    for epoch in range(initial_epoch, epochs):
-        start = time.perf_counter()
-        bar = _Progress(progress, None, int(train_state.step), progress_every)
-        sums, count = None, 0
-        for batch in prefetch_to_device(batches(epoch), prefetch, sharding):
-            train_state, step_metrics = step(train_state, batch)
-            sums = step_metrics if sums is None else jax.tree.map(jnp.add, sums, step_metrics)
-            count += 1
-            if bar.bar is not None and count % bar.every == 0:
-                bar.report(train_state.step, step_metrics["loss"])
-        if count == 0:
-            raise ValueError(f"fit_stream: `batches({epoch})` yielded no batch.")
-        logs = jax.tree.map(lambda total, n=count: total / n, sums)
-        if val is not None:
-            logs.update({f"val_{k}": v for k, v in evaluate_fn(train_state, *val).items()})
-        logs = _ordered(logs)
-        for name, value in logs.items():
-            history.setdefault(name, []).append(value)
-        bar.epoch_end(epoch, epochs, int(train_state.step), logs, time.perf_counter() - start)
-        bar.close()
-        if any([bool(cb(epoch, train_state, logs)) for cb in callbacks]):
-            break
-    return FitResult(train_state, history)
+    else:
+        train_state = jax.tree.map(jnp.copy, train_state)  # the caller's arrays are never donated
+    evaluate_fn = make_evaluate_fn(model, loss, metrics)
+    plan = Plan(
+        build_train_step(
+            objective_fn, optimizer, nonfinite=nonfinite, step_stats=as_step_stats("fit_stream", step_stats)
+        ),
+        halt=nonfinite == "halt",
+        validate=None if val is None else lambda ts: evaluate_fn(ts, *val),
+    )
+    recorder = Recorder("fit_stream", epochs=epochs, many=False, callbacks=callbacks, checkpoints=checkpoints,
+                        progress=Progress(progress and initial_epoch < epochs, None, int(train_state.step)),
+                        objective=objective_fn, progress_every=progress_every)
+    train_state = train(plan, train_state, initial_epoch, epochs, mode=False, recorder=recorder,
+                        batches=lambda epoch: prefetch_to_device(batches(epoch), prefetch, sharding))
+    return FitResult(train_state, recorder.history)

@@ -19,7 +19,8 @@ import optax
 from nnjax._src.compile import jit as compile_jit
 from nnjax._src.core import Layer
 from nnjax._src.errors import first_nonfinite
-from nnjax._src.objective import Loss, Metric, Objective, as_objective, value_and_grad
+from nnjax._src.objective import Aux, Loss, Metric, Objective, as_objective, value_and_grad
+from nnjax._src.step_stats import StepStats, step_statistics
 from nnjax._src.types import Array, DType, Params, PRNGKey, Shape, State
 
 Batch = Any  # (inputs, targets) for a loss; any pytree of arrays with a leading batch axis for an objective
@@ -61,7 +62,14 @@ class TrainState(NamedTuple):
 
 
 def init_train_state(
-    model: Layer, optimizer: optax.GradientTransformation, key: PRNGKey, input_shape: Shape, dtype: DType = jnp.float32
+    model: Layer,
+    optimizer: optax.GradientTransformation,
+    key: PRNGKey,
+    input_shape: Shape,
+    dtype: DType = jnp.float32,
+    *,
+    params: Params | None = None,
+    state: State | None = None,
 ) -> TrainState:
     """Initializes the model and the optimizer: the ``TrainState`` at step 0.
 
@@ -76,12 +84,16 @@ def init_train_state(
       input_shape: one example's shape, without the batch axis (e.g. ``(784,)``), or what ``model.init``
         takes (per-part shapes for ``nnjax.named``).
       dtype: the dtype of the floating parameters.
+      params: start from these parameters (e.g. pretrained ones) instead of initializing them; they must
+        have the structure, shapes and dtypes ``model.init`` gives.
+      state: the model state to start from (default: ``model.init``'s).
 
     Returns:
       ``TrainState(step=0, params, state, opt_state, key)`` with ``key`` stored as raw key data (uint32).
 
     Raises:
       LayerError: ``input_shape`` does not suit the model (raised by ``model.init``).
+      ValueError: ``params`` or ``state`` does not match what ``model.init`` gives (every difference named).
 
     Example:
       >>> model = nnjax.serial(nnjax.Dense(4), nnjax.Relu(), nnjax.Dense(1))
@@ -90,10 +102,35 @@ def init_train_state(
       (0, {'b': (4,), 'w': (3, 4)})
     """
     init_key, train_key = jax.random.split(key)
-    params, state = model.init(init_key, input_shape, dtype)
+    if params is None and state is None:
+        params, state = model.init(init_key, input_shape, dtype)
+    else:
+        expected_params, expected_state = jax.eval_shape(lambda k: model.init(k, input_shape, dtype), init_key)
+        if params is None or state is None:
+            init_params, init_state = model.init(init_key, input_shape, dtype)
+        params = init_params if params is None else copied_like("params", params, expected_params)
+        state = init_state if state is None else copied_like("state", state, expected_state)
     if jnp.issubdtype(train_key.dtype, jax.dtypes.prng_key):
         train_key = jax.random.key_data(train_key)  # raw data: cheaper to pass through jit every step
     return TrainState(jnp.zeros((), jnp.int32), params, state, optimizer.init(params), train_key)
+
+
+def copied_like(name: str, given: Any, expected: Any) -> Any:
+    """A copy of ``given`` (a jitted step donates its train state: never the caller's arrays), after checking
+    that its paths, shapes and dtypes are ``expected``'s; ValueError naming every difference otherwise."""
+    leaves = jax.tree_util.tree_leaves_with_path
+    have = {jax.tree_util.keystr(p): (jnp.shape(v), jnp.result_type(v)) for p, v in leaves(given)}
+    want = {jax.tree_util.keystr(p): (v.shape, v.dtype) for p, v in leaves(expected)}
+    problems = [f"{path}: missing" for path in want if path not in have]
+    problems += [f"{path}: not in the model" for path in have if path not in want]
+    problems += [
+        f"{path}: expected {want[path][0]} {want[path][1]}, given {have[path][0]} {have[path][1]}"
+        for path in want
+        if path in have and have[path] != want[path]
+    ]
+    if problems:
+        raise ValueError(f"init_train_state: argument `{name}` does not match the model's: {'; '.join(problems)}.")
+    return jax.tree.map(jnp.copy, given)
 
 
 STEP_STREAM, DATA_STREAM, EVAL_STREAM = 0, 1, 2
@@ -198,6 +235,7 @@ def make_train_step(
     metrics: Mapping[str, Metric] | None = None,
     jit: bool = True,
     nonfinite: str | None = None,
+    step_stats: StepStats | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, Array]]]:
     """Returns the pure train step ``(train_state, batch) -> (train_state, metrics)``.
 
@@ -223,6 +261,8 @@ def make_train_step(
         metrics gain ``"nonfinite"``: 1 for a rejected update, else 0. (``optax.apply_if_finite`` is
         not used: it checks only the gradient, lets updates through after ``max_consecutive_errors``,
         and changes the shape of ``opt_state``.)
+      step_stats: an ``nnjax.StepStats``: add the per-step ``"step/grad_norm"``, ``"step/update_norm"``,
+        ``"step/learning_rate"`` (and per-layer norms) to the metrics, computed inside the step.
 
     Returns:
       The step ``(train_state, batch) -> (new_train_state, metrics)``: ``new_train_state.step`` is one more
@@ -245,27 +285,70 @@ def make_train_step(
     """
     check_nonfinite_mode("make_train_step", nonfinite)
     objective_fn = as_objective("make_train_step", model, loss, metrics)
+    step = build_train_step(objective_fn, optimizer, nonfinite=nonfinite, step_stats=step_stats)
+    return jit_train_step(step) if jit else step
+
+
+class Gradient(NamedTuple):
+    """What a gradient function gives the train step: the objective's value and aux, and the gradient.
+
+    Attributes:
+      loss: the scalar the step reports as ``"loss"``.
+      state: the model's new state.
+      aux: named scalars joining the step's metrics.
+      grads: the gradient the optimizer is given (like ``params``).
+      opt_state: the optimizer state the update starts from, and the one kept when the non-finite guard
+        rejects the update (the train state's own, except where the gradient owns part of it: a loss scale).
+    """
+
+    loss: Array
+    state: State
+    aux: Aux
+    grads: Params
+    opt_state: optax.OptState
+
+
+GradientFn = Callable[[Objective, TrainState, Batch, PRNGKey], Gradient]  # (objective, ts, batch, key) -> Gradient
+
+
+def plain_gradient(objective_fn: Objective, train_state: TrainState, batch: Batch, key: PRNGKey) -> Gradient:
+    """The objective's gradient by ``jax.value_and_grad``, in training mode with ``key``."""
+    params, state = train_state.params, train_state.state
+    (value, (new_state, aux)), grads = value_and_grad(objective_fn, params, state, batch, key=key)
+    return Gradient(value, new_state, aux, grads, train_state.opt_state)
+
+
+def build_train_step(
+    objective_fn: Objective,
+    optimizer: optax.GradientTransformation,
+    *,
+    gradient: GradientFn = plain_gradient,
+    nonfinite: str | None = None,
+    step_stats: StepStats | None = None,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, Array]]]:
+    """The one pure train step behind ``make_train_step``, the DP-SGD step and the loss-scaled step.
+
+    ``gradient`` is what varies (plain, per-example clipped and noised, loss-scaled); the step key, the
+    optimizer update, the step count, the non-finite guard and the per-step statistics are the same for
+    all. See ``make_train_step`` for ``nonfinite`` and ``step_stats``.
+    """
 
     def step(train_state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Array]]:
-        (value, (new_state, aux)), grads = value_and_grad(
-            objective_fn, train_state.params, train_state.state, batch, key=step_key(train_state)
-        )
-        updates, opt_state = optimizer.update(grads, train_state.opt_state, train_state.params)
-        new_train_state = train_state.replace(
-            step=train_state.step + 1,
-            params=optax.apply_updates(train_state.params, updates),
-            state=new_state,
-            opt_state=opt_state,
-        )
-        step_metrics = {"loss": value, **aux}
+        g = gradient(objective_fn, train_state, batch, step_key(train_state))
+        updates, opt_state = optimizer.update(g.grads, g.opt_state, train_state.params)
+        params = optax.apply_updates(train_state.params, updates)
+        new = train_state.replace(step=train_state.step + 1, params=params, state=g.state, opt_state=opt_state)
+        step_metrics = {"loss": g.loss, **g.aux}
+        if step_stats is not None:
+            step_metrics.update(step_statistics(step_stats, train_state.step, g.grads, updates, params, opt_state))
         if nonfinite is not None:
-            finite = all_finite(value, grads, new_state)
-            kept = train_state.replace(step=train_state.step + 1) if nonfinite == "skip" else train_state
-            new_train_state = optax.tree.where(finite, new_train_state, kept)
+            finite = all_finite(g.loss, g.grads, g.state)
+            kept = train_state.replace(step=train_state.step + 1, opt_state=g.opt_state)
+            new = optax.tree.where(finite, new, kept if nonfinite == "skip" else train_state)
             step_metrics["nonfinite"] = jnp.logical_not(finite).astype(jnp.int32)
-        return new_train_state, step_metrics
+        return new, step_metrics
 
-    return jit_train_step(step) if jit else step
+    return step
 
 
 def jit_train_step(step: Callable[[TrainState, Batch], tuple[TrainState, Any]]) -> Callable[..., Any]:

@@ -1,0 +1,531 @@
+"""The epoch engine under ``fit``, ``fit_many`` and ``fit_stream``: one loop, three ways to run an epoch.
+
+A driver describes its run as a ``Plan`` (the pure step, the data and each epoch's order, validation)
+and a ``Recorder`` (history, progress, callbacks, checkpoints, what a halt means); ``train`` runs it:
+
+- ``"epoch"``: each epoch is compiled ``lax.fori_loop`` over its steps, called in chunks of steps; the
+  progress bar advances between chunks (``Chunks`` sizes them), so no compiled program holds a host
+  callback and every program can be kept in JAX's persistent compilation cache.
+- ``"all"``: the whole run, validation included, is one program (``lax.scan`` over epochs).
+- ``"loop"``: a Python loop of the jitted step over batches gathered on the device (``fit(fused=False)``)
+  or streamed from the host (``fit_stream``).
+
+All three give the same numbers: the same step, the same order, and the per-step metrics reduced to
+epoch logs in one place (``epoch_logs``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from nnjax._src.arguments import check_choice, check_int
+from nnjax._src.checkpoint import latest_step, restore_checkpoint, save_checkpoint
+from nnjax._src.compile import jit as compile_jit
+from nnjax._src.errors import CheckpointError, NonFiniteError
+from nnjax._src.objective import Objective
+from nnjax._src.step_stats import STEP_PREFIX
+from nnjax._src.train import Batch, TrainState, jit_train_step, nonfinite_leaf
+from nnjax._src.training_data import gather_batches, take
+from nnjax._src.types import Array
+
+APPLIED = "_applied"  # per-step flag under nonfinite="halt": the update was applied (not halted or rejected)
+LOOP_CHUNK = 32  # batches gathered per dispatch by the loop over in-memory data
+Logs = dict[str, Any]  # name -> float (one model) or (K,) array (fit_many)
+
+
+class Plan(NamedTuple):
+    """One run's training as the engine needs it from a driver.
+
+    Attributes:
+      step: the pure train step of ONE model ``(train_state, batch) -> (train_state, metrics)``.
+      many: the train states are stacked on a leading model axis (``fit_many``): the step is vmapped and
+        each model takes its own batch.
+      halt: the step was built with ``nonfinite="halt"``: a model that meets NaN/Inf stays at its last
+        finite state for the rest of the run.
+      data: the device pytree batches are taken from (``take(data, order[i])``); None for a stream.
+      order: traceable ``(train_state, epoch) -> (steps, [K,] batch)`` example indices; None for a stream.
+      steps: steps per epoch; None for a stream.
+      validate: traceable ``train_state -> {name: value}`` (the names without ``val_``), or None.
+    """
+
+    step: Callable[[TrainState, Batch], tuple[TrainState, dict[str, Array]]]
+    many: bool = False
+    halt: bool = False
+    data: Any = None
+    order: Callable[[TrainState, Array], Array] | None = None
+    steps: int | None = None
+    validate: Callable[[TrainState], dict[str, Array]] | None = None
+
+
+def carried_step(plan: Plan) -> Callable[..., tuple[TrainState, Array, dict[str, Array]]]:
+    """The step the engine runs: ``(train_state, halted, batch) -> (train_state, halted, metrics)``.
+
+    Under ``halt``, a model stays where it halted: later updates are no-ops, their ``"nonfinite"`` 0 and
+    their ``APPLIED`` flag False. Vmapped over the model axis for ``fit_many``.
+    """
+
+    def one(train_state, halted, batch):
+        new, metrics = plan.step(train_state, batch)
+        if not plan.halt:
+            return new, halted, metrics
+        rejected = metrics["nonfinite"] > 0
+        metrics = {**metrics, "nonfinite": jnp.where(halted, 0, metrics["nonfinite"])}
+        metrics[APPLIED] = jnp.logical_not(halted | rejected)
+        return optax.tree.where(halted, train_state, new), halted | rejected, metrics
+
+    return jax.vmap(one) if plan.many else one
+
+
+def no_halt(plan: Plan, train_state: TrainState) -> Array:
+    """The initial ``halted`` flag: False, one per model for ``fit_many``."""
+    return jnp.zeros(np.shape(train_state.step), bool)
+
+
+# --- fused epochs ------------------------------------------------------------------------------------------
+
+
+class EpochCarry(NamedTuple):
+    """What a fused epoch carries from one chunk of steps to the next."""
+
+    train_state: TrainState
+    halted: Array  # bool, () or (K,)
+    order: Array  # (steps, [K,] batch) example indices of this epoch
+    per_step: dict[str, Array]  # name -> (steps, [K,] ...) metrics of each step
+
+
+def run_steps(plan: Plan, carry: EpochCarry, start: Any, stop: Any) -> EpochCarry:
+    """Steps ``start .. stop - 1`` of the epoch in ``carry`` (traceable; Python bounds make a ``scan``)."""
+    step = carried_step(plan)
+
+    def body(i, loop):
+        train_state, halted, per_step = loop
+        train_state, halted, metrics = step(train_state, halted, take(plan.data, carry.order[i]))
+        return train_state, halted, {name: per_step[name].at[i].set(value) for name, value in metrics.items()}
+
+    loop = jax.lax.fori_loop(start, stop, body, (carry.train_state, carry.halted, carry.per_step))
+    return carry._replace(train_state=loop[0], halted=loop[1], per_step=loop[2])
+
+
+def empty_per_step(plan: Plan, train_state: TrainState, order: Any) -> dict[str, Array]:
+    """Zero buffers ``(steps, [K,] ...)`` for each per-step metric, shaped by tracing the step once."""
+    batch = jax.eval_shape(lambda ts, o: take(plan.data, o[0]), train_state, order)
+    shapes = jax.eval_shape(carried_step(plan), train_state, no_halt(plan, train_state), batch)[2]
+    return {name: jnp.zeros((plan.steps, *s.shape), s.dtype) for name, s in shapes.items()}
+
+
+def epoch_program(plan: Plan) -> Callable[[EpochCarry, Any, Any, Any], EpochCarry]:
+    """``(carry, epoch, start, stop) -> carry``, compiled: a chunk of an epoch's steps (the carry donated).
+
+    The chunk that starts at step 0 draws the epoch's order. One program serves every chunk size.
+    """
+
+    def chunk(carry: EpochCarry, epoch: Array, start: Array, stop: Array) -> EpochCarry:
+        order = jax.lax.cond(start == 0, lambda: plan.order(carry.train_state, epoch), lambda: carry.order)
+        return run_steps(plan, carry._replace(order=order), start, stop)
+
+    return compile_jit(chunk, donate_argnums=0)
+
+
+def run_program(plan: Plan) -> Callable[..., tuple[TrainState, Array, dict[str, Array], dict[str, Array]]]:
+    """``(train_state, halted, epochs) -> (train_state, halted, per_step, validation)``, compiled: the
+    whole run as one ``lax.scan`` over ``epochs``; ``per_step`` and ``validation`` gain a leading epoch axis."""
+
+    def run(train_state: TrainState, halted: Array, epochs: Array):
+        def one_epoch(loop, epoch):
+            order = plan.order(loop[0], epoch)
+            carry = EpochCarry(*loop, order, empty_per_step(plan, loop[0], order))
+            carry = run_steps(plan, carry, 0, plan.steps)
+            validation = plan.validate(carry.train_state) if plan.validate is not None else {}
+            return (carry.train_state, carry.halted), (carry.per_step, validation)
+
+        (train_state, halted), (per_step, validation) = jax.lax.scan(one_epoch, (train_state, halted), epochs)
+        return train_state, halted, per_step, validation
+
+    return compile_jit(run, donate_argnums=0)
+
+
+class Chunks:
+    """Sizes the chunks of a fused epoch so the progress bar moves about every ``interval`` seconds.
+
+    The first chunk of a run is one step, to time it; later chunks take ``interval`` worth of steps (at most
+    ``most``), and an epoch that takes less than about ``interval`` runs as one chunk. Without a bar an epoch
+    is one chunk. Each chunk costs one dispatch and one host sync (about 0.1 ms on a CPU), well under 1% of a
+    0.25 s chunk (``benchmarks/progress_overhead.py`` measures it).
+    """
+
+    def __init__(self, steps: int, enabled: bool, interval: float = 0.25, most: int | None = None):
+        self.steps, self.enabled, self.interval, self.most = steps, enabled, interval, most
+        self.seconds_per_step: float | None = None
+
+    def next_size(self, start: int) -> int:
+        remaining = self.steps - start
+        if not self.enabled:
+            return remaining
+        if self.seconds_per_step is None:
+            return 1
+        size = max(1, int(self.interval / max(self.seconds_per_step, 1e-9)))
+        if self.most is not None:
+            return min(size, self.most, remaining)
+        return remaining if remaining <= 1.5 * size else size
+
+    def observe(self, size: int, seconds: float) -> None:
+        self.seconds_per_step = seconds / size
+
+
+# --- reduction of per-step metrics ---------------------------------------------------------------------
+
+
+def epoch_logs(per_step: Mapping[str, Any]) -> tuple[Logs, dict[str, np.ndarray]]:
+    """An epoch's logs and per-step series from its per-step metrics ``name -> (steps, [K,] ...)``.
+
+    Logs are means over the steps whose update was applied (all of them, except under the non-finite
+    guard: rejected or halted updates are left out; NaN when none was applied), computed in float64;
+    ``"nonfinite"`` is summed (the number of rejected updates). Metrics named ``step/...`` are the series,
+    kept per step, with ``step/loss`` beside them.
+    """
+    per_step = {name: np.asarray(value) for name, value in per_step.items()}
+    if "nonfinite" in per_step:
+        applied = per_step.pop(APPLIED, per_step["nonfinite"] == 0)
+    else:
+        applied = np.ones(per_step["loss"].shape[:1], bool)
+    applied = applied.astype(np.float64)
+    count = applied.sum(axis=0)
+    logs: Logs = {}
+    series: dict[str, np.ndarray] = {}
+    for name, values in per_step.items():
+        if name.startswith(STEP_PREFIX):
+            series[name] = values
+        elif name == "nonfinite":
+            logs[name] = values.sum(axis=0)
+        else:
+            mask = applied.reshape(applied.shape + (1,) * (values.ndim - applied.ndim))
+            total = np.sum(np.where(mask > 0, values.astype(np.float64), 0.0), axis=0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                logs[name] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    if series:
+        series[f"{STEP_PREFIX}loss"] = per_step["loss"]
+    return logs, series
+
+
+def ordered(logs: Mapping[str, Any], many: bool) -> Logs:
+    """Logs loss first, validation last; host floats (one model) or float arrays ``(K,)`` (fit_many)."""
+    keys = sorted(logs, key=lambda k: (k.startswith("val_"), k.removeprefix("val_") != "loss", k))
+    return {k: np.asarray(logs[k], np.float64) if many else float(logs[k]) for k in keys}
+
+
+# --- progress, checkpoints and the record of a run ------------------------------------------------------
+
+
+class Progress:
+    """A tqdm bar over a run's steps, advanced from the host between compiled chunks (process 0 only).
+
+    The bar appears at ``start()``, which the engine calls once the run's programs are compiled, so its
+    rate and time estimate measure training, not the compiler.
+    """
+
+    def __init__(self, enabled: bool, total: int | None, first_step: int):
+        self.enabled = enabled and jax.process_index() == 0
+        self.total, self.first_step, self.bar = total, first_step, None
+
+    def start(self) -> None:
+        if self.enabled and self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.total, unit="step", dynamic_ncols=True)
+
+    def advance(self, step: int, loss: float | None = None) -> None:
+        """Moves the bar to ``step`` (the runs's step count); ``loss`` is shown beside it."""
+        if self.bar is not None:
+            if loss is not None:
+                self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            self.bar.update(max(0, step - self.first_step - self.bar.n))
+
+    def epoch_line(self, epoch: int, epochs: int, logs: Logs, seconds: float) -> None:
+        if self.bar is not None:
+            shown = "  ".join(f"{name} {float(np.mean(value)):.4f}" for name, value in logs.items())
+            self.bar.write(f"epoch {epoch + 1}/{epochs}  {shown}  ({seconds:.2f}s)")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Checkpoints(NamedTuple):
+    """When and how a run saves checkpoints (``save_checkpoint`` at epoch ends)."""
+
+    directory: str
+    every: int = 1
+    keep: int | None = 3
+    best_metric: str | None = None
+    best_mode: str = "min"
+    config: Mapping[str, Any] | None = None
+
+    def save(self, train_state: TrainState, logs: Logs, epochs_done: int) -> None:
+        metrics = {k: float(np.mean(v)) for k, v in logs.items()}  # fit_many: the models' mean
+        config = {**(self.config or {}), "epochs_done": epochs_done}
+        save_checkpoint(self.directory, train_state, metrics=metrics, config=config, keep=self.keep,
+                        best_metric=self.best_metric, best_mode=self.best_mode, overwrite=True)
+
+
+class Recorder:
+    """The record of a run: history, the epoch line, every callback every epoch, checkpoints, halts.
+
+    ``history`` maps each log to one value per epoch (a float, or a ``(K,)`` array for ``fit_many``) and
+    each per-step series ``step/...`` to one value (or ``(K,)`` array) per step.
+    """
+
+    def __init__(self, where: str, *, epochs: int, many: bool, progress: Progress,
+                 callbacks: Sequence[Callable[..., Any]] = (), checkpoints: Checkpoints | None = None,
+                 objective: Objective | None = None, progress_every: int | None = None):
+        self.where, self.epochs, self.many, self.progress = where, epochs, many, progress
+        self.progress_every = progress_every
+        self.callbacks, self.checkpoints, self.objective = list(callbacks), checkpoints, objective
+        self.history: dict[str, list[Any]] = {}
+        self.halted_models: set[int] = set()
+
+    def epoch(self, epoch: int, train_state: TrainState, logs: Logs, series: Mapping[str, np.ndarray],
+              seconds: float, *, save: bool = True) -> bool:
+        """Records one epoch; returns True when a callback asks to stop (after every callback has run)."""
+        logs = ordered(logs, self.many)
+        for name, value in logs.items():
+            self.history.setdefault(name, []).append(value)
+        for name, values in series.items():  # (steps, [K])
+            self.history.setdefault(name, []).extend(values)
+        self.progress.epoch_line(epoch, self.epochs, logs, seconds)
+        stop = any([bool(callback(epoch, train_state, logs)) for callback in self.callbacks])
+        last = stop or epoch + 1 == self.epochs
+        if save and self.checkpoints is not None and (last or (epoch + 1) % self.checkpoints.every == 0):
+            self.checkpoints.save(train_state, logs, epoch + 1)
+        return stop
+
+    def check_halt(self, train_state: TrainState, halted: np.ndarray, epoch: int, index: int, steps: int | None,
+                   batch: Callable[[], Batch]) -> None:
+        """After an epoch: raise ``NonFiniteError`` if the model halted, or warn naming the models that
+        halted in it (fit_many). ``index`` is the halted update's place in its epoch; ``batch()`` its batch."""
+        if not np.any(halted):
+            return
+        if self.many:
+            new = sorted(set(np.flatnonzero(halted).tolist()) - self.halted_models)
+            self.halted_models.update(new)
+            if new:
+                warnings.warn(f"{self.where}: models {new} met a non-finite loss or gradient in epoch {epoch + 1} and "
+                              f"stay at their last finite state; their later logs are NaN.", RuntimeWarning,
+                              stacklevel=4)
+            return
+        at = int(train_state.step)
+        leaf = nonfinite_leaf(self.objective, train_state, batch())
+        saved = ""
+        if self.checkpoints is not None:
+            newest = latest_step(self.checkpoints.directory)
+            saved = f" Checkpoints in {self.checkpoints.directory}: " + (
+                "none yet." if newest is None else f"the newest is step {newest}.")
+        of = "" if steps is None else f" of {steps}"
+        raise NonFiniteError(
+            f"{self.where}: non-finite loss or gradient at step {at} (epoch {epoch + 1}, batch {index}{of}): the "
+            f"first non-finite leaf is {leaf}. Training halted; the error's `train_state` is the last finite state "
+            f"(step {at}).{saved} Hint: lower the learning rate, check the data, or pass nonfinite='skip'.",
+            step=at, leaf=leaf, train_state=train_state)
+
+
+def checkpoints_for(
+    where: str, directory: Any, *, resume: bool, every: Any, keep: Any, best_metric: str | None = None,
+    best_mode: str = "min", config: Mapping[str, Any] | None = None,
+) -> Checkpoints | None:
+    """A driver's checkpoint arguments checked at the call (not at the first save); None without a directory.
+
+    Raises:
+      ValueError: ``every`` or ``keep`` not a positive int (``keep`` may be None), ``resume`` without a
+        directory, or ``best_mode`` not ``"min"``/``"max"``.
+      CheckpointError: the directory cannot be created or written (found before any training is lost).
+    """
+    check_int(where, "checkpoint_every", every, minimum=1, unit=" (epochs)")
+    if keep is not None:
+        check_int(where, "keep", keep, minimum=1)
+    check_choice(where, "best_mode", best_mode, ("min", "max"))
+    if resume and directory is None:
+        raise ValueError(f"{where}: argument `resume=True` needs `checkpoint_dir`, given None.")
+    if directory is None:
+        return None
+    path = os.path.abspath(os.path.expanduser(os.fspath(directory)))
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise CheckpointError(f"{where}: argument `checkpoint_dir` {path} cannot be created: {error}.") from error
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise CheckpointError(f"{where}: argument `checkpoint_dir` {path} is not writable; no training was run.")
+    return Checkpoints(path, every, keep, best_metric, best_mode, config)
+
+
+def resume_from(where: str, checkpoints: Checkpoints, like: Any, steps: int | None) -> tuple[Any, int] | None:
+    """The newest intact checkpoint restored into ``like``, and the epochs it had done; None when there is none.
+
+    With ``steps`` (in-memory data) the epochs done are ``step // steps``, and a checkpoint saved with
+    another number of steps per epoch (or mid-epoch) is refused: the run could not continue exactly.
+    """
+    if latest_step(checkpoints.directory) is None:
+        return None
+    train_state, info = restore_checkpoint(checkpoints.directory, like)
+    config = info.get("config") or {}
+    if steps is None:
+        return train_state, int(config.get("epochs_done", 0))
+    saved = config.get(where, {}).get("steps_per_epoch", steps)
+    at = step_count(train_state)
+    if saved != steps or at % steps:
+        raise ValueError(
+            f"{where}: cannot resume exactly from step {at} in {checkpoints.directory}: it was saved with {saved} "
+            f"steps per epoch, this run has {steps}."
+        )
+    return train_state, at // steps
+
+
+# --- the loop over epochs ------------------------------------------------------------------------------
+
+
+def step_count(train_state: TrainState) -> int:
+    """The step count of a train state (of the first model of a stacked one)."""
+    return int(np.asarray(train_state.step).reshape(-1)[0])
+
+
+EpochRunner = Callable[[TrainState, Array, int, Progress], tuple[TrainState, Array, dict[str, Any], tuple]]
+
+
+def train(plan: Plan, train_state: TrainState, first_epoch: int, epochs: int, *, mode: str | bool,
+          recorder: Recorder, batches: Callable[[int], Iterable[Batch]] | None = None) -> TrainState:
+    """Runs epochs ``first_epoch .. epochs - 1`` of ``plan``; returns the final train state.
+
+    ``mode``: ``"epoch"``, ``"all"`` or ``False`` (a loop of the jitted step; ``batches(epoch)``, when
+    given, yields a stream's device batches). Stops early when a callback asks to, or when every model
+    has halted (``Recorder.halted`` raises for one model, before the halted epoch is recorded).
+    """
+    if first_epoch >= epochs:
+        return train_state
+    try:
+        if mode == "all":
+            return _train_all(plan, train_state, first_epoch, epochs, recorder)
+        if mode == "epoch":
+            run_epoch = _fused_epochs(plan, train_state, recorder.progress, recorder.progress_every)
+        else:
+            run_epoch = _loop_epochs(plan, batches, recorder.where)
+        validate = None if plan.validate is None else compile_jit(plan.validate)
+        recorder.progress.start()
+        halted = no_halt(plan, train_state)
+        for epoch in range(first_epoch, epochs):
+            start = time.perf_counter()
+            train_state, halted, per_step, at = run_epoch(train_state, halted, epoch, recorder.progress)
+            recorder.check_halt(train_state, np.asarray(halted), epoch, *at)
+            logs, series = epoch_logs(per_step)
+            if validate is not None:
+                logs.update({f"val_{k}": v for k, v in validate(train_state).items()})
+            if recorder.epoch(epoch, train_state, logs, series, time.perf_counter() - start) or np.all(
+                    np.asarray(halted)):
+                break
+        return train_state
+    finally:
+        recorder.progress.close()
+
+
+def _train_all(plan: Plan, train_state: TrainState, first_epoch: int, epochs: int, recorder: Recorder):
+    """The whole run as one program; then each epoch is recorded (checkpointed once, at the end)."""
+    recorder.progress.start()
+    start = time.perf_counter()
+    train_state, halted, per_step, validation = run_program(plan)(
+        train_state, no_halt(plan, train_state), jnp.arange(first_epoch, epochs))
+    per_step, validation, halted = jax.device_get((per_step, validation, halted))
+    seconds = (time.perf_counter() - start) / (epochs - first_epoch)
+    recorder.progress.advance(step_count(train_state))
+    epoch, index = divmod(step_count(train_state), plan.steps)
+    recorder.check_halt(train_state, halted, epoch, index, plan.steps,
+                        lambda: take(plan.data, plan.order(train_state, epoch)[index]))
+
+    def logs_of(i: int) -> tuple[Logs, dict[str, np.ndarray]]:
+        logs, series = epoch_logs({name: values[i] for name, values in per_step.items()})
+        return {**logs, **{f"val_{name}": values[i] for name, values in validation.items()}}, series
+
+    for i, epoch in enumerate(range(first_epoch, epochs)):
+        if recorder.epoch(epoch, train_state, *logs_of(i), seconds, save=False):
+            break
+    if recorder.checkpoints is not None:  # once, with the last epoch's logs: the run is done, whatever stopped
+        recorder.checkpoints.save(train_state, ordered(logs_of(-1)[0], recorder.many), epochs)
+    return train_state
+
+
+def _fused_epochs(plan: Plan, train_state: TrainState, progress: Progress, most: int | None) -> EpochRunner:
+    """Epochs as compiled chunks of steps (``epoch_program``), sized by ``Chunks`` for the progress bar."""
+    program = epoch_program(plan)
+    chunks = Chunks(plan.steps, progress.enabled, most=most)
+    order = jax.eval_shape(plan.order, train_state, 0)
+    carry = EpochCarry(train_state, no_halt(plan, train_state), jnp.zeros(order.shape, order.dtype),
+                       empty_per_step(plan, train_state, order))
+    # Compiled before the first epoch, so the bar's first estimate times the steps, not the compiler.
+    program.lower(carry, np.int32(0), np.int32(0), np.int32(0)).compile()
+    buffers = [carry.order, carry.per_step]  # donated to each epoch's first chunk, returned by its last
+
+    def run_epoch(train_state, halted, epoch, progress):
+        carry = EpochCarry(train_state, halted, *buffers)
+        start = 0
+        while start < plan.steps:
+            size = chunks.next_size(start)
+            began = time.perf_counter()
+            carry = program(carry, np.int32(epoch), np.int32(start), np.int32(start + size))
+            halted = np.asarray(carry.halted)  # the host sync that times the chunk
+            chunks.observe(size, time.perf_counter() - began)
+            start += size
+            progress.advance(step_count(carry.train_state))
+            if plan.halt and np.all(halted):
+                break
+        per_step = jax.device_get(carry.per_step)
+        buffers[:] = [carry.order, carry.per_step]
+        index = step_count(carry.train_state) - epoch * plan.steps
+        halted_batch = lambda: take(plan.data, carry.order[index])  # noqa: E731
+        return carry.train_state, carry.halted, per_step, (index, plan.steps, halted_batch)
+
+    return run_epoch
+
+
+def _loop_epochs(plan: Plan, batches: Callable[[int], Iterable[Batch]] | None, where: str) -> EpochRunner:
+    """Epochs as a Python loop of the jitted step over ``batches(epoch)`` or the in-memory data's order."""
+    if plan.many:
+        step = compile_jit(carried_step(plan), donate_argnums=0)
+    else:  # one model: the jitted step that passes the fewest arrays (jit_train_step); a halt stops the loop
+        jitted = jit_train_step(plan.step)
+
+        def step(train_state, halted, batch):
+            train_state, metrics = jitted(train_state, batch)
+            return train_state, np.asarray(plan.halt and bool(metrics["nonfinite"])), metrics
+
+    order = compile_jit(plan.order) if batches is None else None
+    gather = compile_jit(gather_batches)
+
+    def device_batches(train_state: TrainState, epoch: int) -> Iterator[Batch]:
+        if batches is not None:
+            yield from batches(epoch)
+            return
+        rows = order(train_state, epoch)
+        for at in range(0, plan.steps, LOOP_CHUNK):
+            yield from gather(plan.data, rows[at : at + LOOP_CHUNK])
+
+    def run_epoch(train_state, halted, epoch, progress):
+        per_step, batch = [], None
+        for batch in device_batches(train_state, epoch):
+            train_state, halted, metrics = step(train_state, halted, batch)
+            per_step.append(metrics)
+            if progress.enabled and len(per_step) % LOOP_CHUNK == 0:
+                progress.advance(step_count(train_state))
+            if plan.halt and np.all(np.asarray(halted)):
+                break
+        if not per_step:
+            raise ValueError(f"{where}: `batches({epoch})` yielded no batch.")
+        progress.advance(step_count(train_state))
+        stacked = jax.device_get(jax.tree.map(lambda *values: jnp.stack(values), *per_step))
+        return train_state, halted, stacked, (len(per_step) - 1, plan.steps, lambda last=batch: last)
+
+    return run_epoch
