@@ -6,10 +6,16 @@ two runs train the same model on the same data and must end bit-identical (check
 median epoch time past the first epoch (compilation excluded) of each, interleaved over ``--repeats``
 runs, and the overhead ratio.
 
-Workload: an MLP 784-512-512-10 on 12,800 random 28x28 "images" (batch 32: 400 steps an epoch, about
-1-2 s on a 2-core CPU), Adam.
+Workload: an MLP 784-512-512-10 on 64,000 random 28x28 "images" (batch 32: 2,000 steps an epoch, about
+2 s on a 2-core CPU, so about 4-8 chunks an epoch with the bar), Adam.
 
-Run: python benchmarks/progress_overhead.py [--repeats 3] [--epochs 4]
+Whole-epoch times on a shared 2-core machine vary by several percent from epoch to epoch, more than the
+bar costs, so the cost of a chunk boundary is also measured directly: the compiled epoch program run as
+one chunk of ``--steps`` steps and as 8 chunks of ``--steps / 8``, interleaved ``--boundary-repeats``
+times; (8 chunks - 1 chunk) / 7 is the cost of one boundary (a dispatch and a host sync), reported as a
+fraction of a 0.25 s chunk (the smallest the bar makes, ``engine.Chunks``).
+
+Run: python benchmarks/progress_overhead.py [--repeats 3] [--epochs 4] [--boundary-repeats 15]
 """
 
 from __future__ import annotations
@@ -31,20 +37,51 @@ def run(x, y, epochs: int, progress: bool) -> tuple[list[float], object]:
     model = nnjax.serial(nnjax.Dense(512), nnjax.Relu(), nnjax.Dense(512), nnjax.Relu(), nnjax.Dense(10))
     ends = []
     callback = lambda epoch, train_state, logs: ends.append(time.perf_counter())  # noqa: E731
-    with contextlib.redirect_stderr(io.StringIO()):  # the bar itself, not what it costs to show it
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):  # bar and lines
         result = nnjax.fit(model, nnjax.losses.softmax_cross_entropy, optax.adam(1e-3), x, y, epochs=epochs,
                            batch_size=32, progress=progress, callbacks=[callback])
     return list(np.diff(ends)), result.train_state
+
+
+def boundary_cost(x, y, steps: int, repeats: int) -> tuple[float, float]:
+    """Median seconds of ``steps`` steps run as one compiled chunk and as 8 chunks, interleaved."""
+    from nnjax._src import engine
+    from nnjax._src.training_data import epoch_order
+
+    model = nnjax.serial(nnjax.Dense(512), nnjax.Relu(), nnjax.Dense(512), nnjax.Relu(), nnjax.Dense(10))
+    opt = optax.adam(1e-3)
+    train_state = nnjax.init_train_state(model, opt, jax.random.key(0), (784,))
+    n = steps * 32
+    plan = engine.Plan(nnjax.make_train_step(model, nnjax.losses.softmax_cross_entropy, opt, jit=False),
+                       data=(jax.numpy.asarray(x[:n]), jax.numpy.asarray(y[:n])), steps=steps,
+                       order=lambda ts, epoch: epoch_order(ts.key, epoch, n, 32))
+    program = engine.epoch_program(plan)
+    order = jax.eval_shape(plan.order, train_state, 0)
+    no_order = jax.numpy.zeros(order.shape, order.dtype)
+    carry = engine.EpochCarry(train_state, engine.no_halt(plan, train_state), no_order,
+                              engine.empty_per_step(plan, train_state, order))
+    times: dict[int, list[float]] = {1: [], 8: []}
+    for repeat in range(repeats + 1):
+        for chunks in (1, 8):
+            began = time.perf_counter()
+            for start in range(0, steps, steps // chunks):
+                carry = program(carry, np.int32(repeat), np.int32(start), np.int32(start + steps // chunks))
+                np.asarray(carry.halted)  # the sync the engine does after each chunk when a bar is shown
+            if repeat:  # the first round compiles and warms up
+                times[chunks].append(time.perf_counter() - began)
+    return statistics.median(times[1]), statistics.median(times[8])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--boundary-repeats", type=int, default=15)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(12_800, 784)).astype(np.float32)
-    y = rng.integers(0, 10, 12_800).astype(np.int32)
+    x = rng.normal(size=(64_000, 784)).astype(np.float32)
+    y = rng.integers(0, 10, 64_000).astype(np.int32)
     times: dict[bool, list[float]] = {False: [], True: []}
     states = {}
     for _ in range(args.repeats):
@@ -60,6 +97,10 @@ def main() -> None:
         print(f"| {label} | {statistics.median(times[progress]):.4f} | "
               f"{min(times[progress]):.4f}-{max(times[progress]):.4f} |")
     print(f"overhead of the bar: {100 * (on / off - 1):+.2f}% of an epoch; final states bit-identical: {same}")
+    one, eight = boundary_cost(x, y, args.steps, args.boundary_repeats)
+    per_boundary = (eight - one) / 7
+    print(f"{args.steps} steps as 1 chunk: {one:.4f} s, as 8 chunks: {eight:.4f} s (medians of {args.boundary_repeats}); "
+          f"one chunk boundary: {1e3 * per_boundary:.3f} ms = {100 * per_boundary / 0.25:.2f}% of a 0.25 s chunk")
 
 
 if __name__ == "__main__":

@@ -232,9 +232,9 @@ class Progress:
     rate and time estimate measure training, not the compiler.
     """
 
-    def __init__(self, enabled: bool, total: int | None, first_step: int):
+    def __init__(self, enabled: bool, total: int | None):
         self.enabled = enabled and jax.process_index() == 0
-        self.total, self.first_step, self.bar = total, first_step, None
+        self.total, self.bar = total, None
 
     def start(self) -> None:
         if self.enabled and self.bar is None:
@@ -242,12 +242,10 @@ class Progress:
 
             self.bar = tqdm(total=self.total, unit="step", dynamic_ncols=True)
 
-    def advance(self, step: int, loss: float | None = None) -> None:
-        """Moves the bar to ``step`` (the runs's step count); ``loss`` is shown beside it."""
+    def update(self, steps: int) -> None:
+        """Moves the bar on by ``steps`` steps (trained, not just dispatched: the caller synced)."""
         if self.bar is not None:
-            if loss is not None:
-                self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-            self.bar.update(max(0, step - self.first_step - self.bar.n))
+            self.bar.update(steps)
 
     def epoch_line(self, epoch: int, epochs: int, logs: Logs, seconds: float) -> None:
         if self.bar is not None:
@@ -274,6 +272,9 @@ class Checkpoints(NamedTuple):
         config = {**(self.config or {}), "epochs_done": epochs_done}
         save_checkpoint(self.directory, train_state, metrics=metrics, config=config, keep=self.keep,
                         best_metric=self.best_metric, best_mode=self.best_mode, overwrite=True)
+
+
+HaltedAt = Callable[[], tuple[int, int | None, Batch]]  # () -> (index in the epoch, steps per epoch, batch)
 
 
 class Recorder:
@@ -307,10 +308,10 @@ class Recorder:
             self.checkpoints.save(train_state, logs, epoch + 1)
         return stop
 
-    def check_halt(self, train_state: TrainState, halted: np.ndarray, epoch: int, index: int, steps: int | None,
-                   batch: Callable[[], Batch]) -> None:
+    def check_halt(self, train_state: TrainState, halted: np.ndarray, epoch: int, halted_at: HaltedAt) -> None:
         """After an epoch: raise ``NonFiniteError`` if the model halted, or warn naming the models that
-        halted in it (fit_many). ``index`` is the halted update's place in its epoch; ``batch()`` its batch."""
+        halted in it (fit_many). ``halted_at()`` gives the halted update's place in its epoch, the number of
+        steps per epoch (None for a stream) and its batch."""
         if not np.any(halted):
             return
         if self.many:
@@ -322,7 +323,8 @@ class Recorder:
                               stacklevel=4)
             return
         at = int(train_state.step)
-        leaf = nonfinite_leaf(self.objective, train_state, batch())
+        index, steps, batch = halted_at()
+        leaf = nonfinite_leaf(self.objective, train_state, batch)
         saved = ""
         if self.checkpoints is not None:
             newest = latest_step(self.checkpoints.directory)
@@ -395,7 +397,7 @@ def step_count(train_state: TrainState) -> int:
     return int(np.asarray(train_state.step).reshape(-1)[0])
 
 
-EpochRunner = Callable[[TrainState, Array, int, Progress], tuple[TrainState, Array, dict[str, Any], tuple]]
+EpochRunner = Callable[[TrainState, Array, int, Progress], tuple[TrainState, Array, dict[str, Any], HaltedAt]]
 
 
 def train(plan: Plan, train_state: TrainState, first_epoch: int, epochs: int, *, mode: str | bool,
@@ -420,13 +422,15 @@ def train(plan: Plan, train_state: TrainState, first_epoch: int, epochs: int, *,
         halted = no_halt(plan, train_state)
         for epoch in range(first_epoch, epochs):
             start = time.perf_counter()
-            train_state, halted, per_step, at = run_epoch(train_state, halted, epoch, recorder.progress)
-            recorder.check_halt(train_state, np.asarray(halted), epoch, *at)
+            train_state, halted, per_step, halted_at = run_epoch(train_state, halted, epoch, recorder.progress)
+            all_halted = False
+            if plan.halt:
+                recorder.check_halt(train_state, np.asarray(halted), epoch, halted_at)
+                all_halted = bool(np.all(np.asarray(halted)))
             logs, series = epoch_logs(per_step)
             if validate is not None:
                 logs.update({f"val_{k}": v for k, v in validate(train_state).items()})
-            if recorder.epoch(epoch, train_state, logs, series, time.perf_counter() - start) or np.all(
-                    np.asarray(halted)):
+            if recorder.epoch(epoch, train_state, logs, series, time.perf_counter() - start) or all_halted:
                 break
         return train_state
     finally:
@@ -441,10 +445,10 @@ def _train_all(plan: Plan, train_state: TrainState, first_epoch: int, epochs: in
         train_state, no_halt(plan, train_state), jnp.arange(first_epoch, epochs))
     per_step, validation, halted = jax.device_get((per_step, validation, halted))
     seconds = (time.perf_counter() - start) / (epochs - first_epoch)
-    recorder.progress.advance(step_count(train_state))
+    recorder.progress.update((epochs - first_epoch) * plan.steps)
     epoch, index = divmod(step_count(train_state), plan.steps)
-    recorder.check_halt(train_state, halted, epoch, index, plan.steps,
-                        lambda: take(plan.data, plan.order(train_state, epoch)[index]))
+    recorder.check_halt(train_state, halted, epoch,
+                        lambda: (index, plan.steps, take(plan.data, plan.order(train_state, epoch)[index])))
 
     def logs_of(i: int) -> tuple[Logs, dict[str, np.ndarray]]:
         logs, series = epoch_logs({name: values[i] for name, values in per_step.items()})
@@ -476,17 +480,21 @@ def _fused_epochs(plan: Plan, train_state: TrainState, progress: Progress, most:
             size = chunks.next_size(start)
             began = time.perf_counter()
             carry = program(carry, np.int32(epoch), np.int32(start), np.int32(start + size))
-            halted = np.asarray(carry.halted)  # the host sync that times the chunk
-            chunks.observe(size, time.perf_counter() - began)
             start += size
-            progress.advance(step_count(carry.train_state))
-            if plan.halt and np.all(halted):
-                break
+            if chunks.enabled or plan.halt:
+                halted = np.asarray(carry.halted)  # the host sync that times the chunk
+                chunks.observe(size, time.perf_counter() - began)
+                progress.update(size)
+                if plan.halt and np.all(halted):
+                    break
         per_step = jax.device_get(carry.per_step)
         buffers[:] = [carry.order, carry.per_step]
-        index = step_count(carry.train_state) - epoch * plan.steps
-        halted_batch = lambda: take(plan.data, carry.order[index])  # noqa: E731
-        return carry.train_state, carry.halted, per_step, (index, plan.steps, halted_batch)
+
+        def halted_at():
+            index = step_count(carry.train_state) - epoch * plan.steps
+            return index, plan.steps, take(plan.data, carry.order[index])
+
+        return carry.train_state, carry.halted, per_step, halted_at
 
     return run_epoch
 
@@ -519,13 +527,14 @@ def _loop_epochs(plan: Plan, batches: Callable[[int], Iterable[Batch]] | None, w
             train_state, halted, metrics = step(train_state, halted, batch)
             per_step.append(metrics)
             if progress.enabled and len(per_step) % LOOP_CHUNK == 0:
-                progress.advance(step_count(train_state))
+                jax.block_until_ready(metrics)  # the bar counts trained steps, not dispatched ones
+                progress.update(LOOP_CHUNK)
             if plan.halt and np.all(np.asarray(halted)):
                 break
         if not per_step:
             raise ValueError(f"{where}: `batches({epoch})` yielded no batch.")
-        progress.advance(step_count(train_state))
+        progress.update(len(per_step) % LOOP_CHUNK)
         stacked = jax.device_get(jax.tree.map(lambda *values: jnp.stack(values), *per_step))
-        return train_state, halted, stacked, (len(per_step) - 1, plan.steps, lambda last=batch: last)
+        return train_state, halted, stacked, lambda last=batch: (len(per_step) - 1, plan.steps, last)
 
     return run_epoch

@@ -474,7 +474,7 @@ def fit_many(
     )
     total = max(0, epochs - first_epoch) * steps
     recorder = Recorder("fit_many", epochs=epochs, many=True, callbacks=callbacks, checkpoints=checkpoints,
-                        progress=Progress(progress and total > 0, total, first_epoch * steps),
+                        progress=Progress(progress and total > 0, total),
                         objective=objective_fn, progress_every=progress_every)
     train_states = train(plan, train_states, first_epoch, epochs, mode=fused, recorder=recorder)
     history = {name: np.stack(values, axis=1) for name, values in recorder.history.items()}  # (K, epochs or steps)

@@ -216,7 +216,7 @@ def fit(
         steps=steps,
         validate=None if val is None else lambda ts: evaluate_fn(ts, *val),
     )
-    bar = Progress(progress and first_step // steps < epochs, (epochs - first_step // steps) * steps, first_step)
+    bar = Progress(progress and first_step // steps < epochs, (epochs - first_step // steps) * steps)
     recorder = Recorder("fit", epochs=epochs, many=False, progress=bar, callbacks=callbacks, checkpoints=checkpoints,
                         objective=objective_fn, progress_every=progress_every)
     train_state = train(plan, train_state, first_step // steps, epochs, mode=fused, recorder=recorder)

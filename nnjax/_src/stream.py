@@ -189,7 +189,7 @@ def fit_stream(
         validate=None if val is None else lambda ts: evaluate_fn(ts, *val),
     )
     recorder = Recorder("fit_stream", epochs=epochs, many=False, callbacks=callbacks, checkpoints=checkpoints,
-                        progress=Progress(progress and initial_epoch < epochs, None, int(train_state.step)),
+                        progress=Progress(progress and initial_epoch < epochs, None),
                         objective=objective_fn, progress_every=progress_every)
     train_state = train(plan, train_state, initial_epoch, epochs, mode=False, recorder=recorder,
                         batches=lambda epoch: prefetch_to_device(batches(epoch), prefetch, sharding))
