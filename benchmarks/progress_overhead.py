@@ -100,7 +100,8 @@ def main() -> None:
     one, eight = boundary_cost(x, y, args.steps, args.boundary_repeats)
     per_boundary = (eight - one) / 7
     print(f"{args.steps} steps as 1 chunk: {one:.4f} s, as 8 chunks: {eight:.4f} s "
-          f"(medians of {args.boundary_repeats}); one chunk boundary: {1e3 * per_boundary:.3f} ms = {100 * per_boundary / 0.25:.2f}% of a 0.25 s chunk")
+          f"(medians of {args.boundary_repeats}); one chunk boundary: {1e3 * per_boundary:.3f} ms = "
+          f"{100 * per_boundary / 0.25:.2f}% of a 0.25 s chunk")
 
 
 if __name__ == "__main__":
