@@ -32,3 +32,15 @@ def test_general_objective_example_trains_a_vae_with_aux_in_the_history():
     assert list(history) == ["loss", "kl", "reconstruction", "val_loss", "val_kl", "val_reconstruction"]
     assert len(history["kl"]) == 5 and history["loss"][-1] < history["loss"][0]
     assert sorted(namespace["result"].train_state.params) == ["decoder", "encoder"]
+
+
+def test_inside_a_run_example_records_per_step_series_and_starts_from_given_weights():
+    namespace = {}
+    exec(BLOCKS[1], namespace)
+    exec(BLOCKS[2].replace("epochs=30", "epochs=1"), namespace)
+    exec(BLOCKS[4], namespace)
+    history, steps = namespace["result"].history, 1437 // 32
+    assert len(history["step/grad_norm"]) == 2 * steps and len(history["loss"]) == 2
+    assert len(history["step/grad_norm/dense_0"]) == 2 * steps and "relu_1" not in str(list(history))
+    assert "grad_norm per step" in [ax.get_title() for ax in namespace["fig"].axes]
+    assert int(namespace["again"].train_state.step) == steps
