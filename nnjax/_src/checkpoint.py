@@ -29,14 +29,12 @@ import warnings
 import zlib
 from collections.abc import Mapping
 from importlib import metadata as importlib_metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
-from orbax.checkpoint import checkpoint_managers
 
 from nnjax._src.core import Layer
 from nnjax._src.errors import (
@@ -50,6 +48,16 @@ from nnjax._src.errors import (
 )
 from nnjax._src.train import TrainState, init_train_state
 from nnjax._src.types import DType, PyTree, Shape
+
+if TYPE_CHECKING:
+    import orbax.checkpoint as ocp
+
+
+def _orbax() -> Any:
+    """``orbax.checkpoint``, imported on first use: it takes about 0.2 s, which ``import nnjax`` does not pay."""
+    import orbax.checkpoint
+
+    return orbax.checkpoint
 
 FORMAT = "nnjax-checkpoint/1"
 _STATE, _RECORD = "train_state", "nnjax"
@@ -79,6 +87,8 @@ def _manager(
     best_mode: str = "min",
     read_only: bool = False,
 ) -> ocp.CheckpointManager:
+    ocp = _orbax()
+    checkpoint_managers = ocp.checkpoint_managers
     policies: list[Any] = [checkpoint_managers.LatestN(n=keep)]
     best_fn = None
     if best_metric is not None:
@@ -355,6 +365,7 @@ def save_checkpoint(
             )
         for old in existing:
             manager.delete(old)
+        ocp = _orbax()
         manager.save(
             step,
             args=ocp.args.Composite(
@@ -423,6 +434,7 @@ def _target(leaf: Any, entry: Mapping[str, Any]) -> jax.ShapeDtypeStruct:
 def _restore_step(
     manager: ocp.CheckpointManager, path: str, step: int, like: PyTree, where: str
 ) -> tuple[PyTree, dict]:
+    ocp = _orbax()
     try:
         record = manager.restore(step, args=ocp.args.Composite(**{_RECORD: ocp.args.JsonRestore()}))[_RECORD]
     except Exception as error:  # noqa: BLE001 - any failure to read the record means a broken checkpoint

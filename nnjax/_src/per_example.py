@@ -26,7 +26,6 @@ from collections.abc import Callable, Mapping
 import jax
 import jax.numpy as jnp
 import optax
-import optax.contrib
 
 from nnjax._src.compile import jit as compile_jit
 from nnjax._src.core import Layer
@@ -263,7 +262,9 @@ def dp_gradient(model: Layer, *, l2_norm_clip: float, noise_multiplier: float) -
         (values, (new_states, aux)), grads = per_example_value_and_grads(
             model, objective_fn, train_state.params, train_state.state, batch, key=model_key
         )
-        aggregate = optax.contrib.differentially_private_aggregate(l2_norm_clip, noise_multiplier, key=noise_key)
+        from optax.contrib import differentially_private_aggregate  # imported here: optax.contrib is slow to import
+
+        aggregate = differentially_private_aggregate(l2_norm_clip, noise_multiplier, key=noise_key)
         noised, _ = aggregate.update(grads, aggregate.init(train_state.params))
         aux = {**jax.tree.map(jnp.mean, aux), "clipped_fraction": jnp.mean(per_example_norms(grads) > l2_norm_clip)}
         return Gradient(jnp.mean(values), _reduce_state(new_states), aux, noised, train_state.opt_state)

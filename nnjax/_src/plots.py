@@ -144,6 +144,123 @@ def _panel(key: str) -> str:
     return f"step/{kind}/*" if layer else key
 
 
+def _unwrap_history(history: Any) -> tuple[Mapping[str, Any], Sequence[Any] | None]:
+    """``(history, configs)`` of a history, runs or a fit / fit_many result (configs None unless fit_many)."""
+    if isinstance(history, Mapping):
+        return history, None
+    if not isinstance(getattr(history, "history", None), Mapping):
+        raise TypeError(
+            "plot_history: argument `history` expected a history ({name: values}), runs ({run: history}) "
+            f"or a fit / fit_many result; given {type(history).__name__}."
+        )
+    return history.history, getattr(history, "configs", None)
+
+
+def _panel_names(histories: Mapping[str, Mapping[str, Any]], metrics: Sequence[str] | None) -> list[str]:
+    """The panels to draw: ``metrics`` (checked) or all, per-epoch ones first."""
+    names = list(dict.fromkeys(_panel(key) for h in histories.values() for key in h))
+    names.sort(key=lambda n: n.startswith("step/"))  # per-epoch panels first (a stable sort)
+    if metrics is not None:
+        missing = [m for m in metrics if m not in names]
+        if missing:
+            raise KeyError(f"plot_history: metrics {missing} are not in the history; available: {names}.")
+        names = list(metrics)
+    return names
+
+
+def _plot_layers(ax: Any, name: str, kind: str, run: str, series: dict, layer: int) -> int:
+    """One curve per layer of panel ``name`` (the mean over models); returns the next layer's colour index."""
+    for key in (k for k in series if _panel(k) == name):
+        label = key.removeprefix(f"step/{kind}/")
+        y = series[key].mean(axis=0)
+        ax.plot(np.arange(1, len(y) + 1), y, color=f"C{layer}", label=f"{run}: {label}" if run else label)
+        layer += 1
+    return layer
+
+
+def _plot_run(
+    ax: Any,
+    name: str,
+    colour: int,
+    run: str,
+    series: dict,
+    labels: list[str] | None,
+    model_lines: dict[int, Any] | None,
+) -> bool:
+    """A run's training (solid) and validation (dashed) curves of panel ``name``, one per model.
+
+    Records each model's first labelled line in ``model_lines`` (None: no figure legend of models). Returns
+    whether a validation line went unlabelled, so the panel's legend needs a train / val style key.
+    """
+    val_unlabelled = False
+    parts = [(name, "-", "train")] + ([] if name.startswith("step/") else [(f"val_{name}", "--", "val")])
+    for key, style, part in parts:
+        if key not in series:
+            continue
+        values = series[key]
+        for k, row in enumerate(values):
+            if run:  # several runs: the run's name on its first training line (style legend below)
+                label = run if part == "train" and k == 0 else "_nolegend_"
+            elif labels is None:
+                label = part
+            else:  # one fit_many history: each model's label on its training line
+                label = labels[k] if part == "train" and k < _MAX_LABELLED else "_nolegend_"
+            val_unlabelled |= part == "val" and label == "_nolegend_"
+            (line,) = ax.plot(
+                np.arange(1, len(row) + 1),
+                row,
+                style,
+                color=f"C{colour}" if run else f"C{k}",
+                label=label,
+                marker="o" if len(row) <= 30 else None,
+                markersize=3,
+                linewidth=1.6 if len(values) == 1 else 1.0,
+            )
+            if model_lines is not None and label != "_nolegend_":
+                model_lines.setdefault(k, line)
+    return val_unlabelled
+
+
+def _style_panel(ax: Any, name: str, models: list[str], logy: bool | Sequence[str], val_unlabelled: bool) -> None:
+    """A panel's title, axis labels and scale, grid, integer x ticks and legend (less the models' labels)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    kind = name.removeprefix("step/").removesuffix("/*")
+    per_step, per_layer = name.startswith("step/"), name.endswith("/*")
+    ax.set_title(f"{kind} per layer" if per_layer else f"{kind} per step" if per_step else name)
+    ax.set_xlabel("step" if per_step else "epoch")
+    ax.set_ylabel(f"{kind} (mean over models)" if per_layer and models else kind)
+    if logy is True or (not isinstance(logy, bool) and name in logy):
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    handles = [h for h in ax.get_legend_handles_labels()[0] if h.get_label() not in models]
+    if val_unlabelled:
+        handles += [Line2D([], [], color="0.3", label="train"), Line2D([], [], color="0.3", ls="--", label="val")]
+    if handles:
+        ax.legend(handles=handles, fontsize=8 if len(handles) <= 12 else 6)
+
+
+def _draw_panel(
+    ax: Any,
+    name: str,
+    runs: dict[str, tuple[dict, list[str] | None]],
+    models: list[str],
+    model_lines: dict[int, Any],
+    logy: bool | Sequence[str],
+) -> None:
+    """Panel ``name``: every run's curves, then the panel's labels and legend."""
+    kind = name.removeprefix("step/").removesuffix("/*")
+    val_unlabelled, layer = False, 0
+    for i, (run, (series, labels)) in enumerate(runs.items()):
+        if name.endswith("/*"):  # one curve per layer, the mean over models
+            layer = _plot_layers(ax, name, kind, run, series, layer)
+        else:
+            val_unlabelled |= _plot_run(ax, name, i, run, series, labels, model_lines if models else None)
+    _style_panel(ax, name, models, logy, val_unlabelled)
+
+
 def plot_history(
     history: Any,
     *,
@@ -195,81 +312,18 @@ def plot_history(
       >>> [ax.get_title() for ax in fig.axes], [line.get_label() for line in fig.axes[0].lines]
       (['loss', 'grad_norm per step'], ['model 0', 'model 1'])
     """
-    configs = None
-    if not isinstance(history, Mapping):
-        if not isinstance(getattr(history, "history", None), Mapping):
-            raise TypeError(
-                "plot_history: argument `history` expected a history ({name: values}), runs ({run: history}) "
-                f"or a fit / fit_many result; given {type(history).__name__}."
-            )
-        history, configs = history.history, getattr(history, "configs", None)
+    history, configs = _unwrap_history(history)
     histories = _runs(history)
     runs = {run: _series(run, h, configs) for run, h in histories.items()}
-    names = list(dict.fromkeys(_panel(key) for h in histories.values() for key in h))
-    names.sort(key=lambda n: n.startswith("step/"))  # per-epoch panels first (a stable sort)
-    if metrics is not None:
-        missing = [m for m in metrics if m not in names]
-        if missing:
-            raise KeyError(f"plot_history: metrics {missing} are not in the history; available: {names}.")
-        names = list(metrics)
+    names = _panel_names(histories, metrics)
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
     fig = _figure(figsize=(4.6 * cols, 3.4 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).reshape(-1)
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import MaxNLocator
-
     models = runs.get("", ({}, None))[1] or []  # the models' labels of one fit_many history: one figure legend
     model_lines: dict[int, Any] = {}
     for ax, name in zip(axes, names, strict=False):
-        kind = name.removeprefix("step/").removesuffix("/*")
-        per_step, per_layer = name.startswith("step/"), name.endswith("/*")
-        val_unlabelled, layer = False, 0
-        for i, (run, (series, labels)) in enumerate(runs.items()):
-            if per_layer:  # one curve per layer, the mean over models
-                for key in (k for k in series if _panel(k) == name):
-                    label = key.removeprefix(f"step/{kind}/")
-                    y = series[key].mean(axis=0)
-                    ax.plot(np.arange(1, len(y) + 1), y, color=f"C{layer}", label=f"{run}: {label}" if run else label)
-                    layer += 1
-                continue
-            parts = [(name, "-", "train")] + ([] if per_step else [(f"val_{name}", "--", "val")])
-            for key, style, part in parts:
-                if key not in series:
-                    continue
-                values = series[key]
-                for k, row in enumerate(values):
-                    if run:  # several runs: the run's name on its first training line (style legend below)
-                        label = run if part == "train" and k == 0 else "_nolegend_"
-                    elif labels is None:
-                        label = part
-                    else:  # one fit_many history: each model's label on its training line
-                        label = labels[k] if part == "train" and k < _MAX_LABELLED else "_nolegend_"
-                    val_unlabelled |= part == "val" and label == "_nolegend_"
-                    (line,) = ax.plot(
-                        np.arange(1, len(row) + 1),
-                        row,
-                        style,
-                        color=f"C{i}" if run else f"C{k}",
-                        label=label,
-                        marker="o" if len(row) <= 30 else None,
-                        markersize=3,
-                        linewidth=1.6 if len(values) == 1 else 1.0,
-                    )
-                    if models and label != "_nolegend_":
-                        model_lines.setdefault(k, line)
-        ax.set_title(f"{kind} per layer" if per_layer else f"{kind} per step" if per_step else name)
-        ax.set_xlabel("step" if per_step else "epoch")
-        ax.set_ylabel(f"{kind} (mean over models)" if per_layer and models else kind)
-        if logy is True or (not isinstance(logy, bool) and name in logy):
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        handles = [h for h in ax.get_legend_handles_labels()[0] if h.get_label() not in models]
-        if val_unlabelled:
-            handles += [Line2D([], [], color="0.3", label="train"), Line2D([], [], color="0.3", ls="--", label="val")]
-        if handles:
-            ax.legend(handles=handles, fontsize=8 if len(handles) <= 12 else 6)
+        _draw_panel(ax, name, runs, models, model_lines, logy)
     if model_lines:  # the models' labels once, beside the panels
         more = f"first {_MAX_LABELLED} of {len(models)} models" if len(models) > _MAX_LABELLED else None
         lines = [model_lines[k] for k in sorted(model_lines)]
@@ -367,6 +421,9 @@ def plot_activations(
 
 # --- the network from its weights ---------------------------------------------------------------------
 
+# dense_stack's result: [(w (in, out), b or None, name, [activation names])]
+_Stack = list[tuple[np.ndarray, np.ndarray | None, str, list[str]]]
+
 
 def dense_stack(model: Layer, params: Any) -> list[tuple[np.ndarray, np.ndarray | None, str, list[str]]]:
     """The dense layers of a small feed-forward net: ``[(w (in, out), b or None, name, [activation names])]``.
@@ -404,6 +461,151 @@ def dense_stack(model: Layer, params: Any) -> list[tuple[np.ndarray, np.ndarray 
     if not stack:
         raise ValueError("plot_network: the model has no Dense layer to draw.")
     return stack
+
+
+_GAP, _RADIUS = 2.6, 0.22  # plot_network: the distance between layers' columns, and a neuron's radius
+
+
+def _check_network(
+    stack: _Stack,
+    sizes: list[int],
+    input_shape: tuple[int, ...] | None,
+    max_neurons: int,
+    input_names: Sequence[str] | None,
+    output_names: Sequence[str] | None,
+) -> None:
+    """Raise ValueError unless the dense stack chains, fits ``max_neurons`` and matches the shape and names."""
+    if input_shape is not None and tuple(input_shape) != (sizes[0],):
+        raise ValueError(
+            f"plot_network: argument `input_shape` expected ({sizes[0]},) to match the first layer's weights "
+            f"{stack[0][0].shape}, given {tuple(input_shape)}. Hint: plot_network draws nets on feature vectors."
+        )
+    for (w, *_), (w_next, *_) in zip(stack, stack[1:], strict=False):
+        if w.shape[1] != w_next.shape[0]:
+            raise ValueError(f"plot_network: consecutive weights {w.shape} and {w_next.shape} do not chain.")
+    if max(sizes) > max_neurons:
+        raise ValueError(
+            f"plot_network: the widest layer has {max(sizes)} neurons, more than max_neurons={max_neurons}; "
+            f"layer sizes {sizes}. Hint: draw a smaller net, or raise max_neurons."
+        )
+    for names, n, what in ((input_names, sizes[0], "input_names"), (output_names, sizes[-1], "output_names")):
+        if names is not None and len(names) != n:
+            raise ValueError(f"plot_network: argument `{what}` expected {n} names, given {len(names)}.")
+
+
+def _drawn(w: np.ndarray, hide_below: float, only_positive: bool) -> np.ndarray:
+    """Which synapses of weights ``w`` are drawn: ``|w| >= hide_below``, and ``w > 0`` if ``only_positive``."""
+    keep = np.abs(w) >= hide_below
+    return keep & (w > 0) if only_positive else keep
+
+
+def _draw_synapses(
+    ax: Any, stack: _Stack, visible: list[np.ndarray], ys: list[np.ndarray], scale: float, label_weights: bool
+) -> None:
+    """The visible synapses as lines, width and opacity by ``|w| / scale``, colour by sign; weights on them."""
+    for layer, ((w, _b, _name, _acts), keep) in enumerate(zip(stack, visible, strict=True)):
+        x0, x1 = layer * _GAP, (layer + 1) * _GAP
+        for i, j in zip(*np.nonzero(keep), strict=True):
+            value = w[i, j]
+            strength = abs(value) / scale if scale > 0 else 0.0
+            colour = POSITIVE if value > 0 else NEGATIVE
+            ax.plot(
+                [x0 + _RADIUS, x1 - _RADIUS],
+                [ys[layer][i], ys[layer + 1][j]],
+                color=colour,
+                linewidth=0.6 + 4.4 * strength,
+                alpha=0.35 + 0.6 * strength,
+                solid_capstyle="round",
+                zorder=1,
+            )
+            if label_weights:  # stagger labels along the lines so lines from one neuron don't stack them
+                t = 0.22 + 0.5 * (j / max(len(ys[layer + 1]) - 1, 1))
+                tx, ty = x0 + t * (x1 - x0), ys[layer][i] + t * (ys[layer + 1][j] - ys[layer][i])
+                ax.text(
+                    tx,
+                    ty,
+                    f"{value:.2f}",
+                    fontsize=7,
+                    ha="center",
+                    va="center",
+                    color=colour,
+                    zorder=4,
+                    bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.85),
+                )
+
+
+def _draw_neurons(ax: Any, stack: _Stack, sizes: list[int], ys: list[np.ndarray], label_weights: bool) -> None:
+    """The neurons as circles, column by column, with their biases and each column's heading."""
+    from matplotlib.patches import Circle
+
+    fills = ["#d9f0d3"] + ["#deebf7"] * (len(sizes) - 2) + ["#fdd0a2"]
+    for layer, (n, y) in enumerate(zip(sizes, ys, strict=True)):
+        x = layer * _GAP
+        for k in range(n):
+            ax.add_patch(Circle((x, y[k]), _RADIUS, facecolor=fills[layer], edgecolor="0.2", linewidth=1.2, zorder=3))
+            if layer > 0 and label_weights and stack[layer - 1][1] is not None:
+                ax.text(
+                    x,
+                    y[k] - _RADIUS - 0.12,
+                    f"b={stack[layer - 1][1][k]:.2f}",
+                    fontsize=6.5,
+                    ha="center",
+                    va="top",
+                    color="0.3",
+                    zorder=4,
+                )
+        if layer == 0:
+            heading = f"input ({n})\n"
+        else:
+            kind = "output" if layer == len(sizes) - 1 else f"hidden {layer}"
+            acts = stack[layer - 1][3]
+            heading = f"{kind} ({n})" + (f"\n{', '.join(acts)}" if acts else "\n")
+        ax.text(x, max(yy.max() for yy in ys) + 0.75, heading, ha="center", va="bottom", fontsize=9)
+
+
+def _name_neurons(
+    ax: Any,
+    sizes: list[int],
+    ys: list[np.ndarray],
+    input_names: Sequence[str] | None,
+    output_names: Sequence[str] | None,
+) -> None:
+    """The input neurons' names left of them, the output neurons' right (default ``x1, ...`` and ``y1, ...``)."""
+    names = list(input_names) if input_names is not None else [f"x{k + 1}" for k in range(sizes[0])]
+    for k, name in enumerate(names):
+        ax.text(-_RADIUS - 0.15, ys[0][k], name, ha="right", va="center", fontsize=9)
+    out_names = list(output_names) if output_names is not None else [f"y{k + 1}" for k in range(sizes[-1])]
+    for k, name in enumerate(out_names):
+        ax.text((len(sizes) - 1) * _GAP + _RADIUS + 0.15, ys[-1][k], name, ha="left", va="center", fontsize=9)
+
+
+def _frame_network(fig: Any, ax: Any, sizes: list[int], ys: list[np.ndarray], own_figure: bool) -> None:
+    """The Axes' limits around the drawing, equal aspect, no axes; an own figure sized to the drawing."""
+    top, bottom = max(y.max() for y in ys) + 1.6, min(y.min() for y in ys) - 0.9
+    ax.set_xlim(-1.9, (len(sizes) - 1) * _GAP + 1.9)
+    ax.set_ylim(bottom, top)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    if own_figure:  # size the figure to the drawing, about 0.62 inch per unit
+        fig.set_size_inches(max(4.0, 0.62 * (ax.get_xlim()[1] - ax.get_xlim()[0]) + 0.6), 0.62 * (top - bottom) + 0.7)
+
+
+def _network_legend(
+    ax: Any, stack: _Stack, n_lines: int, hide_below: float, only_positive: bool, title: str | None
+) -> None:
+    """The sign legend below the drawing, and the title (default: how many synapses are drawn, and by what rule)."""
+    from matplotlib.lines import Line2D
+
+    rule = "w > 0" if only_positive else None
+    if hide_below > 0:
+        rule = f"w ≥ {hide_below:g}" if only_positive else f"|w| ≥ {hide_below:g}"
+    total = int(sum(w.size for w, *_ in stack))
+    handles = [Line2D([], [], color=POSITIVE, linewidth=2.5, label="positive weight")]
+    if not only_positive:
+        handles.append(Line2D([], [], color=NEGATIVE, linewidth=2.5, label="negative weight"))
+    ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, -0.02), ncol=2, fontsize=8, frameon=False)
+    shown = f"{n_lines} of {total} synapses drawn ({rule})" if rule else f"all {total} synapses"
+    ax.set_title(title or f"{shown}; line width ∝ |w|", fontsize=10)
 
 
 def plot_network(
@@ -458,33 +660,12 @@ def plot_network(
     params = getattr(params, "params", params)
     stack = dense_stack(model, params)
     sizes = [stack[0][0].shape[0]] + [w.shape[1] for w, *_ in stack]
-    if input_shape is not None and tuple(input_shape) != (sizes[0],):
-        raise ValueError(
-            f"plot_network: argument `input_shape` expected ({sizes[0]},) to match the first layer's weights "
-            f"{stack[0][0].shape}, given {tuple(input_shape)}. Hint: plot_network draws nets on feature vectors."
-        )
-    for (w, *_), (w_next, *_) in zip(stack, stack[1:], strict=False):
-        if w.shape[1] != w_next.shape[0]:
-            raise ValueError(f"plot_network: consecutive weights {w.shape} and {w_next.shape} do not chain.")
-    if max(sizes) > max_neurons:
-        raise ValueError(
-            f"plot_network: the widest layer has {max(sizes)} neurons, more than max_neurons={max_neurons}; "
-            f"layer sizes {sizes}. Hint: draw a smaller net, or raise max_neurons."
-        )
-    for names, n, what in ((input_names, sizes[0], "input_names"), (output_names, sizes[-1], "output_names")):
-        if names is not None and len(names) != n:
-            raise ValueError(f"plot_network: argument `{what}` expected {n} names, given {len(names)}.")
-
-    def drawn(w):
-        keep = np.abs(w) >= hide_below
-        return keep & (w > 0) if only_positive else keep
-
-    visible = [drawn(w) for w, *_ in stack]
+    _check_network(stack, sizes, input_shape, max_neurons, input_names, output_names)
+    visible = [_drawn(w, hide_below, only_positive) for w, *_ in stack]
     n_lines = int(sum(v.sum() for v in visible))
     scale = max((np.abs(w)[v].max() for (w, *_), v in zip(stack, visible, strict=True) if v.any()), default=1.0)
     label_weights = show_weights is True or (show_weights == "auto" and n_lines <= 12)
 
-    gap = 2.6
     ys = [(np.arange(n)[::-1] - (n - 1) / 2) * 1.0 for n in sizes]
     own_figure = ax is None
     if own_figure:
@@ -492,85 +673,11 @@ def plot_network(
         ax = fig.add_subplot()
     else:
         fig = ax.figure
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Circle
-
-    radius = 0.22
-    for layer, ((w, _b, _name, _acts), keep) in enumerate(zip(stack, visible, strict=True)):
-        x0, x1 = layer * gap, (layer + 1) * gap
-        for i, j in zip(*np.nonzero(keep), strict=True):
-            value = w[i, j]
-            strength = abs(value) / scale if scale > 0 else 0.0
-            colour = POSITIVE if value > 0 else NEGATIVE
-            ax.plot(
-                [x0 + radius, x1 - radius],
-                [ys[layer][i], ys[layer + 1][j]],
-                color=colour,
-                linewidth=0.6 + 4.4 * strength,
-                alpha=0.35 + 0.6 * strength,
-                solid_capstyle="round",
-                zorder=1,
-            )
-            if label_weights:  # stagger labels along the lines so lines from one neuron don't stack them
-                t = 0.22 + 0.5 * (j / max(len(ys[layer + 1]) - 1, 1))
-                tx, ty = x0 + t * (x1 - x0), ys[layer][i] + t * (ys[layer + 1][j] - ys[layer][i])
-                ax.text(
-                    tx,
-                    ty,
-                    f"{value:.2f}",
-                    fontsize=7,
-                    ha="center",
-                    va="center",
-                    color=colour,
-                    zorder=4,
-                    bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.85),
-                )
-    fills = ["#d9f0d3"] + ["#deebf7"] * (len(sizes) - 2) + ["#fdd0a2"]
-    for layer, (n, y) in enumerate(zip(sizes, ys, strict=True)):
-        x = layer * gap
-        for k in range(n):
-            ax.add_patch(Circle((x, y[k]), radius, facecolor=fills[layer], edgecolor="0.2", linewidth=1.2, zorder=3))
-            if layer > 0 and label_weights and stack[layer - 1][1] is not None:
-                ax.text(
-                    x,
-                    y[k] - radius - 0.12,
-                    f"b={stack[layer - 1][1][k]:.2f}",
-                    fontsize=6.5,
-                    ha="center",
-                    va="top",
-                    color="0.3",
-                    zorder=4,
-                )
-        if layer == 0:
-            heading = f"input ({n})\n"
-        else:
-            kind = "output" if layer == len(sizes) - 1 else f"hidden {layer}"
-            acts = stack[layer - 1][3]
-            heading = f"{kind} ({n})" + (f"\n{', '.join(acts)}" if acts else "\n")
-        ax.text(x, max(yy.max() for yy in ys) + 0.75, heading, ha="center", va="bottom", fontsize=9)
-    names = list(input_names) if input_names is not None else [f"x{k + 1}" for k in range(sizes[0])]
-    for k, name in enumerate(names):
-        ax.text(-radius - 0.15, ys[0][k], name, ha="right", va="center", fontsize=9)
-    out_names = list(output_names) if output_names is not None else [f"y{k + 1}" for k in range(sizes[-1])]
-    for k, name in enumerate(out_names):
-        ax.text((len(sizes) - 1) * gap + radius + 0.15, ys[-1][k], name, ha="left", va="center", fontsize=9)
-    top, bottom = max(y.max() for y in ys) + 1.6, min(y.min() for y in ys) - 0.9
-    ax.set_xlim(-1.9, (len(sizes) - 1) * gap + 1.9)
-    ax.set_ylim(bottom, top)
-    ax.set_aspect("equal")
-    ax.axis("off")
-    if own_figure:  # size the figure to the drawing, about 0.62 inch per unit
-        fig.set_size_inches(max(4.0, 0.62 * (ax.get_xlim()[1] - ax.get_xlim()[0]) + 0.6), 0.62 * (top - bottom) + 0.7)
-    rule = "w > 0" if only_positive else None
-    if hide_below > 0:
-        rule = f"w ≥ {hide_below:g}" if only_positive else f"|w| ≥ {hide_below:g}"
-    total = int(sum(w.size for w, *_ in stack))
-    handles = [Line2D([], [], color=POSITIVE, linewidth=2.5, label="positive weight")]
-    if not only_positive:
-        handles.append(Line2D([], [], color=NEGATIVE, linewidth=2.5, label="negative weight"))
-    ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, -0.02), ncol=2, fontsize=8, frameon=False)
-    shown = f"{n_lines} of {total} synapses drawn ({rule})" if rule else f"all {total} synapses"
-    ax.set_title(title or f"{shown}; line width ∝ |w|", fontsize=10)
+    _draw_synapses(ax, stack, visible, ys, scale, label_weights)
+    _draw_neurons(ax, stack, sizes, ys, label_weights)
+    _name_neurons(ax, sizes, ys, input_names, output_names)
+    _frame_network(fig, ax, sizes, ys, own_figure)
+    _network_legend(ax, stack, n_lines, hide_below, only_positive, title)
     return _finish(fig, path)
 
 

@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
-from flax.training.dynamic_scale import DynamicScale
 
 from nnjax._src.arguments import check_choice
 from nnjax._src.compile import jit as compile_jit
@@ -36,6 +35,9 @@ from nnjax._src.objective import Loss, Metric, Objective, as_objective
 from nnjax._src.step_stats import StepStats
 from nnjax._src.train import Batch, Gradient, TrainState, build_train_step
 from nnjax._src.types import Array, DType, PRNGKey
+
+if TYPE_CHECKING:
+    from flax.training.dynamic_scale import DynamicScale
 
 
 def _cast_floating(tree: Any, dtype: DType) -> Any:
@@ -204,6 +206,8 @@ def dynamic_loss_scale(
     """
 
     def init(params):
+        from flax.training.dynamic_scale import DynamicScale  # imported here: flax costs `import nnjax` 0.1 s
+
         scale = DynamicScale(
             growth_factor=growth_factor,
             backoff_factor=backoff_factor,
