@@ -151,6 +151,7 @@ def train_and_evaluate(config: dict | None = None) -> dict:
 
 
 def main() -> None:
+    nnjax.config.compilation_cache()  # a rerun loads its compiled programs instead of compiling them
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for name, value in DEFAULTS.items():
         if name != "verbose":

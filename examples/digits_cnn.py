@@ -135,6 +135,7 @@ def train_and_evaluate(config: Mapping[str, Any] | None = None) -> dict[str, flo
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
+    nnjax.config.compilation_cache()  # a rerun loads its compiled programs instead of compiling them
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=["digits", "mnist"], default=DEFAULT_CONFIG["dataset"])
     parser.add_argument("--data-dir", default=DEFAULT_CONFIG["data_dir"], help="MNIST directory (default: nnjax's)")

@@ -129,6 +129,7 @@ def benchmark_step(batch_size: int = 32, hidden: int = 128, repeats: int = 7, st
 
 
 def main() -> None:
+    nnjax.config.compilation_cache()  # a rerun loads its compiled programs instead of compiling them
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--optimizer", default=DEFAULTS["optimizer"], choices=sorted(LEARNING_RATES))
     parser.add_argument("--learning-rate", type=float, default=None, help="default: per optimizer")

@@ -293,6 +293,7 @@ def train_and_evaluate(config: GANConfig | dict | None = None, *, verbose: bool 
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    nnjax.config.compilation_cache()  # a rerun loads its compiled programs instead of compiling them
     defaults = GANConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     for field in dataclasses.fields(GANConfig):

@@ -54,6 +54,7 @@ def train_and_evaluate(config: dict | None = None) -> dict[str, float]:
 
 
 def main() -> None:
+    nnjax.config.compilation_cache()  # a rerun loads its compiled programs instead of compiling them
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for name, value in DEFAULTS.items():
         if name != "progress":

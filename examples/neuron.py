@@ -65,6 +65,7 @@ def train_and_evaluate(config: dict | None = None) -> dict[str, float]:
 
 
 def main() -> None:
+    nnjax.config.compilation_cache()  # a rerun loads its compiled programs instead of compiling them
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -157,6 +157,7 @@ def port_and_fine_tune(config: Mapping[str, Any] | None = None) -> dict[str, flo
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
+    nnjax.config.compilation_cache()  # a rerun loads its compiled programs instead of compiling them
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--torch-epochs", type=int, default=DEFAULT_CONFIG["torch_epochs"])
     parser.add_argument("--nnjax-epochs", type=int, default=DEFAULT_CONFIG["nnjax_epochs"])

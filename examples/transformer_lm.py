@@ -308,6 +308,7 @@ def train_and_evaluate(config: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    nnjax.config.compilation_cache()  # a rerun loads its compiled programs instead of compiling them
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     for name, default in DEFAULTS.items():
         flag = "--" + name.replace("_", "-")

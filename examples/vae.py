@@ -135,6 +135,7 @@ def train_and_evaluate(config: dict | None = None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    nnjax.config.compilation_cache()  # a rerun loads its compiled programs instead of compiling them
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for name in ("latent", "hidden", "epochs", "batch_size", "seed"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=DEFAULTS[name])

@@ -44,6 +44,9 @@ import optax
 
 import nnjax as nn
 
+# Compiled programs are kept on disk: a rerun loads them instead of compiling (Colab wipes its disk with each
+# session, so there it helps reruns within one session). Set before the first computation.
+nn.config.compilation_cache()
 print("jax", jax.__version__, "| devices:", jax.devices())
 if jax.default_backend() == "cpu":
     nn.keep_freed_memory()  # for this kernel: XLA's CPU temporaries reuse freed memory (faster conv steps)"""

@@ -7,6 +7,13 @@ with int32 step counts, which strict mode rejects.)
 import jax
 import pytest
 
+import nnjax
+
+# The persistent compilation cache, shared by the pytest-xdist workers (a program compiled by one test
+# is loaded by the others, and by the next run); NNJAX_COMPILATION_CACHE=0 turns it off, or names another
+# directory. Set before any test compiles.
+nnjax.config.compilation_cache()
+
 
 @pytest.fixture
 def x64():
