@@ -45,6 +45,12 @@ excluding imports, data loading and the final test evaluation; "first epoch" is 
 start of that call to the end of the first epoch (for JAX tools: most of it is compilation). Seeds 0..runs-1
 seed initialization, data order and dropout; the split stays the same. Medians [min-max] over the runs.
 
+Cold and warm: each (tool, seed) runs twice, in two fresh processes one after the other, each tool as it
+comes out of the box. nnjax turns on its persistent compilation cache (``nnjax.config.compilation_cache``,
+as its example trainers do) in a directory that is empty for the cold run and kept for the warm one, so the
+warm run loads its compiled programs instead of compiling them. Keras, scikit-learn and PyTorch keep no
+compiled state across processes by default: their warm run is a second fresh process.
+
 Run:   python benchmarks/side_by_side.py [--runs 5] [--epochs N] [--tools nnjax,torch,mlp,...] [--out FILE.md]
 Smoke: python benchmarks/side_by_side.py --runs 1 --epochs 1 [--jobs 2 --threads 1]   (--jobs: times compete)
 """
@@ -181,6 +187,7 @@ def _run_nnjax(model, optimizer, x_train, data, seed, epochs, config, cnn=False)
 
     import nnjax
 
+    nnjax.config.compilation_cache()  # NNJAX_COMPILATION_CACHE: empty for a cold run, kept for a warm one
     epoch_ends: list[float] = []
     start = time.perf_counter()
     train_state, _ = nnjax.fit(
@@ -410,7 +417,9 @@ def select_tools(spec: str | None) -> list[Tool]:
     return chosen
 
 
-def run_one(tool: Tool, seed: int, epochs: int | None, data_path: str, args, slot: int = 0) -> dict[str, Any]:
+def run_one(
+    tool: Tool, seed: int, epochs: int | None, data_path: str, args, slot: int = 0, cache_dir: str | None = None
+) -> dict[str, Any]:
     command = [sys.executable, str(pathlib.Path(__file__).resolve()), "--tool", tool.name, "--seed", str(seed),
                "--data", data_path]  # fmt: skip
     if epochs is not None:
@@ -420,6 +429,8 @@ def run_one(tool: Tool, seed: int, epochs: int | None, data_path: str, args, slo
     if args.threads:
         command += ["--cpus", ",".join(map(str, core_set(args.threads, slot)))]
     env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONUNBUFFERED": "1"}
+    if cache_dir is not None:
+        env["NNJAX_COMPILATION_CACHE"] = cache_dir
     try:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, env=env, cwd=ROOT)
     except subprocess.TimeoutExpired:
@@ -444,9 +455,9 @@ def table(task: str, tools: list[Tool], results: dict[str, list[dict]], epochs: 
     lines = [
         f"### {TASK_TITLES[task]}, {epochs[task]} epochs",
         "",
-        "| tool | test accuracy median [min-max] | train wall time median s [min-max] | first epoch median s "
-        "| params | runs | versions |",
-        "|---|---|---|---|---:|---:|---|",
+        "| tool | test accuracy median [min-max] | train wall time cold, median s [min-max] | warm "
+        "| first epoch cold, median s | warm | params | runs | versions |",
+        "|---|---|---|---|---|---|---:|---:|---|",
     ]
     for tool in tools:
         runs = results.get(tool.name, [])
@@ -454,17 +465,19 @@ def table(task: str, tools: list[Tool], results: dict[str, list[dict]], epochs: 
         errors = sorted({r["error"] for r in runs if "error" in r})
         if not ok:
             reason = errors[0] if errors else "not run"
-            lines.append(f"| {tool.label} (`{tool.name}`) | {reason} | — | — | — | 0 | — |")
+            lines.append(f"| {tool.label} (`{tool.name}`) | {reason} | — | — | — | — | — | 0 | — |")
             continue
         firsts = [r["first_epoch_seconds"] for r in ok if r.get("first_epoch_seconds") is not None]
+        warm = [r["warm_train_seconds"] for r in ok if r.get("warm_train_seconds") is not None]
+        warm_firsts = [r["warm_first_epoch_seconds"] for r in ok if r.get("warm_first_epoch_seconds") is not None]
         versions = ", ".join(f"{k} {v}" for k, v in ok[0]["versions"].items())
         if ok[0].get("backend"):
             versions += f"; {ok[0]['backend']}"
         note = f" ({len(runs) - len(ok)} failed: {errors[0]})" if errors else ""
         lines.append(
             f"| {tool.label} (`{tool.name}`) | {spread([r['test_accuracy'] for r in ok], '.4f')}{note} "
-            f"| {spread([r['train_seconds'] for r in ok], '.2f')} | {spread(firsts, '.2f')} "
-            f"| {ok[0]['params']:,} | {len(ok)} | {versions} |"
+            f"| {spread([r['train_seconds'] for r in ok], '.2f')} | {spread(warm, '.2f')} "
+            f"| {spread(firsts, '.2f')} | {spread(warm_firsts, '.2f')} | {ok[0]['params']:,} | {len(ok)} | {versions} |"
         )
     return lines
 
@@ -496,6 +509,8 @@ def report(args, tools, results, epochs, load_start: str, started: str) -> str:
         f"(stratified 80/20, seed {SPLIT_SEED}: 1,437 train / 360 test images, pixels / 16)",
         "- train wall time: the training call, compilation included (imports, data loading and the final "
         "test evaluation excluded); first epoch: from the start of that call to the end of epoch 1",
+        "- cold: a fresh process with an empty compilation cache; warm: a second fresh process, nnjax's "
+        "persistent compilation cache kept from the cold run (the other tools keep nothing across processes)",
     ]
     if args.threads:
         lines.append(
@@ -564,14 +579,22 @@ def main(argv: list[str] | None = None) -> str | int:
             slots.put(slot)
 
         def one(item: tuple[Tool, int]) -> dict[str, Any]:
+            """A cold run then a warm one (see the module docstring); the result is the cold run's, with the
+            warm run's times beside it."""
             tool, seed = item
             slot = slots.get()
             try:
-                result = run_one(tool, seed, args.epochs, data_path, args, slot)
+                with tempfile.TemporaryDirectory() as cache_dir:
+                    result = run_one(tool, seed, args.epochs, data_path, args, slot, cache_dir)
+                    warm = run_one(tool, seed, args.epochs, data_path, args, slot, cache_dir)
             finally:
                 slots.put(slot)
+            if "error" not in result and "error" not in warm:
+                result["warm_train_seconds"] = warm["train_seconds"]
+                result["warm_first_epoch_seconds"] = warm.get("first_epoch_seconds")
             shown = result.get("error") or (
-                f"test accuracy {result['test_accuracy']:.4f}, train {result['train_seconds']:.2f}s"
+                f"test accuracy {result['test_accuracy']:.4f}, train {result['train_seconds']:.2f}s cold, "
+                f"{result.get('warm_train_seconds', float('nan')):.2f}s warm"
             )
             print(f"{tool.name} seed {seed}: {shown}", file=sys.stderr, flush=True)
             return result

@@ -11,8 +11,10 @@ import nnjax
 PROBE = """
 import sys, jax, numpy as np, optax
 counts = {"hits": 0, "misses": 0}
-jax.monitoring.register_event_listener(
-    lambda event, **kw: counts.update({k: counts[k] + 1 for k in counts if event == f"/jax/compilation_cache/cache_{k}"}))
+def count(event, **kw):
+    for k in counts:
+        counts[k] += event == f"/jax/compilation_cache/cache_{k}"
+jax.monitoring.register_event_listener(count)
 import nnjax
 print(jax.config.jax_compilation_cache_dir)            # an import changes nothing
 print(nnjax.config.compilation_cache(sys.argv[1]))
@@ -56,3 +58,15 @@ def test_default_directory_and_bad_size(monkeypatch, tmp_path):
     for bad in (0, True, 1.5):
         with pytest.raises(ValueError, match="compilation_cache: argument `max_size_bytes` expected a positive int"):
             nnjax.config.compilation_cache(tmp_path, max_size_bytes=bad)
+
+
+def test_the_size_cap_removes_the_least_recently_used_entries_first(tmp_path):
+    for i in range(5):
+        path = tmp_path / f"entry{i}-cache"
+        path.write_bytes(b"x" * 100)
+        os.utime(path, (1000 + i, 1000 + i))  # entry0 is the least recently used
+    from nnjax._src.compilation_cache import trim_cache
+
+    assert trim_cache(str(tmp_path), 250) == 3
+    assert sorted(os.listdir(tmp_path)) == ["entry3-cache", "entry4-cache"]
+    assert trim_cache(str(tmp_path), 250) == 0

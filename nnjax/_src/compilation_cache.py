@@ -37,8 +37,10 @@ def compilation_cache(directory: str | os.PathLike | None = None, *, max_size_by
     """Turns on JAX's persistent compilation cache; returns its directory (None when kept off).
 
     Every program is kept, however small or quick to compile (JAX's defaults skip those compiled in
-    under a second, which on a CPU are most of a small job's), up to ``max_size_bytes`` on disk, the least
-    recently used evicted first.
+    under a second, which on a CPU are most of a small job's). The size cap is applied here, when the cache
+    is turned on: entries are removed, least recently used first, until the directory holds at most
+    ``max_size_bytes``. (JAX's own cap checks at every write by reading every entry's record: with
+    thousands of entries, as a test suite makes, each write took a large fraction of a second.)
 
     Pitfalls: call it before the computations whose programs you want kept (programs compiled earlier in
     the process are not written); entries are per device kind and jax version, so a GPU run and a CPU
@@ -80,8 +82,33 @@ def compilation_cache(directory: str | os.PathLike | None = None, *, max_size_by
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)  # no size floor, no override of it
-    jax.config.update("jax_compilation_cache_max_size", max_size_bytes)
+    jax.config.update("jax_compilation_cache_max_size", -1)  # no per-write eviction: trim_cache, once
+    if max_size_bytes != -1:
+        trim_cache(path, max_size_bytes)
     from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
     jax_cache.reset_cache()  # JAX decides once whether to use a cache: let it decide again, with this one
     return path
+
+
+def trim_cache(directory: str, max_size_bytes: int) -> int:
+    """Removes the least recently used files of ``directory`` (by access time, else modification time)
+    until the rest hold at most ``max_size_bytes``; returns how many were removed."""
+    entries = []
+    with os.scandir(directory) as scan:
+        for entry in scan:
+            if entry.is_file(follow_symlinks=False):
+                stat = entry.stat(follow_symlinks=False)
+                entries.append((max(stat.st_atime, stat.st_mtime), stat.st_size, entry.path))
+    total = sum(size for _, size, _ in entries)
+    removed = 0
+    for _, size, path in sorted(entries):
+        if total <= max_size_bytes:
+            break
+        try:
+            os.remove(path)
+        except FileNotFoundError:  # another process trimmed it first
+            pass
+        total -= size
+        removed += 1
+    return removed

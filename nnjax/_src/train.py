@@ -9,6 +9,7 @@ trains many models in one program, and ``jax.lax.scan`` fuses many steps.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -19,6 +20,7 @@ import optax
 from nnjax._src.compile import jit as compile_jit
 from nnjax._src.core import Layer
 from nnjax._src.errors import first_nonfinite
+from nnjax._src.kernels import init_jit_options
 from nnjax._src.objective import Aux, Loss, Metric, Objective, as_objective, value_and_grad
 from nnjax._src.step_stats import StepStats, step_statistics
 from nnjax._src.types import Array, DType, Params, PRNGKey, Shape, State
@@ -101,23 +103,56 @@ def init_train_state(
       >>> int(ts.step), jax.tree.map(jnp.shape, ts.params)["dense_0"]
       (0, {'b': (4,), 'w': (3, 4)})
     """
-    init_key, train_key = jax.random.split(key)
-    if params is None and state is None:
-        params, state = model.init(init_key, input_shape, dtype)
-    else:
-        expected_params, expected_state = jax.eval_shape(lambda k: model.init(k, input_shape, dtype), init_key)
+    if params is not None or state is not None:
+        expected_params, expected_state = jax.eval_shape(lambda k: model.init(k, input_shape, dtype), key)
+        check_like("params", params, expected_params)
+        check_like("state", state, expected_state)
+    shape_leaves, shape_def = jax.tree.flatten(input_shape)
+    program = init_program(model, optimizer, shape_def, tuple(shape_leaves), jnp.dtype(dtype))
+    return program(key, params, state)
+
+
+@functools.lru_cache(maxsize=64)
+def init_program(
+    model: Layer, optimizer: optax.GradientTransformation, shape_def: Any, shape_leaves: tuple, dtype: Any
+) -> Callable[[PRNGKey, Params | None, State | None], TrainState]:
+    """``init_train_state``'s work as ONE compiled program, whatever the model's depth (op by op, each
+    parameter shape's random draw was a compilation of its own). Given ``params``/``state`` are copied
+    into new arrays (a jitted step donates its train state: never the caller's arrays). Cached per model,
+    optimizer, input shape and dtype; under a transformation (``jax.vmap``, ``jax.jit``, ``eval_shape``)
+    it is traced as part of the caller's program instead."""
+    input_shape = jax.tree.unflatten(shape_def, shape_leaves)
+
+    def build(key: PRNGKey, params: Params | None, state: State | None) -> TrainState:
+        init_key, train_key = jax.random.split(key)
         if params is None or state is None:
             init_params, init_state = model.init(init_key, input_shape, dtype)
-        params = init_params if params is None else copied_like("params", params, expected_params)
-        state = init_state if state is None else copied_like("state", state, expected_state)
-    if jnp.issubdtype(train_key.dtype, jax.dtypes.prng_key):
-        train_key = jax.random.key_data(train_key)  # raw data: cheaper to pass through jit every step
-    return TrainState(jnp.zeros((), jnp.int32), params, state, optimizer.init(params), train_key)
+            params = init_params if params is None else jax.tree.map(jnp.copy, params)
+            state = init_state if state is None else jax.tree.map(jnp.copy, state)
+        else:
+            params, state = jax.tree.map(jnp.copy, (params, state))
+        if jnp.issubdtype(train_key.dtype, jax.dtypes.prng_key):
+            train_key = jax.random.key_data(train_key)  # raw data: cheaper to pass through jit every step
+        return TrainState(jnp.zeros((), jnp.int32), params, state, optimizer.init(params), train_key)
+
+    compiled = jax.jit(build, compiler_options=init_jit_options())
+    return lambda key, params, state: (compiled if at_top_level() else build)(key, params, state)
 
 
-def copied_like(name: str, given: Any, expected: Any) -> Any:
-    """A copy of ``given`` (a jitted step donates its train state: never the caller's arrays), after checking
-    that its paths, shapes and dtypes are ``expected``'s; ValueError naming every difference otherwise."""
+def at_top_level() -> bool:
+    """True when no JAX transformation is tracing (``compiler_options`` are for top-level jits only)."""
+    try:
+        from jax._src.core import trace_state_clean  # JAX's own test of it; no public name yet
+    except ImportError:  # an older or newer JAX: compile as part of whatever runs it
+        return False
+    return trace_state_clean()
+
+
+def check_like(name: str, given: Any, expected: Any) -> None:
+    """Checks that ``given`` (None: nothing given) has ``expected``'s paths, shapes and dtypes; ValueError
+    naming every difference otherwise."""
+    if given is None:
+        return
     leaves = jax.tree_util.tree_leaves_with_path
     have = {jax.tree_util.keystr(p): (jnp.shape(v), jnp.result_type(v)) for p, v in leaves(given)}
     want = {jax.tree_util.keystr(p): (v.shape, v.dtype) for p, v in leaves(expected)}
@@ -130,7 +165,6 @@ def copied_like(name: str, given: Any, expected: Any) -> Any:
     ]
     if problems:
         raise ValueError(f"init_train_state: argument `{name}` does not match the model's: {'; '.join(problems)}.")
-    return jax.tree.map(jnp.copy, given)
 
 
 STEP_STREAM, DATA_STREAM, EVAL_STREAM = 0, 1, 2
