@@ -189,3 +189,27 @@ def _digits():
     images, labels = nnjax.data.load_digits()
     x = images.reshape(-1, 64).astype(np.float32) / 16
     return nnjax.data.train_test_split(x, labels, seed=0)
+
+
+def test_initialization_compiles_a_bounded_number_of_programs_whatever_the_depth():
+    programs = []
+
+    def on_duration(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            programs.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(on_duration)
+    keys = {depth: jax.random.key(depth) for depth in (2, 20)}
+    nnjax.init_train_state(nnjax.Dense(1), optax.adam(1e-3), keys[2], (1,))  # the process's one-time programs
+    counts = {}
+    for depth in (2, 20):
+        layers = [layer for _ in range(depth) for layer in (nnjax.Dense(24 + depth), nnjax.Relu())]
+        model = nnjax.serial(*layers, nnjax.Dense(3))  # shapes no earlier test compiled
+        before = len(programs)
+        ts = nnjax.init_train_state(model, optax.adam(1e-3), keys[depth], (7,))
+        jax.block_until_ready(ts)
+        counts[depth] = len(programs) - before
+        again = nnjax.init_train_state(model, optax.adam(1e-3), keys[depth], (7,))
+        assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), ts.params, again.params))
+        assert len(ts.params) == 2 * depth + 1 and ts.params["dense_0"]["w"].shape == (7, 24 + depth)
+    assert counts == {2: 1, 20: 1}, counts  # op by op, every parameter shape was a compilation of its own
