@@ -58,7 +58,7 @@ def boundary_cost(x, y, steps: int, repeats: int) -> tuple[float, float]:
     program = engine.epoch_program(plan)
     order = jax.eval_shape(plan.order, train_state, 0)
     no_order = jax.numpy.zeros(order.shape, order.dtype)
-    carry = engine.EpochCarry(train_state, engine.no_halt(plan, train_state), no_order,
+    carry = engine.EpochCarry(train_state, engine.no_halt(train_state), no_order,
                               engine.empty_per_step(plan, train_state, order))
     times: dict[int, list[float]] = {1: [], 8: []}
     for repeat in range(repeats + 1):

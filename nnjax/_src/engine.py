@@ -7,7 +7,7 @@ and a ``Recorder`` (history, progress, callbacks, checkpoints, what a halt means
   progress bar advances between chunks (``Chunks`` sizes them), so no compiled program holds a host
   callback and every program can be kept in JAX's persistent compilation cache.
 - ``"all"``: the whole run, validation included, is one program (``lax.scan`` over epochs).
-- ``"loop"``: a Python loop of the jitted step over batches gathered on the device (``fit(fused=False)``)
+- ``False``: a Python loop of the jitted step over batches gathered on the device (``fit(fused=False)``)
   or streamed from the host (``fit_stream``).
 
 All three give the same numbers: the same step, the same order, and the per-step metrics reduced to
@@ -85,7 +85,7 @@ def carried_step(plan: Plan) -> Callable[..., tuple[TrainState, Array, dict[str,
     return jax.vmap(one) if plan.many else one
 
 
-def no_halt(plan: Plan, train_state: TrainState) -> Array:
+def no_halt(train_state: TrainState) -> Array:
     """The initial ``halted`` flag: False, one per model for ``fit_many``."""
     return jnp.zeros(np.shape(train_state.step), bool)
 
@@ -118,7 +118,7 @@ def run_steps(plan: Plan, carry: EpochCarry, start: Any, stop: Any) -> EpochCarr
 def empty_per_step(plan: Plan, train_state: TrainState, order: Any) -> dict[str, Array]:
     """Zero buffers ``(steps, [K,] ...)`` for each per-step metric, shaped by tracing the step once."""
     batch = jax.eval_shape(lambda ts, o: take(plan.data, o[0]), train_state, order)
-    shapes = jax.eval_shape(carried_step(plan), train_state, no_halt(plan, train_state), batch)[2]
+    shapes = jax.eval_shape(carried_step(plan), train_state, no_halt(train_state), batch)[2]
     return {name: jnp.zeros((plan.steps, *s.shape), s.dtype) for name, s in shapes.items()}
 
 
@@ -158,8 +158,8 @@ class Chunks:
 
     The first chunk of a run is one step, to time it; later chunks take ``interval`` worth of steps (at most
     ``most``), and an epoch that takes less than about ``interval`` runs as one chunk. Without a bar an epoch
-    is one chunk. Each chunk costs one dispatch and one host sync (about 0.1 ms on a CPU), well under 1% of a
-    0.25 s chunk (``benchmarks/progress_overhead.py`` measures it).
+    is one chunk. Each chunk boundary costs one dispatch and one host sync: 0.55 ms on a 2-core CPU, 0.2% of a
+    0.25 s chunk (``benchmarks/progress_overhead.py``).
     """
 
     def __init__(self, steps: int, enabled: bool, interval: float = 0.25, most: int | None = None):
@@ -209,8 +209,7 @@ def epoch_logs(per_step: Mapping[str, Any]) -> tuple[Logs, dict[str, np.ndarray]
         else:
             mask = applied.reshape(applied.shape + (1,) * (values.ndim - applied.ndim))
             total = np.sum(np.where(mask > 0, values.astype(np.float64), 0.0), axis=0)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                logs[name] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+            logs[name] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
     if series:
         series[f"{STEP_PREFIX}loss"] = per_step["loss"]
     return logs, series
@@ -299,8 +298,8 @@ class Recorder:
         logs = ordered(logs, self.many)
         for name, value in logs.items():
             self.history.setdefault(name, []).append(value)
-        for name, values in series.items():  # (steps, [K])
-            self.history.setdefault(name, []).extend(values)
+        for name, values in series.items():  # (steps, [K]): floats, or (K,) arrays for fit_many
+            self.history.setdefault(name, []).extend(list(values) if self.many else values.tolist())
         self.progress.epoch_line(epoch, self.epochs, logs, seconds)
         stop = any([bool(callback(epoch, train_state, logs)) for callback in self.callbacks])
         last = stop or epoch + 1 == self.epochs
@@ -406,7 +405,7 @@ def train(plan: Plan, train_state: TrainState, first_epoch: int, epochs: int, *,
 
     ``mode``: ``"epoch"``, ``"all"`` or ``False`` (a loop of the jitted step; ``batches(epoch)``, when
     given, yields a stream's device batches). Stops early when a callback asks to, or when every model
-    has halted (``Recorder.halted`` raises for one model, before the halted epoch is recorded).
+    has halted (``Recorder.check_halt`` raises for one model, before the halted epoch is recorded).
     """
     if first_epoch >= epochs:
         return train_state
@@ -419,7 +418,7 @@ def train(plan: Plan, train_state: TrainState, first_epoch: int, epochs: int, *,
             run_epoch = _loop_epochs(plan, batches, recorder.where)
         validate = None if plan.validate is None else compile_jit(plan.validate)
         recorder.progress.start()
-        halted = no_halt(plan, train_state)
+        halted = no_halt(train_state)
         for epoch in range(first_epoch, epochs):
             start = time.perf_counter()
             train_state, halted, per_step, halted_at = run_epoch(train_state, halted, epoch, recorder.progress)
@@ -442,7 +441,7 @@ def _train_all(plan: Plan, train_state: TrainState, first_epoch: int, epochs: in
     recorder.progress.start()
     start = time.perf_counter()
     train_state, halted, per_step, validation = run_program(plan)(
-        train_state, no_halt(plan, train_state), jnp.arange(first_epoch, epochs))
+        train_state, no_halt(train_state), jnp.arange(first_epoch, epochs))
     per_step, validation, halted = jax.device_get((per_step, validation, halted))
     seconds = (time.perf_counter() - start) / (epochs - first_epoch)
     recorder.progress.update((epochs - first_epoch) * plan.steps)
@@ -467,7 +466,7 @@ def _fused_epochs(plan: Plan, train_state: TrainState, progress: Progress, most:
     program = epoch_program(plan)
     chunks = Chunks(plan.steps, progress.enabled, most=most)
     order = jax.eval_shape(plan.order, train_state, 0)
-    carry = EpochCarry(train_state, no_halt(plan, train_state), jnp.zeros(order.shape, order.dtype),
+    carry = EpochCarry(train_state, no_halt(train_state), jnp.zeros(order.shape, order.dtype),
                        empty_per_step(plan, train_state, order))
     # Compiled before the first epoch, so the bar's first estimate times the steps, not the compiler.
     program.lower(carry, np.int32(0), np.int32(0), np.int32(0)).compile()
