@@ -287,6 +287,8 @@ class Recorder:
                  callbacks: Sequence[Callable[..., Any]] = (), checkpoints: Checkpoints | None = None,
                  objective: Objective | None = None, progress_every: int | None = None):
         self.where, self.epochs, self.many, self.progress = where, epochs, many, progress
+        if progress_every is not None:
+            check_int(where, "progress_every", progress_every, minimum=1)
         self.progress_every = progress_every
         self.callbacks, self.checkpoints, self.objective = list(callbacks), checkpoints, objective
         self.history: dict[str, list[Any]] = {}
@@ -415,7 +417,7 @@ def train(plan: Plan, train_state: TrainState, first_epoch: int, epochs: int, *,
         if mode == "epoch":
             run_epoch = _fused_epochs(plan, train_state, recorder.progress, recorder.progress_every)
         else:
-            run_epoch = _loop_epochs(plan, batches, recorder.where)
+            run_epoch = _loop_epochs(plan, batches, recorder.where, recorder.progress_every or LOOP_CHUNK)
         validate = None if plan.validate is None else compile_jit(plan.validate)
         recorder.progress.start()
         halted = no_halt(train_state)
@@ -498,8 +500,11 @@ def _fused_epochs(plan: Plan, train_state: TrainState, progress: Progress, most:
     return run_epoch
 
 
-def _loop_epochs(plan: Plan, batches: Callable[[int], Iterable[Batch]] | None, where: str) -> EpochRunner:
-    """Epochs as a Python loop of the jitted step over ``batches(epoch)`` or the in-memory data's order."""
+def _loop_epochs(
+    plan: Plan, batches: Callable[[int], Iterable[Batch]] | None, where: str, every: int
+) -> EpochRunner:
+    """Epochs as a Python loop of the jitted step over ``batches(epoch)`` or the in-memory data's order;
+    the bar advances every ``every`` steps."""
     if plan.many:
         step = compile_jit(carried_step(plan), donate_argnums=0)
     else:  # one model: the jitted step that passes the fewest arrays (jit_train_step); a halt stops the loop
@@ -525,14 +530,14 @@ def _loop_epochs(plan: Plan, batches: Callable[[int], Iterable[Batch]] | None, w
         for batch in device_batches(train_state, epoch):
             train_state, halted, metrics = step(train_state, halted, batch)
             per_step.append(metrics)
-            if progress.enabled and len(per_step) % LOOP_CHUNK == 0:
+            if progress.enabled and len(per_step) % every == 0:
                 jax.block_until_ready(metrics)  # the bar counts trained steps, not dispatched ones
-                progress.update(LOOP_CHUNK)
+                progress.update(every)
             if plan.halt and np.all(np.asarray(halted)):
                 break
         if not per_step:
             raise ValueError(f"{where}: `batches({epoch})` yielded no batch.")
-        progress.update(len(per_step) % LOOP_CHUNK)
+        progress.update(len(per_step) % every)
         stacked = jax.device_get(jax.tree.map(lambda *values: jnp.stack(values), *per_step))
         return train_state, halted, stacked, lambda last=batch: (len(per_step) - 1, plan.steps, last)
 

@@ -137,7 +137,8 @@ def fit(
       progress: show a tqdm progress bar and one line per epoch (process 0 only). With ``fused="epoch"`` the
         bar advances between compiled chunks of steps, about 4 times a second (compiled programs hold no
         host callback); with ``"all"``, once the run is done.
-      progress_every: at most this many steps between progress updates (default: by time, as above).
+      progress_every: at most this many steps between progress updates (default: by time, as above, with
+        ``fused="epoch"``; every 32 steps with ``fused=False``).
       nonfinite: ``None``, ``"skip"`` (reject updates whose loss, gradient or model state holds NaN/Inf;
         ``history["nonfinite"]`` counts them per epoch) or ``"halt"`` (stop at the first one and raise
         ``NonFiniteError`` naming the step and the first non-finite leaf; its ``train_state`` is the last

@@ -119,7 +119,7 @@ def fit_stream(
       prefetch: batches copied to the device ahead of the step (``prefetch_to_device``).
       sharding: where to put each batch (data parallel: shard along the batch axis).
       progress: show a tqdm bar (it counts steps; a stream's length is unknown) and one line per epoch.
-      progress_every: unused by a stream (its bar advances every 32 steps); kept for the drivers' common form.
+      progress_every: steps between progress updates (default 32).
       nonfinite: ``None``, ``"skip"`` or ``"halt"``, as ``fit`` (a halt raises ``NonFiniteError`` naming the step,
         the epoch, the batch's place in it and the first non-finite leaf).
       step_stats: per-step series in the history, as ``fit``.
