@@ -20,7 +20,8 @@ NEEDS = {
     "nnjax_cnn": ("jax", "optax"),
     "torch_cnn": ("torch",),
 }
-ROW = re.compile(r"^\| .*\(`(?P<tool>\w+)`\) \| (?P<accuracy>[^|]+) \|(?:[^|]*\|){2} (?P<params>[\d,]+) \|")
+# tool | accuracy | train cold | warm | first epoch cold | warm | params | ...
+ROW = re.compile(r"^\| .*\(`(?P<tool>\w+)`\) \| (?P<accuracy>[^|]+) \|(?:[^|]*\|){4} (?P<params>[\d,]+) \|")
 
 
 def test_every_importable_tool_trains_above_chance(tmp_path):
