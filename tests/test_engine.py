@@ -293,3 +293,14 @@ def test_chunked_epochs_are_bit_identical_to_whole_ones(capsys):
     assert _same(whole.train_state, chunked.train_state) and whole.history == chunked.history
     captured = capsys.readouterr()
     assert "32/32" in captured.err and "epoch 2/2" in captured.err + captured.out
+
+
+@pytest.mark.parametrize("fused", ["epoch", "all"])
+def test_a_checkpoint_directory_that_cannot_be_made_is_refused_before_training(tmp_path, fused):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    trained = []
+    with pytest.raises(nnjax.CheckpointError, match=r"fit: argument `checkpoint_dir` .*a_file/run cannot be created"):
+        nnjax.fit(MODEL, LOSS, optax.sgd(0.1), X, Y, epochs=2, fused=fused, checkpoint_dir=blocker / "run",
+                  callbacks=[lambda *args: trained.append(1)], **QUIET)
+    assert trained == []  # refused at the call, not after the run
