@@ -85,6 +85,11 @@ def carried_step(plan: Plan) -> Callable[..., tuple[TrainState, Array, dict[str,
     return jax.vmap(one) if plan.many else one
 
 
+def owned(train_state: TrainState) -> TrainState:
+    """A copy of a caller's train state for the engine to donate: the caller's arrays are never deleted."""
+    return jax.tree.map(jnp.copy, train_state)
+
+
 def no_halt(train_state: TrainState) -> Array:
     """The initial ``halted`` flag: False, one per model for ``fit_many``."""
     return jnp.zeros(np.shape(train_state.step), bool)

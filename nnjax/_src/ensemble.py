@@ -29,7 +29,7 @@ import optax
 from nnjax._src.arguments import check_choice, check_fused, check_int
 from nnjax._src.compile import jit as compile_jit
 from nnjax._src.core import Layer
-from nnjax._src.engine import Plan, Progress, Recorder, checkpoints_for, resume_from, step_count, train
+from nnjax._src.engine import Plan, Progress, Recorder, checkpoints_for, owned, resume_from, step_count, train
 from nnjax._src.inference import make_evaluate_fn, make_predict_fn
 from nnjax._src.objective import Loss, Metric, Objective, as_objective
 from nnjax._src.step_stats import StepStats, as_step_stats
@@ -456,7 +456,7 @@ def fit_many(
     elif train_states is None:
         train_states = init()
     else:
-        train_states = jax.tree.map(jnp.copy, train_states)  # the caller's arrays are never donated
+        train_states = owned(train_states)
     if num_models(train_states) != len(configs):
         k = num_models(train_states)
         raise ValueError(f"fit_many: `train_states` hold {k} models, the configs {len(configs)}.")

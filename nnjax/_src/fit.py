@@ -24,7 +24,7 @@ import optax
 from nnjax._src.arguments import check_choice, check_fused, check_int
 from nnjax._src.checkpoint import abstract_train_state
 from nnjax._src.core import Layer
-from nnjax._src.engine import Plan, Progress, Recorder, checkpoints_for, resume_from, train
+from nnjax._src.engine import Plan, Progress, Recorder, checkpoints_for, owned, resume_from, train
 from nnjax._src.inference import make_evaluate_fn
 from nnjax._src.objective import Loss, Metric, Objective, as_objective
 from nnjax._src.step_stats import StepStats, as_step_stats
@@ -228,13 +228,12 @@ def starting_state(
     model: Layer, optimizer: optax.GradientTransformation, seed: int, input_shape: Any,
     train_state: TrainState | None, params: Any, state: Any,
 ) -> TrainState | None:
-    """Where a driver's run starts from when the caller says: a copy of ``train_state`` (a driver donates
-    its train state; the caller's arrays are never deleted), or ``params``/``state`` with a fresh optimizer
-    state; None when the caller gave neither."""
+    """Where ``fit`` starts when the caller says: a copy of ``train_state`` (``owned``), or ``params``/``state``
+    with a fresh optimizer state; None when the caller gave neither."""
     if train_state is not None:
         if params is not None or state is not None:
             raise ValueError("fit: arguments `params`/`state` start a new run; `train_state` continues one: give one.")
-        return jax.tree.map(jnp.copy, train_state)
+        return owned(train_state)
     if params is None and state is not None:
         raise ValueError("fit: argument `state` needs `params`, given params=None.")
     if params is None:

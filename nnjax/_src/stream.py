@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import optax
 
 from nnjax._src.arguments import check_choice, check_int
+from nnjax._src.checkpoint import abstract_train_state
 from nnjax._src.core import Layer
-from nnjax._src.engine import Plan, Progress, Recorder, checkpoints_for, resume_from, train
+from nnjax._src.engine import Plan, Progress, Recorder, checkpoints_for, owned, resume_from, train
 from nnjax._src.fit import Callback, FitResult
 from nnjax._src.inference import make_evaluate_fn
 from nnjax._src.objective import Loss, Metric, Objective, as_objective
@@ -170,16 +171,14 @@ def fit_stream(
     )
     restored = None
     if resume:
-        like = train_state
-        if like is None:
-            like = jax.eval_shape(lambda: init_train_state(model, optimizer, jax.random.key(seed), input_shape))
+        like = abstract_train_state(model, optimizer, input_shape) if train_state is None else train_state
         restored = resume_from("fit_stream", checkpoints, like, None)
     if restored is not None:
         train_state, initial_epoch = restored
     elif train_state is None:
         train_state = init_train_state(model, optimizer, jax.random.key(seed), input_shape)
     else:
-        train_state = jax.tree.map(jnp.copy, train_state)  # the caller's arrays are never donated
+        train_state = owned(train_state)
     evaluate_fn = make_evaluate_fn(model, loss, metrics)
     plan = Plan(
         build_train_step(

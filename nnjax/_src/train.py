@@ -125,12 +125,9 @@ def init_program(
 
     def build(key: PRNGKey, params: Params | None, state: State | None) -> TrainState:
         init_key, train_key = jax.random.split(key)
-        if params is None or state is None:
-            init_params, init_state = model.init(init_key, input_shape, dtype)
-            params = init_params if params is None else jax.tree.map(jnp.copy, params)
-            state = init_state if state is None else jax.tree.map(jnp.copy, state)
-        else:
-            params, state = jax.tree.map(jnp.copy, (params, state))
+        fresh = model.init(init_key, input_shape, dtype) if params is None or state is None else (None, None)
+        params = fresh[0] if params is None else jax.tree.map(jnp.copy, params)
+        state = fresh[1] if state is None else jax.tree.map(jnp.copy, state)
         if jnp.issubdtype(train_key.dtype, jax.dtypes.prng_key):
             train_key = jax.random.key_data(train_key)  # raw data: cheaper to pass through jit every step
         return TrainState(jnp.zeros((), jnp.int32), params, state, optimizer.init(params), train_key)
