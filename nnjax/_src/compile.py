@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 
+from nnjax._src.checks import checked_jit, checks_enabled
 from nnjax._src.kernels import default_compiler_options, jit_options
 
 
@@ -23,7 +24,8 @@ def jit(fn: Callable[..., Any], **jit_kwargs: Any) -> Callable[..., Any]:
 
     The options are read when ``jit`` is called: call it when building a step, not at import (it asks
     JAX for the default backend). The result is a ``jax.jit`` function in every respect (``.lower``,
-    caching, donation).
+    caching, donation), except in the checked mode (``nnjax.config.checks``), where it is a function that
+    runs the ``checkify``-functionalized program and raises ``CheckError`` when a check fails.
 
     Args:
       fn: the function to compile, e.g. a step from ``make_train_step(..., jit=False)``.
@@ -45,6 +47,8 @@ def jit(fn: Callable[..., Any], **jit_kwargs: Any) -> Callable[..., Any]:
       >>> float(step(jnp.float32(1), jnp.ones(4)))
       5.0
     """
+    if checks_enabled():  # the checked mode: functionalized by checkify, failed checks raised after the call
+        return checked_jit(fn, compiler_options=jit_options(), **jit_kwargs)
     return jax.jit(fn, compiler_options=jit_options(), **jit_kwargs)
 
 

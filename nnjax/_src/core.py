@@ -19,7 +19,9 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 
+from nnjax._src.checks import suspended
 from nnjax._src.errors import LayerError, LayerTypeError, with_location
+from nnjax._src.layer_checks import check_children, checked_apply, checked_init
 from nnjax._src.types import Array, DType, Params, PRNGKey, Shape, State
 
 LOCATED_ERRORS = (LayerError, LayerTypeError)
@@ -35,7 +37,15 @@ class ApplyFn(Protocol):
     ) -> tuple[Any, State]: ...
 
 
-class Layer(NamedTuple):
+class _LayerFields(NamedTuple):
+    init: InitFn
+    apply: ApplyFn
+    name: str
+    input_dtype: DType | None = None
+    input_range: tuple[int, int] | None = None
+
+
+class Layer(_LayerFields):
     """A layer: a pair of pure functions plus a readable name.
 
     Every nnjax layer constructor (``Dense(10)``, ``serial(...)``) returns one; any two functions that follow
@@ -47,6 +57,12 @@ class Layer(NamedTuple):
       name: a readable description, e.g. ``"Dense(10)"``; used in errors, in ``repr`` and, in snake_case,
         for parameter names in combinators (``"Dense(10)"`` at position 0 of a ``serial`` is ``"dense_0"``).
       input_dtype: the dtype the layer expects (``None``: the params' floating dtype; ``int32`` for Embedding).
+      input_range: ``(low, high)``, the integer inputs it accepts (Embedding: ``(0, vocab_size)``); ``fit``
+        checks token ids against it where the data enter. ``None``: no such bound.
+
+    ``Layer(...)`` wraps ``init`` and ``apply`` with checks of their arguments (a PRNG key, one example's shape,
+    a floating dtype; ``apply`` given its state), so a mistake names the layer; the checks run while tracing.
+    A layer is not called directly (``layer(x)`` is a Keras habit): use ``layer.apply(params, state, x)``.
 
     Example:
       >>> def init(key, input_shape, dtype=jnp.float32):
@@ -59,10 +75,20 @@ class Layer(NamedTuple):
       (['dense_0', 'scale_1'], (3,))
     """
 
-    init: InitFn
-    apply: ApplyFn
-    name: str
-    input_dtype: DType | None = None
+    __slots__ = ()
+
+    def __new__(
+        cls, init: InitFn, apply: ApplyFn, name: str, input_dtype: DType | None = None,
+        input_range: tuple[int, int] | None = None,
+    ) -> Layer:
+        return super().__new__(cls, checked_init(init, name), checked_apply(apply, name), name, input_dtype, input_range)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"{self.name}: a Layer is not called directly (a Keras or PyTorch habit). Hint: "
+            f"`params, state = layer.init(jax.random.key(0), input_shape)`, then "
+            f"`y, state = layer.apply(params, state, x)`."
+        )
 
     def output_shape(self, input_shape: Shape, dtype: DType = jnp.float32) -> Shape:
         """The shape of one example's output, found with ``jax.eval_shape`` (no FLOPs are spent).
@@ -79,7 +105,8 @@ class Layer(NamedTuple):
             params, state = self.init(jax.random.key(0), input_shape, dtype)
             return self.apply(params, state, x)[0]
 
-        return spec_shape(jax.eval_shape(run, input_spec(self, input_shape, dtype)))
+        with suspended():
+            return spec_shape(jax.eval_shape(run, input_spec(self, input_shape, dtype)))
 
     def __repr__(self) -> str:
         return self.name
@@ -103,7 +130,8 @@ def _as_spec(tree: Any) -> Any:
 def output_spec(layer: Layer, params: Params, state: State, spec: Any) -> Any:
     """The abstract output of ``layer`` for abstract input ``spec`` (eval mode, no FLOPs)."""
     fn = lambda p, s, x: layer.apply(p, s, x, train=False)[0]  # noqa: E731
-    return jax.eval_shape(fn, _as_spec(params), _as_spec(state), spec)
+    with suspended():  # eval_shape cannot evaluate the checked mode's checks
+        return jax.eval_shape(fn, _as_spec(params), _as_spec(state), spec)
 
 
 def spec_shape(spec: Any) -> Shape:
@@ -150,7 +178,7 @@ def serial(*layers: Layer) -> Layer:
 
     Returns:
       A ``Layer`` named ``"serial"`` whose ``apply`` maps ``x: (batch, *input_shape)`` to the last layer's
-      output; its ``input_dtype`` is the first layer's.
+      output; its ``input_dtype`` and ``input_range`` are the first layer's.
 
     Raises:
       ValueError: no layers given.
@@ -185,6 +213,7 @@ def serial(*layers: Layer) -> Layer:
         return params, state
 
     def apply(params, state, x, *, key=None, train=False):
+        check_children("serial", names, params, state)
         new_state = {}
         for i, (name, layer, k) in enumerate(zip(names, layers, _split(key, len(layers)))):
             try:
@@ -193,7 +222,7 @@ def serial(*layers: Layer) -> Layer:
                 raise with_location(error, f"serial[{i}]") from None
         return x, new_state
 
-    return Layer(init, apply, "serial", layers[0].input_dtype)
+    return Layer(init, apply, "serial", layers[0].input_dtype, layers[0].input_range)
 
 
 def parallel(*layers: Layer) -> Layer:
@@ -243,6 +272,7 @@ def parallel(*layers: Layer) -> Layer:
 
     def apply(params, state, x, *, key=None, train=False):
         check(x, "x")
+        check_children("parallel", names, params, state)
         outputs, new_state = [], {}
         for i, (name, layer, k, xi) in enumerate(zip(names, layers, _split(key, len(layers)), x)):
             try:
@@ -409,13 +439,14 @@ def residual(*layers: Layer) -> Layer:
         return {"body": params}, {"body": state}
 
     def apply(params, state, x, *, key=None, train=False):
+        check_children("Residual", ["body"], params, state)
         try:
             y, new_state = body.apply(params["body"], state["body"], x, key=key, train=train)
         except LOCATED_ERRORS as error:
             raise with_location(error, "residual") from None
         return x + y, {"body": new_state}
 
-    return Layer(init, apply, "Residual", body.input_dtype)
+    return Layer(init, apply, "Residual", body.input_dtype, body.input_range)
 
 
 class Named(Layer):
@@ -490,6 +521,7 @@ def named(**parts: Layer) -> Named:
 
     def apply(params, state, x, *, key=None, train=False):
         check(x, "x")
+        check_children("named", names, params, state)
         outputs, new_state = {}, {}
         for name, k in zip(names, _split(key, len(names)), strict=True):
             try:

@@ -16,6 +16,7 @@ import numpy as np
 from nnjax._src import initializers
 from nnjax._src.core import Layer
 from nnjax._src.errors import LayerError, LayerTypeError, check_float_input, is_concrete
+from nnjax._src.checks import check
 from nnjax._src.types import Array, Params, Shape
 
 
@@ -77,27 +78,33 @@ def Embedding(  # noqa: N802 - layer constructors are CamelCase, as in stax
         x = jnp.where(x < 0, vocab_size, x)  # negative ids are out of range too, not wrapped around
         return jnp.take(params["table"], x, axis=0, mode="fill", fill_value=jnp.nan), state
 
-    return Layer(init, apply, name, input_dtype=jnp.int32)
+    return Layer(init, apply, name, input_dtype=jnp.int32, input_range=(0, vocab_size))
 
 
-def check_token_ids(layer: str, x: Array, vocab_size: int) -> None:
+def check_token_ids(layer: str, x: Array, vocab_size: int, argument: str = "x") -> None:
     """Checks integer token ids: dtype at trace time, range ``[0, vocab_size)`` when values are concrete."""
     dtype = jnp.result_type(x)
     if not jnp.issubdtype(dtype, jnp.integer):
         raise LayerTypeError(
-            f"{layer}: argument `x` expected integer token ids, given dtype {dtype} with shape "
-            f"{tuple(jnp.shape(x))}. Hint: convert with `x.astype(jnp.int32)`; an Embedding takes ids, not vectors."
+            f"{layer}: argument `{argument}` expected integer token ids, given dtype {dtype} with shape "
+            f"{tuple(jnp.shape(x))}. Hint: convert with `{argument}.astype(jnp.int32)`; an Embedding takes ids, "
+            f"not vectors."
         )
     if jnp.ndim(x) < 1:
         raise LayerError(
-            f"{layer}: argument `x` expected a batch of token ids (rank >= 1), given shape {tuple(jnp.shape(x))}."
+            f"{layer}: argument `{argument}` expected a batch of token ids (rank >= 1), given shape "
+            f"{tuple(jnp.shape(x))}."
         )
+    if not is_concrete(x) and np.size(x) > 0:  # traced: checked in the checked mode only
+        check(jnp.all((x >= 0) & (x < vocab_size)),
+              f"{layer}: argument `{argument}` expected token ids in [0, {vocab_size}), given ids in [{{low}}, {{high}}].",
+              low=jnp.min(x), high=jnp.max(x))
     if is_concrete(x) and np.size(x) > 0:
         values = np.asarray(x)
         low, high = int(values.min()), int(values.max())
         if low < 0 or high >= vocab_size:
             raise LayerError(
-                f"{layer}: argument `x` expected token ids in [0, {vocab_size}), given ids in [{low}, {high}]. "
+                f"{layer}: argument `{argument}` expected token ids in [0, {vocab_size}), given ids in [{low}, {high}]. "
                 f"Hint: make `vocab_size` at least {high + 1}, or check the tokenizer."
             )
 

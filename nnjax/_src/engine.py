@@ -290,7 +290,7 @@ class Recorder:
 
     def __init__(self, where: str, *, epochs: int, many: bool, progress: Progress,
                  callbacks: Sequence[Callable[..., Any]] = (), checkpoints: Checkpoints | None = None,
-                 objective: Objective | None = None, progress_every: int | None = None):
+                 objective: Objective | None = None, progress_every: int | None = None, nonfinite: str | None = None):
         self.where, self.epochs, self.many, self.progress = where, epochs, many, progress
         if progress_every is not None:
             check_int(where, "progress_every", progress_every, minimum=1)
@@ -298,6 +298,7 @@ class Recorder:
         self.callbacks, self.checkpoints, self.objective = list(callbacks), checkpoints, objective
         self.history: dict[str, list[Any]] = {}
         self.halted_models: set[int] = set()
+        self.warned_nonfinite = nonfinite is not None  # a chosen policy ("halt", "skip") reports on its own
 
     def epoch(self, epoch: int, train_state: TrainState, logs: Logs, series: Mapping[str, np.ndarray],
               seconds: float, *, save: bool = True) -> bool:
@@ -308,11 +309,27 @@ class Recorder:
         for name, values in series.items():  # (steps, [K]): floats, or (K,) arrays for fit_many
             self.history.setdefault(name, []).extend(list(values) if self.many else values.tolist())
         self.progress.epoch_line(epoch, self.epochs, logs, seconds)
+        self.warn_nonfinite(epoch, logs)
         stop = any([bool(callback(epoch, train_state, logs)) for callback in self.callbacks])
         last = stop or epoch + 1 == self.epochs
         if save and self.checkpoints is not None and (last or (epoch + 1) % self.checkpoints.every == 0):
             self.checkpoints.save(train_state, logs, epoch + 1)
         return stop
+
+    def warn_nonfinite(self, epoch: int, logs: Logs) -> None:
+        """Under the default policy (``nonfinite=None``), warns once per run at the end of the first epoch whose
+        loss is NaN or Inf."""
+        loss = np.asarray(logs.get("loss", 0.0), np.float64)
+        bad = np.flatnonzero(~np.isfinite(loss)).tolist()
+        if self.warned_nonfinite or not bad:
+            return
+        self.warned_nonfinite = True
+        which = f"models {bad} have" if self.many else "it has"
+        warnings.warn(
+            f"{self.where}: the loss of epoch {epoch + 1} is not finite ({which} a NaN or Inf loss); training goes on "
+            f"from non-finite parameters. Hint: pass nonfinite='halt' to stop at the first such step and name the "
+            f"parameter that went non-finite, or nonfinite='skip' to skip such updates; lower the learning rate and "
+            f"check the data (labels out of range give a NaN loss).", RuntimeWarning, stacklevel=4)
 
     def check_halt(self, train_state: TrainState, halted: np.ndarray, epoch: int, halted_at: HaltedAt) -> None:
         """After an epoch: raise ``NonFiniteError`` if the model halted, or warn naming the models that

@@ -17,6 +17,7 @@ does for one seed, so model ``i`` equals the sequential run ``fit(..., seed=seed
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from nnjax._src.arguments import check_choice, check_fused, check_int
+from nnjax._src.arguments import check_choice, check_fused, check_int, check_training_arguments
 from nnjax._src.compile import jit as compile_jit
 from nnjax._src.core import Layer
 from nnjax._src.engine import Plan, Progress, Recorder, checkpoints_for, owned, resume_from, step_count, train
@@ -34,7 +35,7 @@ from nnjax._src.inference import make_evaluate_fn, make_predict_fn
 from nnjax._src.objective import Loss, Metric, Objective, as_objective
 from nnjax._src.step_stats import StepStats, as_step_stats
 from nnjax._src.train import NONFINITE_MODES, Batch, TrainState, build_train_step, init_train_state, make_train_step
-from nnjax._src.training_data import as_data, check_fit_data, epoch_order
+from nnjax._src.training_data import as_arrays, as_data, check_fit_data, epoch_order
 from nnjax._src.types import Array, DType, PRNGKey, Shape
 
 OptimizerFn = Callable[..., optax.GradientTransformation]  # (**hyperparams) -> optimizer, e.g. optax.adam
@@ -310,18 +311,28 @@ def sweep_configs(
       >>> nnjax.ensemble.sweep_configs([0], {"learning_rate": [0.1, 0.01], "b1": [0.9, 0.8]}, grid=False)
       [{'seed': 0, 'learning_rate': 0.1, 'b1': 0.9}, {'seed': 0, 'learning_rate': 0.01, 'b1': 0.8}]
     """
+    if isinstance(seeds, int) or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in seeds):
+        raise TypeError(f"fit_many: argument `seeds` expected a list of int seeds, e.g. [0, 1, 2], given {seeds!r}.")
     seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("fit_many: argument `seeds` expected at least one seed, given none. Hint: `seeds=[0]`.")
     hyperparams = {k: list(np.asarray(v).reshape(-1).tolist()) for k, v in (hyperparams or {}).items()}
+    empty = [name for name, values in hyperparams.items() if not values]
+    if empty:
+        raise ValueError(f"fit_many: argument `hyperparams` expected at least one value per name, given none for {empty}.")
     names = list(hyperparams)
     if grid:
         return [
             dict(zip(["seed", *names], combo, strict=True)) for combo in itertools.product(seeds, *hyperparams.values())
         ]
-    lengths = {len(v) for v in hyperparams.values()} | ({len(seeds)} if len(seeds) > 1 else set())
-    if len(lengths) > 1:
+    lengths = {name: len(v) for name, v in hyperparams.items()} | ({"seeds": len(seeds)} if len(seeds) > 1 else {})
+    if len(set(lengths.values())) > 1:
+        given = ", ".join(f"`{name}` {length}" for name, length in lengths.items())
         raise ValueError(
-            f"sweep_configs: with grid=False every list must have one length, given lengths {sorted(lengths)}."
+            f"fit_many: with grid=False every list must have one length (the lists are zipped), given {given}. "
+            f"Hint: grid=True trains every combination."
         )
+    lengths = set(lengths.values())
     k = lengths.pop() if lengths else len(seeds)
     seeds = seeds * k if len(seeds) == 1 else seeds
     return [{"seed": seeds[i], **{n: hyperparams[n][i] for n in names}} for i in range(k)]
@@ -429,6 +440,8 @@ def fit_many(
       >>> r.configs[1], r.configs[r.best_index]["learning_rate"]
       ({'seed': 0, 'learning_rate': 0.01}, 0.1)
     """
+    check_training_arguments("fit_many", model, optimizer, callbacks, factory_allowed=True)
+    x, y = as_arrays(x), as_arrays(y)
     fused = check_fused("fit_many", fused)
     check_choice("fit_many", "mode", mode, ("min", "max"))
     check_int("fit_many", "epochs", epochs)
@@ -475,7 +488,7 @@ def fit_many(
     total = max(0, epochs - first_epoch) * steps
     recorder = Recorder("fit_many", epochs=epochs, many=True, callbacks=callbacks, checkpoints=checkpoints,
                         progress=Progress(progress and total > 0, total),
-                        objective=objective_fn, progress_every=progress_every)
+                        objective=objective_fn, progress_every=progress_every, nonfinite=nonfinite)
     train_states = train(plan, train_states, first_epoch, epochs, mode=fused, recorder=recorder)
     history = {name: np.stack(values, axis=1) for name, values in recorder.history.items()}  # (K, epochs or steps)
     best = _best_index(history, select or ("val_loss" if val is not None else "loss"), mode) if history else 0
@@ -496,9 +509,30 @@ def sweep_optimizer(
                 "fit_many: `hyperparams` need an optimizer factory such as `optax.adam`, given an already built "
                 "optimizer. Hint: fit_many(model, loss, optax.adam, x, y, hyperparams={'learning_rate': [...]})."
             )
+        check_hyperparameter_names(optimizer, names)
         return injected(optimizer, {name: configs[0][name] for name in names}), optimizer
     opt = optimizer if isinstance(optimizer, optax.GradientTransformation) else optimizer()
     return opt, opt
+
+
+def check_hyperparameter_names(factory: OptimizerFn, names: list[str]) -> None:
+    """Raises TypeError when ``names`` are not arguments of ``factory`` or leave a required one out."""
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = [name for name in names if name not in parameters]
+    required = [n for n, p in parameters.items() if p.default is inspect.Parameter.empty and p.kind is not
+                inspect.Parameter.VAR_POSITIONAL and n not in names]
+    if unknown or required:
+        factory_name = getattr(factory, "__name__", repr(factory))
+        problem = f"unknown {unknown}" if unknown else f"no values for the required {required}"
+        raise TypeError(
+            f"fit_many: argument `hyperparams` expected names of arguments of the optimizer factory {factory_name} "
+            f"({list(parameters)}), given {problem}."
+        )
 
 
 def ensemble_predict(model: Layer, train_states: TrainState, x: Any, *, batch_size: int = 1024) -> Array:

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nnjax._src.checks import check
 
 class LayerError(ValueError):
     """A layer got input it cannot use. The message names the layer and its position."""
@@ -71,6 +72,10 @@ def check_integer_labels(where: str, labels: Any, num_classes: int | None = None
             f"{tuple(jnp.shape(labels))}. Hint: for one-hot or soft labels use "
             f"`softmax_cross_entropy_soft`; otherwise convert with `labels.astype(jnp.int32)`."
         )
+    if num_classes is not None and not is_concrete(labels) and np.size(labels) > 0:  # the checked mode only
+        check(jnp.all((labels >= 0) & (labels < num_classes)),
+              f"{where}: argument `labels` expected values in [0, {num_classes}) for {num_classes} classes, given "
+              f"values in [{{low}}, {{high}}].", low=jnp.min(labels), high=jnp.max(labels))
     if num_classes is not None and is_concrete(labels) and np.size(labels) > 0:
         values = np.asarray(labels)
         low, high = int(values.min()), int(values.max())

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from nnjax._src.arguments import check_choice, check_fused, check_int
+from nnjax._src.arguments import check_choice, check_fused, check_int, check_training_arguments
 from nnjax._src.checkpoint import abstract_train_state
 from nnjax._src.core import Layer
 from nnjax._src.engine import Plan, Progress, Recorder, checkpoints_for, owned, resume_from, train
@@ -29,7 +29,7 @@ from nnjax._src.inference import make_evaluate_fn
 from nnjax._src.objective import Loss, Metric, Objective, as_objective
 from nnjax._src.step_stats import StepStats, as_step_stats
 from nnjax._src.train import NONFINITE_MODES, TrainState, build_train_step, init_train_state
-from nnjax._src.training_data import as_data, check_fit_data, epoch_order
+from nnjax._src.training_data import as_arrays, as_data, check_fit_data, epoch_order
 
 History = dict[str, list[float]]
 Callback = Callable[[int, TrainState, dict[str, float]], Any]  # (epoch, train_state, logs) -> True to stop
@@ -188,6 +188,8 @@ def fit(
       >>> round(float(nnjax.predict(model, result.train_state, np.array([[0.5]], np.float32))[0, 0]), 1)   # 2 * 0.5
       1.0
     """
+    check_training_arguments("fit", model, optimizer, callbacks, train_state)
+    x, y = as_arrays(x), as_arrays(y)
     fused = check_fused("fit", fused)
     check_int("fit", "epochs", epochs)
     check_int("fit", "batch_size", batch_size, minimum=1)
@@ -219,7 +221,7 @@ def fit(
     )
     bar = Progress(progress and first_step // steps < epochs, (epochs - first_step // steps) * steps)
     recorder = Recorder("fit", epochs=epochs, many=False, progress=bar, callbacks=callbacks, checkpoints=checkpoints,
-                        objective=objective_fn, progress_every=progress_every)
+                        objective=objective_fn, progress_every=progress_every, nonfinite=nonfinite)
     train_state = train(plan, train_state, first_step // steps, epochs, mode=fused, recorder=recorder)
     return FitResult(train_state, recorder.history)
 

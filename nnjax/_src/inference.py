@@ -14,8 +14,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from nnjax._src.checks import checks_enabled
 from nnjax._src.compile import jit as compile_jit
 from nnjax._src.core import Layer
+from nnjax._src.errors import LayerError, LayerTypeError
 from nnjax._src.objective import Loss, Metric, Objective, as_objective
 from nnjax._src.train import TrainState, eval_key
 from nnjax._src.training_data import as_data, check_fit_data
@@ -90,13 +92,21 @@ def _evaluate(train_state, x, y, *, model, loss, metrics: tuple, batch_size: int
 
 # Compiled on first use, not at import (compile_jit asks for the backend). The model is a static
 # argument (a Layer hashes by its functions): one compilation per model and input shape.
-@functools.cache
 def compiled_predict() -> Callable[..., Array]:
+    return _compiled_predict(checks_enabled())
+
+
+def compiled_evaluate() -> Callable[..., dict[str, Array]]:
+    return _compiled_evaluate(checks_enabled())
+
+
+@functools.cache
+def _compiled_predict(checked: bool) -> Callable[..., Array]:  # one per mode: the checked mode compiles its own
     return compile_jit(_predict, static_argnames=("model", "batch_size"))
 
 
 @functools.cache
-def compiled_evaluate() -> Callable[..., dict[str, Array]]:
+def _compiled_evaluate(checked: bool) -> Callable[..., dict[str, Array]]:
     return compile_jit(_evaluate, static_argnames=("model", "loss", "metrics", "batch_size"))
 
 
@@ -126,7 +136,14 @@ def predict(model: Layer, train_state: TrainState, x: Any, *, batch_size: int = 
       >>> nnjax.predict(model, ts, np.ones((5, 3), np.float32)).shape
       (5, 2)
     """
-    return compiled_predict()(train_state, jnp.asarray(x), model=model, batch_size=batch_size)
+    x = jnp.asarray(x)
+    try:
+        return compiled_predict()(train_state, x, model=model, batch_size=batch_size)
+    except (LayerError, LayerTypeError) as error:
+        raise type(error)(
+            f"predict: argument `x` expected (n, *input_shape), given shape {x.shape}, so each example has shape "
+            f"{x.shape[1:]}; the model then said: {error} Hint: to predict one example `e`, pass `e[None]`."
+        ) from None
 
 
 def evaluate(

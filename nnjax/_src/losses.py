@@ -32,6 +32,11 @@ def _check_float(loss: str, x: Array, name: str) -> None:
 
 def _reduce(loss: str, per_example: Array, weights: Array | None) -> Array:
     """Mean over examples (first axis) of per-element losses, optionally weighted per example."""
+    if jnp.size(per_example) == 0:
+        raise ValueError(
+            f"{loss}: expected at least one example, given an empty batch (shape {tuple(jnp.shape(per_example))}); "
+            f"its mean would be NaN."
+        )
     if weights is None:
         return jnp.mean(per_example)
     batch = jnp.shape(per_example)[:1]

@@ -119,8 +119,9 @@ def BatchNorm(  # noqa: N802 - layer constructors are CamelCase, as in stax
 
     Raises:
       ValueError: ``momentum`` outside [0, 1], ``epsilon <= 0`` or an unknown ``running_variance``.
-      LayerError: (at init/apply) no feature axis, a feature count other than init's, or, with
-        ``running_variance="unbiased"``, a training batch of one value per feature (``n - 1 = 0``).
+      LayerError: (at init/apply) no feature axis, a feature count other than init's, or a training batch of
+        one value per feature (the output would be all zeros; ``n - 1 = 0`` with ``running_variance="unbiased"``),
+        as under ``vmap`` over single examples or in per-example gradients.
       LayerTypeError: (at apply) integer input.
 
     Example:
@@ -154,6 +155,13 @@ def BatchNorm(  # noqa: N802 - layer constructors are CamelCase, as in stax
         xs = _stats(x)
         if train:
             axes = tuple(range(x.ndim - 1))
+            if axis_name is None and math.prod(x.shape[:-1]) < 2 and not unbiased:
+                raise LayerError(
+                    f"{name}: training on one value per feature normalizes it to its own mean, 0, so the output is "
+                    f"constant and its gradients zero; given x of shape {tuple(x.shape)}. Hint: train on batches of "
+                    f"at least 2 examples; per-example computations (vmap over examples, DP-SGD's per-example "
+                    f"gradients) need a per-example norm such as LayerNorm or GroupNorm."
+                )
             mean = jnp.mean(xs, axis=axes)
             if axis_name is not None:
                 mean = lax.pmean(mean, axis_name)

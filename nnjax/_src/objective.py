@@ -18,12 +18,14 @@ in the step's metrics and in ``fit``'s history beside ``"loss"``. The short form
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from nnjax._src.checks import all_finite, check
 from nnjax._src.core import Layer
 from nnjax._src.types import Array, Params, PRNGKey, State
 
@@ -113,7 +115,14 @@ def loss_objective(model: Layer, loss: Loss, metrics: Mapping[str, Metric] | Non
     def fn(params, state, batch, *, key, train):
         x, y = batch
         predictions, new_state = model.apply(params, state, x, key=key, train=train)
-        return loss(predictions, y), (new_state, {name: m(predictions, y) for name, m in metrics.items()})
+        value = loss(predictions, y)
+        if jnp.shape(value) != ():
+            raise TypeError(
+                f"{getattr(loss, '__name__', 'loss')}: expected the loss to return a scalar, given shape "
+                f"{jnp.shape(value)} for predictions {jnp.shape(predictions)}. Hint: average over the batch, "
+                f"e.g. `jnp.mean(...)`; nnjax's losses do."
+            )
+        return value, (new_state, {name: m(predictions, y) for name, m in metrics.items()})
 
     fn.__name__ = getattr(loss, "__name__", "loss")
     return Objective(fn)
@@ -139,7 +148,59 @@ def as_objective(where: str, model: Layer, loss: Loss | Objective, metrics: Mapp
             f"{where}: argument `loss` expected loss(predictions, targets) or an nnjax.objective, "
             f"given {type(loss).__name__}."
         )
+    required = _required_positional(loss)
+    if required is not None and required > 2:
+        raise TypeError(
+            f"{where}: argument `loss` expected loss(predictions, targets) of two arguments, given "
+            f"{getattr(loss, '__name__', type(loss).__name__)} of {required} required arguments. Hint: a "
+            f"`loss_fn(params, x, y)` that runs the model itself is written as an objective: decorate "
+            f"`fn(params, state, batch, *, key, train) -> (loss, (new_state, aux))` with @nnjax.objective."
+        )
+    check_metrics(where, metrics)
     return loss_objective(model, loss, metrics)
+
+
+def _required_positional(fn: Callable[..., Any]) -> int | None:
+    """How many positional arguments ``fn`` requires, or None when its signature cannot be read."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(p.kind in kinds and p.default is inspect.Parameter.empty for p in parameters)
+
+
+def check_metrics(where: str, metrics: Any) -> None:
+    """Raises TypeError unless ``metrics`` is None or a dict of ``name -> fn(predictions, targets)``."""
+    if metrics is None:
+        return
+    if not isinstance(metrics, Mapping):
+        raise TypeError(
+            f"{where}: argument `metrics` expected a dict of name -> fn(predictions, targets), given "
+            f"{type(metrics).__name__} {metrics!r}. Hint: `metrics={{\"accuracy\": nnjax.metrics.accuracy}}` "
+            f"(names are yours; strings such as 'accuracy' alone are a Keras habit)."
+        )
+    for name, fn in metrics.items():
+        if not isinstance(name, str) or not callable(fn):
+            raise TypeError(
+                f"{where}: argument `metrics` expected a dict of name -> fn(predictions, targets), given the "
+                f"entry {name!r}: {fn!r}. Hint: `{{\"accuracy\": nnjax.metrics.accuracy}}`."
+            )
+
+
+def check_objective_output(where: str, out: Any) -> None:
+    """Raises TypeError unless ``out`` is ``(scalar loss, (new_state, aux))`` (checked at trace time)."""
+    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], tuple) and len(out[1]) == 2):
+        given = f"a tuple of {len(out)}" if isinstance(out, tuple) else type(out).__name__
+        raise TypeError(
+            f"{where}: expected the objective to return (loss, (new_state, aux)), given {given}. Hint: "
+            f"`return loss, (state, {{}})` when the model has no state to update and nothing to report."
+        )
+    if jnp.shape(out[0]) != ():
+        raise TypeError(
+            f"{where}: expected the objective's loss to be a scalar, given shape {jnp.shape(out[0])}. Hint: "
+            f"reduce it over the batch, e.g. `jnp.mean(...)`."
+        )
 
 
 def check_aux(where: str, aux: Any) -> None:
@@ -163,10 +224,14 @@ def value_and_grad(
     """``jax.value_and_grad`` of the objective with respect to ``params``: ``((loss, (new_state, aux)), grads)``."""
 
     def fn(p):
-        return objective_fn(p, state, batch, key=key, train=train)
+        out = objective_fn(p, state, batch, key=key, train=train)
+        check_objective_output(repr(objective_fn), out)
+        return out
 
     out, grads = jax.value_and_grad(fn, has_aux=True)(params)
     check_aux(repr(objective_fn), out[1][1])
+    check(jnp.isfinite(out[0]), f"{objective_fn!r}: the loss is NaN or Inf (the layers' outputs are finite).")
+    check(all_finite(grads), f"{objective_fn!r}: the gradient holds NaN or Inf (the loss is finite).")
     return out, grads
 
 

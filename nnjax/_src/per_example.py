@@ -29,6 +29,7 @@ import optax
 
 from nnjax._src.compile import jit as compile_jit
 from nnjax._src.core import Layer
+from nnjax._src.errors import check_number
 from nnjax._src.objective import Aux, Loss, Metric, Objective, as_objective, value_and_grad
 from nnjax._src.step_stats import StepStats
 from nnjax._src.train import Batch, Gradient, GradientFn, TrainState, build_train_step, check_nonfinite_mode
@@ -244,6 +245,13 @@ def make_dp_train_step(
     """
 
     check_nonfinite_mode("make_dp_train_step", nonfinite)
+    check_number("make_dp_train_step", "l2_norm_clip", l2_norm_clip, low=0.0,
+                 what="a positive number (the bound on each example's gradient norm)")
+    if l2_norm_clip == 0:
+        raise ValueError("make_dp_train_step: argument `l2_norm_clip` expected a positive number (the bound on each "
+                         "example's gradient norm), given 0: every gradient would be clipped to zero.")
+    check_number("make_dp_train_step", "noise_multiplier", noise_multiplier, low=0.0,
+                 what="a non-negative number (the noise's standard deviation relative to l2_norm_clip)")
     objective_fn = as_objective("make_dp_train_step", model, loss, metrics)
     gradient = dp_gradient(model, l2_norm_clip=l2_norm_clip, noise_multiplier=noise_multiplier)
     step = build_train_step(objective_fn, optimizer, gradient=gradient, nonfinite=nonfinite, step_stats=step_stats)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from nnjax._src.arguments import check_choice, check_int
+from nnjax._src.arguments import check_choice, check_int, check_training_arguments
 from nnjax._src.checkpoint import abstract_train_state
 from nnjax._src.core import Layer
 from nnjax._src.engine import Plan, Progress, Recorder, checkpoints_for, owned, resume_from, train
@@ -149,6 +149,7 @@ def fit_stream(
       >>> len(result.history["loss"]), result.history["loss"][-1] < 0.01, int(result.train_state.step)
       (3, True, 12)
     """
+    check_training_arguments("fit_stream", model, optimizer, callbacks, train_state)
     check_int("fit_stream", "epochs", epochs)
     check_int("fit_stream", "initial_epoch", initial_epoch)
     check_int("fit_stream", "prefetch", prefetch, minimum=1)
@@ -189,7 +190,7 @@ def fit_stream(
     )
     recorder = Recorder("fit_stream", epochs=epochs, many=False, callbacks=callbacks, checkpoints=checkpoints,
                         progress=Progress(progress and initial_epoch < epochs, None),
-                        objective=objective_fn, progress_every=progress_every)
+                        objective=objective_fn, progress_every=progress_every, nonfinite=nonfinite)
     train_state = train(plan, train_state, initial_epoch, epochs, mode=False, recorder=recorder,
                         batches=lambda epoch: prefetch_to_device(batches(epoch), prefetch, sharding))
     return FitResult(train_state, recorder.history)

@@ -10,6 +10,7 @@ The table walks ``serial``, ``parallel``, ``residual`` and ``named`` down to the
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -83,7 +84,7 @@ def children(layer: Layer) -> tuple[str, tuple[Layer, ...]] | None:
     own = getattr(layer, "children", None)
     if isinstance(own, tuple) and own and all(isinstance(c, Layer) for c in own):
         return layer.name, own
-    fn = layer.apply
+    fn = inspect.unwrap(layer.apply)
     qualname = getattr(fn, "__qualname__", "")
     closure = (
         dict(zip(getattr(fn, "__code__", None).co_freevars, fn.__closure__ or (), strict=True))

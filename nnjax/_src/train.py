@@ -17,10 +17,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from nnjax._src.arguments import check_model, check_optimizer
 from nnjax._src.compile import jit as compile_jit
 from nnjax._src.core import Layer
 from nnjax._src.errors import first_nonfinite
 from nnjax._src.kernels import init_jit_options
+from nnjax._src.layer_checks import check_input_shape, check_key, check_param_dtype
 from nnjax._src.objective import Aux, Loss, Metric, Objective, as_objective, value_and_grad
 from nnjax._src.step_stats import StepStats, step_statistics
 from nnjax._src.types import Array, DType, Params, PRNGKey, Shape, State
@@ -103,6 +105,11 @@ def init_train_state(
       >>> int(ts.step), jax.tree.map(jnp.shape, ts.params)["dense_0"]
       (0, {'b': (4,), 'w': (3, 4)})
     """
+    check_model("init_train_state", model)
+    check_optimizer("init_train_state", optimizer)
+    check_key("init_train_state", key)
+    check_input_shape("init_train_state", input_shape)
+    check_param_dtype("init_train_state", dtype)
     if params is not None or state is not None:
         expected_params, expected_state = jax.eval_shape(lambda k: model.init(k, input_shape, dtype), key)
         check_like("params", params, expected_params)

@@ -39,9 +39,33 @@ def check_dataset(where: str, model: Layer, x: Any, y: Any, output_shape: tuple 
         )
     if np.issubdtype(x_dtype, np.floating) and not np.isfinite(np.asarray(x)).all():
         raise ValueError(f"{where}: argument `x` holds {int((~np.isfinite(np.asarray(x))).sum())} NaN or Inf values.")
+    if model.input_range is not None and np.issubdtype(x_dtype, np.integer):
+        check_token_ids(where, model, np.asarray(x))
+    if y is not None and np.issubdtype(np.asarray(y[:1]).dtype, np.inexact) and not np.isfinite(np.asarray(y)).all():
+        raise ValueError(
+            f"{where}: argument `y` holds {int((~np.isfinite(np.asarray(y))).sum())} NaN or Inf values. Hint: drop "
+            f"or impute the examples with missing targets before training."
+        )
     if y is not None and output_shape is not None and np.issubdtype(np.asarray(y[:1]).dtype, np.integer):
         if len(output_shape) == len(np.shape(y)[1:]) + 1:
             check_integer_labels(where, np.asarray(y), output_shape[-1])
+
+
+def check_token_ids(where: str, model: Layer, x: np.ndarray) -> None:
+    """Raises ValueError when integer inputs fall outside ``model.input_range`` (an Embedding's vocabulary)."""
+    low, high = model.input_range
+    if x.size and (x.min() < low or x.max() >= high):
+        bad = x[(x < low) | (x >= high)]
+        raise ValueError(
+            f"{where}: argument `x` expected token ids in [{low}, {high}) (the vocabulary of the model's "
+            f"embedding), given values in [{int(x.min())}, {int(x.max())}] ({bad.size} out of range, e.g. "
+            f"{int(bad[0])}). Hint: build the model for the tokenizer's vocabulary size."
+        )
+
+
+def as_arrays(data: Any) -> Any:
+    """``data`` with Python lists turned into NumPy arrays (``fit(model, loss, opt, [[0.1, 0.2]], [1])``)."""
+    return np.asarray(data) if isinstance(data, list) else data
 
 
 def check_fit_data(

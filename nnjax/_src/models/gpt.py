@@ -150,12 +150,13 @@ def _depth(params: Params) -> int:
     return sum(1 for name in params if name.startswith("block_"))
 
 
-def _check_tokens(where: str, tokens: Any, rank: int, vocab_size: int) -> None:
-    check_token_ids(where, tokens, vocab_size)
+def _check_tokens(where: str, tokens: Any, rank: int, vocab_size: int, argument: str = "tokens") -> None:
+    check_token_ids(where, tokens, vocab_size, argument)
     if jnp.ndim(tokens) != rank:
         expected = "(batch,) (one token per sequence)" if rank == 1 else "(batch, T)"
+        hint = f" Hint: a single sequence is `{argument}[None]`." if jnp.ndim(tokens) == rank - 1 else ""
         raise LayerError(
-            f"{where}: argument `tokens` expected token ids of shape {expected}, given {jnp.shape(tokens)}."
+            f"{where}: argument `{argument}` expected token ids of shape {expected}, given {jnp.shape(tokens)}.{hint}"
         )
 
 
@@ -261,7 +262,7 @@ def GPT(  # noqa: N802 - layer constructors are CamelCase
         return params, {}
 
     def apply(params, state, x, *, key=None, train=False):
-        _check_tokens(name, x, 2, vocab_size)
+        _check_tokens(name, x, 2, vocab_size, "x")
         check_length("x", x.shape[1])
         dropout = train and dropout_rate > 0.0
         if dropout and key is None:
@@ -280,7 +281,7 @@ def GPT(  # noqa: N802 - layer constructors are CamelCase
             h = h + _dropout(_mlp(block["mlp"], _norm(block["norm_2"], h)), dropout_rate, k_2)
         return embedding_attend(params["token_embedding"], _norm(params["final_norm"], h)), state
 
-    model = GPTModel(init, apply, name, jnp.int32)
+    model = GPTModel(init, apply, name, jnp.int32, (0, vocab_size))
     model.__dict__["config"] = config
     return model
 
@@ -563,7 +564,7 @@ def generate(
     config = _config(where, model)
     check_number(where, "steps", steps, low=0, integer=True, what="a non-negative int")
     check_number(where, "temperature", temperature, low=0.0, what="a non-negative number")
-    _check_tokens(where, prompt, 2, config.vocab_size)
+    _check_tokens(where, prompt, 2, config.vocab_size, "prompt")
     length = prompt.shape[1]
     if length < 1 or length + steps > config.max_len:
         raise ValueError(
