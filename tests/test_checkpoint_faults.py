@@ -205,21 +205,40 @@ def test_a_read_only_directory_refuses_saves(tmp_path):
 # --- a real full disk, where a tmpfs can be mounted ------------------------------------------------------
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 1 MiB tmpfs at ``tmp_path/disk``, or a skip where mounting is not allowed (not root, no CAP_SYS_ADMIN)."""
+def _mount(tmp_path, options):
+    """A tmpfs at ``tmp_path/disk``, or a skip where mounting is not allowed (not root, no CAP_SYS_ADMIN)."""
     mount, umount = shutil.which("mount"), shutil.which("umount")
     if os.geteuid() != 0 or not sys.platform.startswith("linux") or not mount or not umount:
         pytest.skip("mounting a tmpfs needs root on Linux")
     disk = tmp_path / "disk"
     disk.mkdir()
-    done = subprocess.run([mount, "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
+    done = subprocess.run([mount, "-t", "tmpfs", "-o", options, "tmpfs", str(disk)], capture_output=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
     try:
         yield disk
     finally:
         subprocess.run([umount, "-l", str(disk)], capture_output=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs."""
+    yield from _mount(tmp_path, "size=1m")
+
+
+@pytest.fixture
+def read_only_disk(tmp_path):
+    """A read-only tmpfs (root cannot write there either)."""
+    yield from _mount(tmp_path, "ro,size=64k")
+
+
+def test_a_read_only_mount_is_refused_at_fits_call(read_only_disk):
+    with pytest.raises(CheckpointPermissionError, match=r"fit: cannot save to .*disk/run: read-only file system"):
+        nnjax.fit(MODEL, nnjax.losses.softmax_cross_entropy, OPT, X, Y, epochs=1, fused="all",
+                  checkpoint_dir=read_only_disk / "run", progress=False)
+    with pytest.raises(CheckpointPermissionError, match=r"cannot save step 1 to .*: read-only file system"):
+        save_checkpoint(read_only_disk, _state(1))
 
 
 def _fill(disk, leave):
@@ -423,3 +442,49 @@ def test_a_file_system_without_locks_warns_and_saves(tmp_path, monkeypatch):
     with pytest.warns(RuntimeWarning, match=r"cannot be locked .*No locks available.*second writer would not be"):
         save_checkpoint(tmp_path, _state(1))
     assert checkpoint_steps(tmp_path) == [1]
+
+
+WRITER = textwrap.dedent(
+    """
+    import os, sys, time
+    import numpy as np, optax
+    import nnjax
+    directory, me, other = sys.argv[1], sys.argv[2], sys.argv[3]
+    open(os.path.join(os.path.dirname(directory), me), "w").close()
+    while not os.path.exists(os.path.join(os.path.dirname(directory), other)):  # start together
+        time.sleep(0.005)
+    x = np.random.default_rng(0).normal(size=(32, 5)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int32)
+    model = nnjax.serial(nnjax.Dense(4), nnjax.Relu(), nnjax.Dense(3))
+    try:
+        result = nnjax.fit(model, nnjax.losses.softmax_cross_entropy, optax.sgd(0.1), x, y, epochs=20,
+                           batch_size=8, checkpoint_dir=directory, fused=False, progress=False,
+                           callbacks=[lambda *args: time.sleep(0.02)])
+        print("done", int(result.train_state.step))
+    except nnjax.CheckpointLockedError as error:
+        print("locked", error.holder.get("pid"))
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trial", range(5))
+def test_two_real_processes_fitting_into_one_directory(tmp_path, trial):
+    directory = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    workers = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(directory), me, other], stdout=subprocess.PIPE,
+                         text=True, env=env)
+        for me, other in (("a", "b"), ("b", "a"))
+    ]
+    outputs = [worker.communicate(timeout=300)[0].split() for worker in workers]
+    assert all(worker.returncode == 0 for worker in workers), outputs
+    assert sorted(output[0] for output in outputs) == ["done", "locked"], outputs
+    winner = next(w for w, output in zip(workers, outputs, strict=True) if output[0] == "done")
+    loser = next(output for output in outputs if output[0] == "locked")
+    assert int(loser[1]) == winner.pid  # the refusal names the process that holds the directory
+    assert checkpoint_steps(directory) == [72, 76, 80] and _leftovers(directory) == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every listed checkpoint restores, with no fallback
+        for step in (72, 76, 80):
+            assert restore_checkpoint(directory, LIKE, step=step)[1]["step"] == step

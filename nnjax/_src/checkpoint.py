@@ -163,11 +163,11 @@ def _write_error(
         first = str(error).split("[tensorstore_spec=")[0].strip().splitlines()
         cause = f"{type(error).__name__}: {first[0][:300]}" if first else type(error).__name__
     what = "cannot save" if step is None else f"cannot save step {step}"
+    before: list[int] = []
     if kept:
-        before = _complete_steps(path) if os.path.isdir(path) else []
-        kept_text = f" The checkpoints saved before are unchanged and restorable: steps {before}." if before else ""
-    else:
-        kept_text = ""
+        with contextlib.suppress(Exception):  # listing is only informative here
+            before = _complete_steps(path)
+    kept_text = f" The checkpoints saved before are unchanged and restorable: steps {before}." if before else ""
     return kind(
         f"{where}: {what} to {path}: {cause} ({doing}).{kept_text} Hint: {hint}.",
         directory=path,
