@@ -181,8 +181,8 @@ def test_fit_refuses_an_unwritable_checkpoint_dir_at_the_call_in_every_mode(tmp_
     else:
         tmp_path.chmod(0o500)
     try:
-        with pytest.raises(CheckpointPermissionError, match=r"fit: cannot save to .*: permission denied \(argument "
-                           r"`checkpoint_dir` is not writable; no training was run\)"):
+        with pytest.raises(CheckpointPermissionError, match=r"fit: cannot save to .*: permission denied \(writing a "
+                           r"probe file in `checkpoint_dir`; no training was run\)"):
             nnjax.fit(MODEL, nnjax.losses.softmax_cross_entropy, OPT, X, Y, epochs=2, batch_size=8, fused=fused,
                       checkpoint_dir=tmp_path, callbacks=[lambda *args: trained.append(1)], progress=False)
     finally:
@@ -488,3 +488,24 @@ def test_two_real_processes_fitting_into_one_directory(tmp_path, trial):
         warnings.simplefilter("error")  # every listed checkpoint restores, with no fallback
         for step in (72, 76, 80):
             assert restore_checkpoint(directory, LIKE, step=step)[1]["step"] == step
+
+
+def test_fit_many_and_fit_stream_check_the_directory_at_the_call_too(tmp_path, monkeypatch):
+    def mkstemp(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", kwargs.get("dir"))
+
+    monkeypatch.setattr(checkpoint_module.tempfile, "mkstemp", mkstemp)
+    pulled = []
+
+    def batches(epoch):
+        pulled.append(epoch)
+        yield X[:8], Y[:8]
+
+    expected = r"{}: cannot save to .*: disk full \(writing a probe file in `checkpoint_dir`; no training was run\)"
+    with pytest.raises(CheckpointDiskFullError, match=expected.format("fit_stream")):
+        nnjax.fit_stream(MODEL, nnjax.losses.softmax_cross_entropy, OPT, batches, epochs=1, input_shape=SHAPE,
+                         checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(CheckpointDiskFullError, match=expected.format("fit_many")):
+        nnjax.fit_many(MODEL, nnjax.losses.softmax_cross_entropy, OPT, X, Y, seeds=(0, 1), epochs=1, batch_size=8,
+                       checkpoint_dir=tmp_path, progress=False)
+    assert pulled == []

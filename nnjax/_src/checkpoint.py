@@ -333,7 +333,7 @@ def check_writable(directory: str | os.PathLike, where: str) -> str:
             os.remove(probe)
     except OSError as error:
         raise _write_error(
-            where, path, None, error, "argument `checkpoint_dir` is not writable; no training was run", kept=False
+            where, path, None, error, "writing a probe file in `checkpoint_dir`; no training was run", kept=False
         ) from error
     with checkpoint_lock(path, where=where):
         pass
@@ -406,7 +406,8 @@ def _remove_partial(path: str, step: int, before: set[threading.Thread], timeout
     """
     deadline = time.monotonic() + timeout
     for thread in set(threading.enumerate()) - before:
-        if thread is not threading.current_thread():
+        orbax_thread = type(thread).__module__.startswith("orbax") or thread.name.startswith("asyncio_")
+        if orbax_thread and thread is not threading.current_thread():
             with contextlib.suppress(Exception):  # not started; or (Orbax threads) re-raising their own error
                 thread.join(max(deadline - time.monotonic(), 0.0))
     with contextlib.suppress(OSError):
