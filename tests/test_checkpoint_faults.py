@@ -509,3 +509,39 @@ def test_fit_many_and_fit_stream_check_the_directory_at_the_call_too(tmp_path, m
         nnjax.fit_many(MODEL, nnjax.losses.softmax_cross_entropy, OPT, X, Y, seeds=(0, 1), epochs=1, batch_size=8,
                        checkpoint_dir=tmp_path, progress=False)
     assert pulled == []
+
+
+ESSENTIAL = {"nnjax/metadata", "train_state/_METADATA", "train_state/manifest.ocdbt"}
+
+
+@pytest.mark.parametrize("every_file", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_damage_to_any_file_of_the_newest_checkpoint_never_restores_wrong_arrays(tmp_path, every_file):
+    """Each file of step 2 in turn truncated to half or deleted: the restore returns step 2 intact (the file was
+    redundant: Orbax's per-process copies, commit markers), or warns and returns step 1; never wrong arrays, never
+    an error that is not a CheckpointError. The default run damages the essential files and one array file."""
+    source = tmp_path / "source"
+    save_checkpoint(source, _state(1, seed=1))
+    save_checkpoint(source, _state(2, seed=2))
+    files = sorted(os.path.relpath(os.path.join(root, name), source / "2")
+                   for root, _, names in os.walk(source / "2") for name in names)
+    if not every_file:
+        files = sorted(ESSENTIAL) + [next(name for name in files if name.startswith("train_state/d/"))]
+    fell_back = set()
+    for name in files:
+        for damage in ("truncate", "delete"):
+            trial = tmp_path / "trial"
+            shutil.rmtree(trial, ignore_errors=True)
+            shutil.copytree(source, trial)
+            target = trial / "2" / name
+            if damage == "delete":
+                target.unlink()
+            else:
+                target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                restored, info = restore_checkpoint(trial, LIKE)
+            assert _same(restored, _state(info["step"], seed=info["step"])), (name, damage)
+            if info["step"] == 1:
+                assert any("Falling back" in str(w.message) for w in caught), (name, damage)
+                fell_back.add(name)
+    assert ESSENTIAL <= fell_back and any(name.startswith("train_state/d/") for name in fell_back), fell_back
