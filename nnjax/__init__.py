@@ -61,6 +61,7 @@ from nnjax._src.attention import (
 from nnjax._src.basic import Dense, Dropout, Flatten, Identity, Reshape
 from nnjax._src.checkpoint import (
     abstract_train_state,
+    checkpoint_lock,
     checkpoint_steps,
     latest_step,
     restore_checkpoint,
@@ -80,9 +81,13 @@ from nnjax._src.embedding import (
 from nnjax._src.ensemble import ManyResult, fit_many
 from nnjax._src.errors import (
     CheckpointCorruptError,
+    CheckpointDiskFullError,
     CheckpointError,
+    CheckpointLockedError,
     CheckpointMismatchError,
     CheckpointNotFoundError,
+    CheckpointPermissionError,
+    CheckpointWriteError,
     ForwardModeError,
     LayerError,
     LayerTypeError,
@@ -118,9 +123,13 @@ __all__ = [
     "BatchNorm",
     "Bidirectional",
     "CheckpointCorruptError",
+    "CheckpointDiskFullError",
     "CheckpointError",
+    "CheckpointLockedError",
     "CheckpointMismatchError",
     "CheckpointNotFoundError",
+    "CheckpointPermissionError",
+    "CheckpointWriteError",
     "Conv",
     "ConvTranspose",
     "Dense",
@@ -176,6 +185,7 @@ __all__ = [
     "add",
     "apply_rope",
     "callbacks",
+    "checkpoint_lock",
     "checkpoint_steps",
     "concatenate",
     "config",

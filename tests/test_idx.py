@@ -290,3 +290,15 @@ def test_load_csv_errors(tmp_path):
     assert load_csv(semicolons, target="price", delimiter=";").x.tolist() == [[1]]
     with pytest.raises(ValueError, match="line 2 .* 2 fields, the header 3"):
         load_csv(write(tmp_path / "h5.csv", "a,b,price\n1,2\n"), target="price")
+
+
+def test_load_csv_refuses_binary_files_naming_them(tmp_path):
+    rng = np.random.default_rng(0)
+    binary = tmp_path / "weights.bin"
+    binary.write_bytes(bytes([0xA9]) + rng.integers(0, 256, 500, dtype=np.uint8).tobytes())
+    with pytest.raises(ValueError, match=r"weights\.bin' is not a text CSV file: byte 0xa9 at offset 0 is not UTF-8"):
+        load_csv(binary, target="y")
+    zipped = tmp_path / "houses.csv.gz"
+    zipped.write_bytes(gzip.compress(b"a,y\n1,2\n"))
+    with pytest.raises(ValueError, match=r"houses\.csv\.gz' is not a text CSV file \(it starts like a gzip file"):
+        load_csv(zipped, target="y")

@@ -252,3 +252,19 @@ def test_torch_flatten_lists_channels_first():
     y, _ = interop.TorchFlatten().apply({}, {}, jax.device_put(x))
     np.testing.assert_array_equal(y, x.transpose(0, 3, 1, 2).reshape(2, -1))
     assert interop.TorchFlatten().output_shape((3, 2, 4)) == (24,)
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [(b"", "header too small"), (b"\x1f\x8b\x08\x00" * 8, "header too large"), (b"PK\x03\x04" + b"\x00" * 60, "")],
+    ids=["empty", "gzip", "zip"],
+)
+def test_load_safetensors_refuses_other_files_naming_them(tmp_path, content, reason):
+    pytest.importorskip("safetensors")
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    expected = rf"load_safetensors: '.*model\.pt' is not a readable safetensors file \(.*{reason}"
+    with pytest.raises(ValueError, match=expected):
+        interop.load_safetensors(str(path))
+    with pytest.raises(FileNotFoundError):
+        interop.load_safetensors(str(tmp_path / "missing.safetensors"))

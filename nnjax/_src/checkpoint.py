@@ -5,15 +5,21 @@
 
 One checkpoint is the directory ``<directory>/<step>/`` holding the train state (params, state,
 opt_state, step and key; typed PRNG keys are stored as ``jax.random.key_data`` and rewrapped) and a
-JSON record (nnjax version, your ``config``, the ``metrics``, and every leaf's shape, dtype and CRC-32).
+JSON record (nnjax version, your ``config``, the ``metrics``, and every leaf's shape, dtype and CRC-32),
+itself covered by a SHA-256 checksum.
 
 Guarantees:
 - Atomic: Orbax writes into ``<step>.orbax-checkpoint-tmp`` and renames it when complete, so a run
   killed mid-save leaves no step directory; the stale temporary directory is removed at the next save.
 - Nothing non-finite is written: ``save_checkpoint`` raises ``NonFiniteError`` instead.
 - Restore checks every leaf against ``like`` (shapes and dtypes, derived from the model with
-  ``jax.eval_shape``) and names all mismatches; it checks each array's CRC-32 after reading.
-- A corrupt or truncated newest checkpoint: ``restore_checkpoint(step=None)`` warns and falls back
+  ``jax.eval_shape``) and names all mismatches; it checks the record's checksum before trusting it
+  and each array's CRC-32 after reading.
+- A failed save (disk full, permissions, I/O) raises a ``CheckpointWriteError`` naming the directory,
+  the step and the cause, removes its temporary files, and leaves the earlier checkpoints restorable.
+- One writer per directory: a lock (``checkpoint_lock``, ``fcntl.flock``) refuses a second process
+  with ``CheckpointLockedError``; ``fit`` and friends hold it for the whole run.
+- A corrupt or truncated newest checkpoint (arrays or record): ``restore_checkpoint(step=None)`` warns and falls back
   to the newest one that reads back intact; with an explicit ``step`` it raises ``CheckpointCorruptError``.
 - Multi-host: every process calls these functions; Orbax writes the shards each host holds (CRC-32s
   cover only fully addressable arrays) and the primary host writes the JSON record.
@@ -21,13 +27,23 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import errno as errno_codes
+import hashlib
 import json
 import math
 import os
+import re
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
 import warnings
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from importlib import metadata as importlib_metadata
 from typing import TYPE_CHECKING, Any
 
@@ -39,15 +55,24 @@ import optax
 from nnjax._src.core import Layer
 from nnjax._src.errors import (
     CheckpointCorruptError,
+    CheckpointDiskFullError,
     CheckpointError,
+    CheckpointLockedError,
     CheckpointMismatchError,
     CheckpointNotFoundError,
+    CheckpointPermissionError,
+    CheckpointWriteError,
     NonFiniteError,
     first_nonfinite,
     leaf_path,
 )
 from nnjax._src.train import TrainState, init_train_state
 from nnjax._src.types import DType, PyTree, Shape
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; saves there are not guarded against a second writer
+    fcntl = None
 
 if TYPE_CHECKING:
     import orbax.checkpoint as ocp
@@ -58,6 +83,7 @@ def _orbax() -> Any:
     import orbax.checkpoint
 
     return orbax.checkpoint
+
 
 FORMAT = "nnjax-checkpoint/1"
 _STATE, _RECORD = "train_state", "nnjax"
@@ -77,6 +103,241 @@ def _directory(directory: str | os.PathLike, where: str) -> str:
     if not isinstance(directory, (str, os.PathLike)):
         raise TypeError(f"{where}: argument `directory` expected a path, given {type(directory).__name__}.")
     return os.path.abspath(os.path.expanduser(os.fspath(directory)))
+
+
+# --- why a write failed, and the one-writer lock ------------------------------------------------------
+
+_DISK_FULL = (errno_codes.ENOSPC, getattr(errno_codes, "EDQUOT", errno_codes.ENOSPC))
+_NO_PERMISSION = (errno_codes.EACCES, errno_codes.EPERM)
+_OS_CODE = re.compile(r"os_error_code='?(\d+)")  # how tensorstore reports the OS error in its messages
+_WORDS = {
+    "No space left on device": errno_codes.ENOSPC,
+    "Disk quota exceeded": _DISK_FULL[1],
+    "Permission denied": errno_codes.EACCES,
+    "Read-only file system": errno_codes.EROFS,
+}
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """``error`` and the errors it was raised from or while handling, outermost first."""
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [error]
+    while todo and len(seen) < 20:
+        current = todo.pop(0)
+        if current is None or any(current is s for s in seen):
+            continue
+        seen.append(current)
+        todo += [current.__cause__, current.__context__, *getattr(current, "exceptions", ())]
+    return seen
+
+
+def _os_error_code(error: BaseException) -> int | None:
+    """The OS error number behind ``error``: an ``OSError``'s, or the one tensorstore writes in its message."""
+    chain = _chain(error)
+    for link in chain:
+        if isinstance(link, OSError) and not isinstance(link, CheckpointError) and link.errno:
+            return link.errno
+    text = " ".join(str(link) for link in chain)
+    match = _OS_CODE.search(text)
+    if match:
+        return int(match.group(1))
+    return next((code for words, code in _WORDS.items() if words in text), None)
+
+
+def _write_error(
+    where: str, path: str, step: int | None, error: BaseException, doing: str, *, kept: bool = True
+) -> CheckpointWriteError:
+    """``error`` (raised while ``doing`` something in ``path``) as a ``CheckpointWriteError`` naming the cause."""
+    code = _os_error_code(error)
+    if code in _DISK_FULL:
+        kind, cause = CheckpointDiskFullError, "disk full"
+        hint = "free some space, keep fewer checkpoints (keep=...), or save to another disk"
+    elif code == errno_codes.EROFS:
+        kind, cause = CheckpointPermissionError, "read-only file system"
+        hint = "choose a directory on a writable disk"
+    elif code in _NO_PERMISSION:
+        kind, cause = CheckpointPermissionError, "permission denied"
+        hint = "choose a directory you can write, or fix its permissions"
+    else:
+        kind, hint = CheckpointWriteError, "check the disk and the directory"
+        first = str(error).split("[tensorstore_spec=")[0].strip().splitlines()
+        cause = f"{type(error).__name__}: {first[0][:300]}" if first else type(error).__name__
+    what = "cannot save" if step is None else f"cannot save step {step}"
+    before: list[int] = []
+    if kept:
+        with contextlib.suppress(Exception):  # listing is only informative here
+            before = _complete_steps(path)
+    kept_text = f" The checkpoints saved before are unchanged and restorable: steps {before}." if before else ""
+    return kind(
+        f"{where}: {what} to {path}: {cause} ({doing}).{kept_text} Hint: {hint}.",
+        directory=path,
+        step=step,
+        cause=cause,
+        errno=code,
+    )
+
+
+_LOCK_FILE = ".nnjax-writer.lock"
+_held: dict[str, list[int | None]] = {}  # path -> [file descriptor, depth]: the locks this process holds
+_held_guard = threading.Lock()
+
+
+def _holder(fd: int) -> dict[str, Any]:
+    try:
+        return json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
+def _acquire(path: str, where: str, step: int | None) -> None:
+    """Takes the directory's writer lock (re-entrant in this process); raises ``CheckpointLockedError``."""
+    with _held_guard:
+        if path in _held:
+            _held[path][1] += 1
+            return
+        if fcntl is None or jax.process_index() != 0:  # the primary host alone guards a shared directory
+            _held[path] = [None, 1]
+            return
+        try:
+            os.makedirs(path, exist_ok=True)
+            fd = os.open(os.path.join(path, _LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise _write_error(where, path, step, error, f"opening the writer lock {_LOCK_FILE}") from error
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno_codes.EWOULDBLOCK, errno_codes.EAGAIN, errno_codes.EACCES):
+                os.close(fd)  # e.g. ENOLCK: a network file system without locking; go on unguarded
+                warnings.warn(
+                    f"{where}: {path} cannot be locked ({error}); a second writer would not be detected.",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+                _held[path] = [None, 1]
+                return
+            holder = _holder(fd)
+            os.close(fd)
+            who = (
+                (
+                    f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since', '?')}: "
+                    f"{holder.get('command', '?')}"
+                )
+                if holder
+                else "its details could not be read"
+            )
+            what = "" if step is None else f" step {step}"
+            raise CheckpointLockedError(
+                f"{where}: another process is writing checkpoints to {path} ({who}); refusing to save{what} there, so "
+                "that neither run deletes or overwrites the other's files. Hint: give each run its own checkpoint "
+                "directory, or wait for the other to finish (its lock goes when it exits or dies).",
+                directory=path,
+                step=step,
+                holder=holder,
+            ) from None
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv)[:200],
+        }
+        with contextlib.suppress(OSError):  # only informative: a full disk must not stop the lock itself
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(record).encode(), 0)
+        _held[path] = [fd, 1]
+
+
+def _release(path: str) -> None:
+    with _held_guard:
+        entry = _held.get(path)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            del _held[path]
+            if entry[0] is not None:
+                os.close(entry[0])  # closing the descriptor drops the flock; the file stays (unlinking would race)
+
+
+@contextlib.contextmanager
+def checkpoint_lock(
+    directory: str | os.PathLike, *, where: str = "checkpoint_lock", step: int | None = None
+) -> Iterator[str]:
+    """Holds the checkpoint directory's one-writer lock for the ``with`` block; yields the absolute path.
+
+    ``save_checkpoint`` takes it for each save and ``fit``/``fit_many``/``fit_stream`` for the whole run, so a
+    second process writing to the same directory is refused with ``CheckpointLockedError`` instead of deleting
+    the first one's temporary files. The lock is ``fcntl.flock`` on ``<directory>/.nnjax-writer.lock`` (which
+    records the holder's pid, host, start time and command for the error message): the operating system drops
+    it when the holder exits or is killed, so there are no stale locks. It is re-entrant within a process
+    (threads of one process are not told apart). Only the primary process (``jax.process_index() == 0``) takes
+    it. Limits: ``flock`` works across machines on NFS (Linux emulates it with NFS locks) but not on every
+    network or FUSE file system; where locking fails with an error (``ENOLCK``) a warning says the directory
+    is unguarded. On Windows (no ``fcntl``) there is no lock.
+
+    Args:
+      directory: the checkpoint directory (created if missing).
+      where: the function named in errors.
+      step: the step named in errors, if a save is under way.
+
+    Yields:
+      The directory's absolute path.
+
+    Raises:
+      CheckpointLockedError: another process holds the lock.
+      CheckpointWriteError: the directory or its lock file cannot be created (disk full, permission).
+      TypeError: ``directory`` is not a path.
+
+    Example:
+      >>> import os, tempfile
+      >>> train_state = nnjax.init_train_state(nnjax.Dense(2), optax.sgd(0.1), jax.random.key(0), (3,))
+      >>> with tempfile.TemporaryDirectory() as tmp, nnjax.checkpoint_lock(tmp) as path:
+      ...     for step in (1, 2):  # a custom loop: no other process can write here meanwhile
+      ...         _ = nnjax.save_checkpoint(path, train_state.replace(step=jnp.int32(step)))
+      ...     sorted(os.listdir(path))
+      ['.nnjax-writer.lock', '1', '2']
+    """
+    path = _directory(directory, where)
+    _acquire(path, where, step)
+    try:
+        yield path
+    finally:
+        _release(path)
+
+
+def check_writable(directory: str | os.PathLike, where: str) -> str:
+    """Checks at a driver's call that ``directory`` can take checkpoints; returns its absolute path.
+
+    Creates it, writes and removes a small probe file (a read-only mount, missing permissions or a full disk
+    show here, before any training), and checks that no other process holds its writer lock.
+
+    Raises:
+      CheckpointError: the directory cannot be created (a file is in the way).
+      CheckpointWriteError: the probe cannot be written (``CheckpointPermissionError``, ``CheckpointDiskFullError``).
+      CheckpointLockedError: another process is writing checkpoints there.
+    """
+    path = _directory(directory, where)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        if _os_error_code(error) in (*_DISK_FULL, *_NO_PERMISSION, errno_codes.EROFS):
+            raise _write_error(
+                where, path, None, error, "creating the directory; no training was run", kept=False
+            ) from error
+        raise CheckpointError(f"{where}: argument `checkpoint_dir` {path} cannot be created: {error}.") from error
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".nnjax-probe-", dir=path)
+        try:
+            os.write(fd, b"nnjax")
+        finally:
+            os.close(fd)
+            os.remove(probe)
+    except OSError as error:
+        raise _write_error(
+            where, path, None, error, "writing a probe file in `checkpoint_dir`; no training was run", kept=False
+        ) from error
+    with checkpoint_lock(path, where=where):
+        pass
+    return path
 
 
 def _manager(
@@ -112,18 +373,62 @@ def _manager(
     return ocp.CheckpointManager(path, options=options, item_names=(_STATE, _RECORD))
 
 
-def _steps(path: str) -> list[int]:
+# The files every complete checkpoint holds: its nnjax record and Orbax's description of the arrays. A step
+# directory without them was half deleted (a run killed while removing an old checkpoint) or damaged.
+_REQUIRED = (os.path.join(_RECORD, "metadata"), os.path.join(_STATE, "_METADATA"))
+
+
+def _all_steps(path: str) -> list[int]:
+    """The step directories Orbax lists (finished saves; temporary directories are never listed)."""
     if not os.path.isdir(path):
         return []
     with _manager(path, read_only=True) as manager:
         return sorted(manager.all_steps())
 
 
+def _is_complete(path: str, step: int) -> bool:
+    return all(os.path.isfile(os.path.join(path, str(step), name)) for name in _REQUIRED)
+
+
+def _complete_steps(path: str) -> list[int]:
+    return [step for step in _all_steps(path) if _is_complete(path, step)]
+
+
+_steps = _complete_steps
+
+
+def _remove_partial(path: str, step: int, before: set[threading.Thread], timeout: float = 30.0) -> None:
+    """Removes what a failed save of ``step`` left: Orbax's temporary directories (never a finished step).
+
+    Orbax writes the items of a save from threads and raises on the first failure while the others may still be
+    writing; the threads started since the save began (``before`` held the older ones) are joined first, so that
+    nothing writes into the directories after they are removed.
+    """
+    deadline = time.monotonic() + timeout
+    for thread in set(threading.enumerate()) - before:
+        orbax_thread = type(thread).__module__.startswith("orbax") or thread.name.startswith("asyncio_")
+        if orbax_thread and thread is not threading.current_thread():
+            with contextlib.suppress(Exception):  # not started; or (Orbax threads) re-raising their own error
+                thread.join(max(deadline - time.monotonic(), 0.0))
+    with contextlib.suppress(OSError):
+        for name in os.listdir(path):
+            if name.startswith(f"{step}.orbax-checkpoint-tmp"):
+                shutil.rmtree(os.path.join(path, name), ignore_errors=True)
+
+
+def _record_checksum(record: Mapping[str, Any]) -> str:
+    """SHA-256 of the record without its ``checksum``, in a canonical JSON form (as read back from the file)."""
+    body = json.loads(json.dumps({k: v for k, v in record.items() if k != "checksum"}, allow_nan=True))
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def checkpoint_steps(directory: str | os.PathLike) -> list[int]:
     """The steps of the complete checkpoints in ``directory``, oldest first (``[]`` when none).
 
-    A save killed midway leaves only a temporary directory, which is never listed. Only the directory
-    listing is read, not the arrays.
+    A save killed midway leaves only a temporary directory, which is never listed; nor is a step
+    directory missing its record or its array metadata (half deleted, or damaged). Only the directory
+    listing is read, not the arrays (``restore_checkpoint`` checks those).
 
     Args:
       directory: the directory given to ``save_checkpoint`` (it need not exist).
@@ -276,7 +581,8 @@ def save_checkpoint(
     """Saves ``train_state`` as checkpoint ``<directory>/<train_state.step>``; returns that path.
 
     ``fit(..., checkpoint_dir=...)`` calls it after every ``checkpoint_every`` epochs; call it yourself
-    from a custom loop. The write is atomic and synchronous (the checkpoint is complete on return).
+    from a custom loop. The write is atomic and synchronous (the checkpoint is complete on return), under
+    the directory's one-writer lock (``checkpoint_lock``). The JSON record carries a SHA-256 checksum.
 
     Args:
       directory: where checkpoints of this run live (created if missing; relative paths and ``~`` are fine).
@@ -297,6 +603,12 @@ def save_checkpoint(
     Raises:
       NonFiniteError: a floating leaf holds NaN or Inf (a non-finite state never reaches disk).
       CheckpointError: the step is already saved (without ``overwrite``), or two leaves' paths collide.
+      CheckpointWriteError: the files cannot be written; ``CheckpointDiskFullError`` (disk or quota full),
+        ``CheckpointPermissionError`` (permissions, read-only mount) or the I/O error's own words. The
+        message names the directory, the step and the cause; the failed save's temporary files are
+        removed, and the checkpoints saved before are left restorable.
+      CheckpointLockedError: another process is writing checkpoints to ``directory`` (see
+        ``checkpoint_lock``); nothing was written.
       ValueError: a ``keep`` that is not a positive int or None, an unknown ``best_mode``, or a
         ``best_metric`` missing from ``metrics`` (or not finite there).
       TypeError: ``directory`` is not a path, or ``config`` is not JSON-serializable.
@@ -355,26 +667,36 @@ def save_checkpoint(
         "leaves": record_leaves,
     }
 
-    with _manager(path, keep=keep, best_metric=best_metric, best_mode=best_mode) as manager:
-        existing = [s for s in manager.all_steps() if s >= step]
-        if existing and not overwrite:
-            raise CheckpointError(
-                f"{where}: {path} already holds a checkpoint at step {step}"
-                + (f" (and newer: {existing[1:]})" if len(existing) > 1 else "")
-                + ". Pass overwrite=True to replace it, or restore it with restore_checkpoint."
-            )
-        for old in existing:
-            manager.delete(old)
-        ocp = _orbax()
-        manager.save(
-            step,
-            args=ocp.args.Composite(
-                **{_STATE: ocp.args.StandardSave(_nest(arrays)), _RECORD: ocp.args.JsonSave(record)}
-            ),
-            metrics=metrics if best_metric is not None else None,
-            force=True,
-        )
-        manager.wait_until_finished()
+    record["checksum"] = _record_checksum(record)
+
+    with checkpoint_lock(path, where=where, step=step):
+        threads = set(threading.enumerate())
+        try:
+            with _manager(path, keep=keep, best_metric=best_metric, best_mode=best_mode) as manager:
+                existing = [s for s in manager.all_steps() if s >= step]
+                if existing and not overwrite:
+                    raise CheckpointError(
+                        f"{where}: {path} already holds a checkpoint at step {step}"
+                        + (f" (and newer: {existing[1:]})" if len(existing) > 1 else "")
+                        + ". Pass overwrite=True to replace it, or restore it with restore_checkpoint."
+                    )
+                for old in existing:
+                    manager.delete(old)
+                ocp = _orbax()
+                manager.save(
+                    step,
+                    args=ocp.args.Composite(
+                        **{_STATE: ocp.args.StandardSave(_nest(arrays)), _RECORD: ocp.args.JsonSave(record)}
+                    ),
+                    metrics=metrics if best_metric is not None else None,
+                    force=True,
+                )
+                manager.wait_until_finished()
+        except CheckpointError:
+            raise
+        except Exception as error:  # noqa: BLE001 - OSError, tensorstore's ValueErrors, Orbax's own: all a failed write
+            _remove_partial(path, step, threads)
+            raise _write_error(where, path, step, error, "while writing its files") from error
     return os.path.join(path, str(step))
 
 
@@ -446,6 +768,11 @@ def _restore_step(
         raise CheckpointCorruptError(
             f"{where}: checkpoint step {step} in {path}: its record is not an nnjax checkpoint record ({FORMAT})."
         )
+    if record.get("checksum") != _record_checksum(record):
+        raise CheckpointCorruptError(
+            f"{where}: checkpoint step {step} in {path}: its record ({_RECORD}/metadata) fails its checksum "
+            "(the file was changed or damaged after saving)."
+        )
 
     paths, leaves, treedef, expected = _expected(like, where)
     _check_leaves(where, path, step, expected, record["leaves"])
@@ -499,7 +826,8 @@ def restore_checkpoint(
     Raises:
       CheckpointNotFoundError: no complete checkpoint (or none at ``step``) in ``directory``.
       CheckpointMismatchError: the checkpoint's leaves differ from ``like``'s (all are listed).
-      CheckpointCorruptError: ``step`` was given and it is unreadable or fails its checksums; or, with
+      CheckpointCorruptError: ``step`` was given and it is incomplete, unreadable, or fails its checksums
+        (the arrays' CRC-32s or the JSON record's SHA-256); or, with
         ``step=None``, every checkpoint is. (With ``step=None`` a corrupt newest checkpoint only warns,
         ``RuntimeWarning``, and the next older one is tried.)
       TypeError: ``directory`` is not a path.
@@ -519,12 +847,30 @@ def restore_checkpoint(
     """
     where = "restore_checkpoint"
     path = _directory(directory, where)
-    steps = _steps(path)
+    listed = _all_steps(path)
+    steps = [s for s in listed if _is_complete(path, s)]
+    incomplete = [s for s in listed if s not in steps]
+    if step is not None and step in incomplete:
+        raise CheckpointCorruptError(
+            f"{where}: checkpoint step {step} in {path} is incomplete (its record or array metadata is missing); "
+            f"complete checkpoints: {steps}."
+        )
     if not steps:
-        raise CheckpointNotFoundError(f"{where}: no complete checkpoint in {path}.")
+        raise CheckpointNotFoundError(
+            f"{where}: no complete checkpoint in {path}"
+            + (f" (incomplete steps: {incomplete})." if incomplete else ".")
+        )
     if step is not None and step not in steps:
         raise CheckpointNotFoundError(
             f"{where}: no checkpoint at step {step} in {path}; complete checkpoints: {steps}."
+        )
+    newer = [s for s in incomplete if s > steps[-1]]
+    if step is None and newer:
+        warnings.warn(
+            f"{where}: checkpoint steps {newer} in {path} are incomplete (a record or the array metadata is missing). "
+            f"Falling back to the previous checkpoint, step {steps[-1]}.",
+            RuntimeWarning,
+            stacklevel=2,
         )
     failures = []
     with _manager(path, read_only=True) as manager:

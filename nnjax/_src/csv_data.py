@@ -44,6 +44,27 @@ class Table(NamedTuple):
     feature_names: tuple[str, ...]
 
 
+def _not_text(path: str | os.PathLike, error: Exception) -> str:
+    """The message for a file that is not UTF-8 text (a binary, compressed or NUL-padded file)."""
+    if isinstance(error, UnicodeDecodeError):
+        found = f"byte 0x{error.object[error.start]:02x} at offset {error.start} is not UTF-8 text"
+    else:
+        found = f"line {error.args[0] if error.args else '?'}"
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    kinds = {
+        b"\x1f\x8b": "a gzip file: decompress it first",
+        b"PK": "a zip or .npz file",
+        b"\x93N": "a NumPy .npy file",
+    }
+    kind = next((f" (it starts like {what})" for head, what in kinds.items() if magic.startswith(head)), "")
+    return (
+        f"load_csv: {os.fspath(path)!r} is not a text CSV file{kind}: {found}. "
+        "Hint: load_csv reads UTF-8 text with a header row; binary files need their own reader "
+        "(nnjax.data.read_idx for IDX files, np.load for .npy/.npz)."
+    )
+
+
 def load_csv(
     path: str | os.PathLike,
     target: str | Sequence[str],
@@ -73,7 +94,8 @@ def load_csv(
       KeyError: a named column is not in the header (the message lists the header).
       ValueError: a non-numeric, missing or infinite value (with its line and column), a row of the wrong
         length, an empty file, a repeated column name, a column that is both feature and target, or no
-        (complete) data rows.
+        (complete) data rows, or a file that is not UTF-8 text (a binary or compressed file; the
+        message names the file).
       OSError: the file cannot be opened (e.g. ``FileNotFoundError``).
 
     Example:
@@ -91,9 +113,11 @@ def load_csv(
         reader = csv.reader(f, delimiter=delimiter)
         try:
             header = [name.strip() for name in next(reader)]
+            rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
         except StopIteration:
             raise ValueError(f"load_csv: {os.fspath(path)!r} is empty; expected a header row.") from None
-        rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+        except (UnicodeDecodeError, csv.Error) as error:
+            raise ValueError(_not_text(path, error)) from error
     if len(set(header)) != len(header):
         duplicates = sorted({h for h in header if header.count(h) > 1})
         raise ValueError(f"load_csv: the header of {os.fspath(path)!r} repeats columns {duplicates}.")

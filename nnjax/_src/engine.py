@@ -16,7 +16,7 @@ epoch logs in one place (``epoch_logs``).
 
 from __future__ import annotations
 
-import os
+import contextlib
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -28,9 +28,9 @@ import numpy as np
 import optax
 
 from nnjax._src.arguments import check_choice, check_int
-from nnjax._src.checkpoint import latest_step, restore_checkpoint, save_checkpoint
+from nnjax._src.checkpoint import check_writable, checkpoint_lock, latest_step, restore_checkpoint, save_checkpoint
 from nnjax._src.compile import jit as compile_jit
-from nnjax._src.errors import CheckpointError, NonFiniteError
+from nnjax._src.errors import NonFiniteError
 from nnjax._src.objective import Objective
 from nnjax._src.step_stats import STEP_PREFIX
 from nnjax._src.train import Batch, TrainState, jit_train_step, nonfinite_leaf
@@ -370,7 +370,8 @@ def checkpoints_for(
     Raises:
       ValueError: ``every`` or ``keep`` not a positive int (``keep`` may be None), ``resume`` without a
         directory, or ``best_mode`` not ``"min"``/``"max"``.
-      CheckpointError: the directory cannot be created or written (found before any training is lost).
+      CheckpointError: the directory cannot be created or written (``CheckpointWriteError``), or another
+        process is writing checkpoints there (``CheckpointLockedError``): found before any training is lost.
     """
     check_int(where, "checkpoint_every", every, minimum=1, unit=" (epochs)")
     if keep is not None:
@@ -380,13 +381,7 @@ def checkpoints_for(
         raise ValueError(f"{where}: argument `resume=True` needs `checkpoint_dir`, given None.")
     if directory is None:
         return None
-    path = os.path.abspath(os.path.expanduser(os.fspath(directory)))
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as error:
-        raise CheckpointError(f"{where}: argument `checkpoint_dir` {path} cannot be created: {error}.") from error
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise CheckpointError(f"{where}: argument `checkpoint_dir` {path} is not writable; no training was run.")
+    path = check_writable(directory, where)  # created, written to, and not locked by another writer
     return Checkpoints(path, every, keep, best_metric, best_mode, config)
 
 
@@ -433,6 +428,14 @@ def train(plan: Plan, train_state: TrainState, first_epoch: int, epochs: int, *,
     """
     if first_epoch >= epochs:
         return train_state
+    lock = contextlib.nullcontext() if recorder.checkpoints is None else checkpoint_lock(
+        recorder.checkpoints.directory, where=recorder.where)  # one writer per directory, for the whole run
+    with lock:
+        return _train(plan, train_state, first_epoch, epochs, mode=mode, recorder=recorder, batches=batches)
+
+
+def _train(plan: Plan, train_state: TrainState, first_epoch: int, epochs: int, *, mode: str | bool,
+           recorder: Recorder, batches: Callable[[int], Iterable[Batch]] | None) -> TrainState:
     try:
         if mode == "all":
             return _train_all(plan, train_state, first_epoch, epochs, recorder)

@@ -116,6 +116,50 @@ class CheckpointCorruptError(CheckpointError):
     """A checkpoint's files are unreadable, truncated, or fail their checksums."""
 
 
+class CheckpointWriteError(CheckpointError, OSError):
+    """A checkpoint cannot be written: the disk is full, the directory is not writable, or another I/O error.
+
+    The message names the directory, the step and the cause. The failed save's temporary files are removed
+    and the checkpoints saved before it are left as they were, restorable. Also an ``OSError``, so
+    ``except OSError`` catches it too.
+
+    Attributes:
+      directory: the checkpoint directory (absolute path).
+      step: the step being saved; None when no save was under way (``fit``'s check at the call).
+      cause: ``"disk full"``, ``"permission denied"``, ``"read-only file system"`` or the error's own words.
+      errno: the operating system's error number when one is known (e.g. ``errno.ENOSPC``), else None.
+    """
+
+    def __init__(self, message: str, *, directory: str | None = None, step: int | None = None,
+                 cause: str | None = None, errno: int | None = None):
+        super().__init__(message)
+        self.directory, self.step, self.cause, self.errno = directory, step, cause, errno
+
+
+class CheckpointDiskFullError(CheckpointWriteError):
+    """A checkpoint could not be written because the disk (or the quota) is full."""
+
+
+class CheckpointPermissionError(CheckpointWriteError, PermissionError):
+    """A checkpoint could not be written because the directory is not writable (permissions, read-only mount)."""
+
+
+class CheckpointLockedError(CheckpointError):
+    """Another process is writing checkpoints to the same directory; this writer is refused.
+
+    Attributes:
+      directory: the checkpoint directory (absolute path).
+      step: the step this writer meant to save; None when refused at ``fit``'s call.
+      holder: what the other writer recorded in the lock file (``pid``, ``host``, ``since``, ``command``);
+        empty when it could not be read.
+    """
+
+    def __init__(self, message: str, *, directory: str | None = None, step: int | None = None,
+                 holder: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.directory, self.step, self.holder = directory, step, dict(holder or {})
+
+
 class NonFiniteError(FloatingPointError):
     """Training produced NaN or Inf. The message names the step and the first non-finite leaf.
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -1113,7 +1114,9 @@ def load_safetensors(path: str) -> tuple[Params, State]:
       ``(params, state)``: nested dicts of ``jax.Array``.
 
     Raises:
-      ValueError: a foreign file whose keys clash (``"a"`` and ``"a.b"``).
+      ValueError: a foreign file whose keys clash (``"a"`` and ``"a.b"``), or a file that is not
+        safetensors (truncated, or another format; the message names the file).
+      OSError: the file cannot be opened (e.g. ``FileNotFoundError``).
       ImportError: safetensors is not installed.
 
     Example:
@@ -1128,9 +1131,18 @@ def load_safetensors(path: str) -> tuple[Params, State]:
     _import_safetensors(where)
     from safetensors import safe_open
 
-    with safe_open(path, framework="np") as f:
-        metadata = f.metadata() or {}
-        flat = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 - a safetensors handle, not a dict
+    try:
+        with safe_open(path, framework="np") as f:
+            metadata = f.metadata() or {}
+            flat = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 - a safetensors handle, not a dict
+    except OSError:
+        raise
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own SafetensorError (not a ValueError)
+        raise ValueError(
+            f"{where}: {os.fspath(path)!r} is not a readable safetensors file ({type(error).__name__}: {error}). "
+            "Hint: a safetensors file starts with an 8-byte header length and a JSON header; a PyTorch .pt/.bin "
+            "file needs torch.load and then from_torch_state_dict."
+        ) from error
     meta = json.loads(metadata[_META]) if _META in metadata else None
     order = meta["order"] if meta else list(flat)
     empty = set(meta["empty"]) if meta else set()
