@@ -232,3 +232,18 @@ def test_checks_do_not_change_valid_results():
     keys = jax.random.split(KEY, 3)
     stacked = jax.vmap(lambda k: MLP.init(k, (4,))[0])(keys)
     assert stacked["dense_0"]["w"].shape == (3, 4, 8)
+
+
+def test_inference_and_step_builders_check_their_arguments():
+    params = _params()[0]
+    with pytest.raises(TypeError, match=r"predict: argument `train_state`.*result\.train_state"):
+        nnjax.predict(MLP, params, X)
+    with pytest.raises(TypeError, match=r"evaluate: argument `model`.*serial"):
+        nnjax.evaluate([nnjax.Dense(3)], None, X, Y, loss=XENT)
+    with pytest.raises(TypeError, match=r"make_train_step: argument `optimizer`"):
+        nnjax.make_train_step(MLP, XENT, "sgd")
+    with pytest.raises(TypeError, match=r"make_eval_step: argument `model`"):
+        nnjax.make_eval_step(nnjax.Dense, XENT)
+    train_state = nnjax.init_train_state(MLP, optax.sgd(0.1), KEY, (4,))
+    logs = nnjax.evaluate(MLP, train_state, X.tolist(), Y.tolist(), loss=XENT)  # lists are accepted, as in fit
+    assert np.isfinite(logs["loss"])

@@ -83,14 +83,15 @@ def check_callbacks(where: str, callbacks: Any) -> None:
     )
 
 
-def check_train_state(where: str, train_state: Any) -> None:
-    """Raises TypeError unless ``train_state`` is None or a ``TrainState``."""
+def check_train_state(where: str, train_state: Any, *, required: bool = False) -> None:
+    """Raises TypeError unless ``train_state`` is a ``TrainState`` (or None, when not ``required``)."""
     from nnjax._src.train import TrainState
 
-    if train_state is None or isinstance(train_state, TrainState):
+    if isinstance(train_state, TrainState) or (train_state is None and not required):
         return
     hint = (
-        "to start from given weights pass them as `params=` (a fresh optimizer state is made)"
+        ("to start from given weights pass them as `params=` (a fresh optimizer state is made)" if not required
+         else "pass the TrainState that fit or init_train_state returned (`result.train_state`), not its params")
         if isinstance(train_state, dict)
         else "build one with `nnjax.init_train_state(model, optimizer, jax.random.key(0), input_shape)`"
     )

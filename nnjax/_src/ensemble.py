@@ -27,7 +27,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from nnjax._src.arguments import check_choice, check_fused, check_int, check_training_arguments
+from nnjax._src.arguments import (
+    check_choice,
+    check_fused,
+    check_int,
+    check_model,
+    check_optimizer,
+    check_train_state,
+    check_training_arguments,
+)
 from nnjax._src.compile import jit as compile_jit
 from nnjax._src.core import Layer
 from nnjax._src.engine import Plan, Progress, Recorder, checkpoints_for, owned, resume_from, step_count, train
@@ -186,6 +194,8 @@ def init_many(
       >>> ts.params["w"].shape, [round(v, 4) for v in ts.opt_state.hyperparams["learning_rate"].tolist()]
       ((2, 4, 1), [0.1, 0.01])
     """
+    check_model("init_many", model)
+    check_optimizer("init_many", optimizer, factory_allowed=bool(hyperparams))
     keys = _as_keys(keys)
     if not hyperparams:
         if not isinstance(optimizer, optax.GradientTransformation):
@@ -556,6 +566,8 @@ def ensemble_predict(model: Layer, train_states: TrainState, x: Any, *, batch_si
       >>> predictions.shape, predictions.mean(axis=0).shape
       ((3, 5, 2), (5, 2))
     """
+    check_model("ensemble_predict", model)
+    check_train_state("ensemble_predict", train_states, required=True)
     predict_fn = jax.vmap(make_predict_fn(model, batch_size), in_axes=(0, None))
     return compile_jit(predict_fn)(train_states, jnp.asarray(x))
 

@@ -14,13 +14,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from nnjax._src.arguments import check_model, check_train_state
 from nnjax._src.checks import checks_enabled
 from nnjax._src.compile import jit as compile_jit
 from nnjax._src.core import Layer
 from nnjax._src.errors import LayerError, LayerTypeError
 from nnjax._src.objective import Loss, Metric, Objective, as_objective
 from nnjax._src.train import TrainState, eval_key
-from nnjax._src.training_data import as_data, check_fit_data
+from nnjax._src.training_data import as_arrays, as_data, check_fit_data
 from nnjax._src.types import Array
 
 
@@ -136,6 +137,8 @@ def predict(model: Layer, train_state: TrainState, x: Any, *, batch_size: int = 
       >>> nnjax.predict(model, ts, np.ones((5, 3), np.float32)).shape
       (5, 2)
     """
+    check_model("predict", model)
+    check_train_state("predict", train_state, required=True)
     x = jnp.asarray(x)
     try:
         return compiled_predict()(train_state, x, model=model, batch_size=batch_size)
@@ -189,6 +192,9 @@ def evaluate(
       >>> sorted(logs), type(logs["loss"]).__name__, logs["accuracy"]
       (['accuracy', 'loss'], 'float', 0.5)
     """
+    check_model("evaluate", model)
+    check_train_state("evaluate", train_state, required=True)
+    x, y = as_arrays(x), as_arrays(y)
     as_objective("evaluate", model, loss, metrics)  # raises for a bad `loss` or `metrics`
     check_fit_data("evaluate", model, loss, x, y, None, None)
     values = compiled_evaluate()(

@@ -321,6 +321,8 @@ def make_train_step(
       >>> int(ts.step), sorted(metrics), metrics["loss"].shape
       (1, ['loss', 'mae'], ())
     """
+    check_model("make_train_step", model)
+    check_optimizer("make_train_step", optimizer)
     check_nonfinite_mode("make_train_step", nonfinite)
     objective_fn = as_objective("make_train_step", model, loss, metrics)
     step = build_train_step(objective_fn, optimizer, nonfinite=nonfinite, step_stats=step_stats)
@@ -472,6 +474,7 @@ def make_eval_step(
       >>> sorted(metrics), metrics["loss"].shape
       (['loss', 'mae'], ())
     """
+    check_model("make_eval_step", model)
     objective_fn = as_objective("make_eval_step", model, loss, metrics)
 
     def eval_step(train_state: TrainState, batch: Batch) -> dict[str, Array]:
