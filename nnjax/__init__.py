@@ -89,6 +89,7 @@ from nnjax._src.errors import (
     NonFiniteError,
 )
 from nnjax._src.fit import FitResult, fit
+from nnjax._src.freeze import FrozenOptimizer, freeze
 from nnjax._src.inference import evaluate, predict
 from nnjax._src.normalization import BatchNorm, GroupNorm, LayerNorm, RMSNorm
 from nnjax._src.objective import Objective, objective
@@ -128,6 +129,7 @@ __all__ = [
     "Elu",
     "Embedding",
     "FitResult",
+    "FrozenOptimizer",
     "ForwardModeError",
     "Flatten",
     "GRU",
@@ -189,6 +191,7 @@ __all__ = [
     "fit",
     "fit_many",
     "fit_stream",
+    "freeze",
     "init_train_state",
     "initializers",
     "interop",
