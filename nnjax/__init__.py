@@ -91,6 +91,7 @@ from nnjax._src.errors import (
 from nnjax._src.fit import FitResult, fit
 from nnjax._src.freeze import FrozenOptimizer, freeze
 from nnjax._src.inference import evaluate, predict
+from nnjax._src.lora import lora, merge_lora
 from nnjax._src.normalization import BatchNorm, GroupNorm, LayerNorm, RMSNorm
 from nnjax._src.objective import Objective, objective
 from nnjax._src.per_example import per_example_grads
@@ -198,9 +199,11 @@ __all__ = [
     "jit",
     "keep_freed_memory",
     "latest_step",
+    "lora",
     "losses",
     "make_eval_step",
     "make_train_step",
+    "merge_lora",
     "metrics",
     "models",
     "named",

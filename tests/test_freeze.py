@@ -1,7 +1,6 @@
 """Freezing by path: the optimizer leaves frozen leaves alone, and the step computes no gradient for them."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -59,7 +58,9 @@ def test_frozen_fit_equals_hand_written_multi_transform():
         progress=False,
     )
     theirs = nnjax.fit(model, loss, by_hand, x, y, params=params, epochs=3, batch_size=16, progress=False)
-    for a, b in zip(jax.tree.leaves(ours.train_state.params["backbone"]), jax.tree.leaves(params["backbone"])):
+    for a, b in zip(
+        jax.tree.leaves(ours.train_state.params["backbone"]), jax.tree.leaves(params["backbone"]), strict=True
+    ):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(
         ours.train_state.params["head"]["w"], theirs.train_state.params["head"]["w"], rtol=1e-5, atol=1e-6
