@@ -111,6 +111,7 @@ from nnjax._src.recurrent import (
 from nnjax._src.step_stats import StepStats
 from nnjax._src.stream import fit_stream, prefetch_to_device
 from nnjax._src.summary import summarize, summary
+from nnjax._src.training_run import training_run
 from nnjax._src.train import TrainState, eval_key, init_train_state, make_eval_step, make_train_step, step_key
 
 __version__ = "0.1.0"
@@ -227,5 +228,6 @@ __all__ = [
     "step_key",
     "summarize",
     "summary",
+    "training_run",
     "with_policy",
 ]

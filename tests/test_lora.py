@@ -54,7 +54,9 @@ def test_dense_adapter_matches_numpy():
     assert float(p["lora_scale"]) == 3.0
     expected = x @ (p["w"] + 3.0 * p["lora_a"] @ p["lora_b"]) + p["b"]
     np.testing.assert_allclose(adapted.apply(params, {}, x)[0], expected, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(nnjax.merge_lora(params)["w"], p["w"] + 3.0 * p["lora_a"] @ p["lora_b"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        nnjax.merge_lora(params)["w"], p["w"] + 3.0 * p["lora_a"] @ p["lora_b"], rtol=1e-5, atol=1e-6
+    )
 
 
 def test_only_adapters_get_gradients_and_they_check_in_float64(x64):
