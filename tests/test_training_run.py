@@ -123,3 +123,26 @@ def test_training_run_errors():
         nnjax.training_run(_model(), nnjax.losses.mse, opt, x, y, epochs=0)
     with pytest.raises(TypeError, match="`optimizer` expected an optax.GradientTransformation or a function"):
         nnjax.training_run(_model(), nnjax.losses.mse, 0.1, x, y, epochs=1)
+
+
+def test_maml_meta_gradient_through_the_train_step_equals_the_hand_written_one():
+    model = nnjax.serial(nnjax.Dense(4), nnjax.Tanh(), nnjax.Dense(1))
+    inner = optax.sgd(0.1)
+    step = nnjax.make_train_step(model, nnjax.losses.mse, inner, jit=False)
+    params, state = model.init(jax.random.key(0), (3,))
+    x, y = _data(8)
+    support, query = (x[:4], y[:4]), (x[4:], y[4:])
+
+    def through_step(p):
+        ts = nnjax.init_train_state(model, inner, jax.random.key(0), (3,), params=p)
+        ts, _ = step(ts, support)
+        return nnjax.losses.mse(model.apply(ts.params, state, query[0])[0], query[1])
+
+    def by_hand(p):
+        loss = lambda q, batch: nnjax.losses.mse(model.apply(q, state, batch[0])[0], batch[1])  # noqa: E731
+        adapted = jax.tree.map(lambda a, g: a - 0.1 * g, p, jax.grad(loss)(p, support))
+        return loss(adapted, query)
+
+    ours, theirs = jax.jit(jax.grad(through_step))(params), jax.jit(jax.grad(by_hand))(params)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
