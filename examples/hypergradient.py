@@ -12,6 +12,11 @@ last setting); the backward passes cost extra time, which the output reports nex
 The validation set is carved out of the training split; the test split only reports the result.
 
 Run:   python examples/hypergradient.py [--epochs 5] [--meta-steps 7]
+
+Result (CPU, seed 0, the defaults): the grid's best learning rate, 9.70e-3, reaches a validation loss
+of 0.1258 (test 0.1764); the search ends at learning rate 9.26e-3 and weight decay 9.6e-6 with a
+validation loss of 0.1219, 0.0039 below the grid's best (test 0.1774, 0.0010 above the grid's).
+The grid took 1.3 s, the search 6.8 s (its 7 backward passes), compilation excluded.
 """
 
 from __future__ import annotations
