@@ -16,7 +16,8 @@ Run:   python examples/hypergradient.py [--epochs 5] [--meta-steps 7]
 Result (CPU, seed 0, the defaults): the grid's best learning rate, 9.70e-3, reaches a validation loss
 of 0.1258 (test 0.1764); the search ends at learning rate 9.26e-3 and weight decay 9.6e-6 with a
 validation loss of 0.1219, 0.0039 below the grid's best (test 0.1774, 0.0010 above the grid's).
-The grid took 1.3 s, the search 6.8 s (its 7 backward passes), compilation excluded.
+The grid's 8 runs took 0.4 s, the search's 1.6 s (its 7 backward passes), compilation excluded
+(2 shared CPU cores).
 """
 
 from __future__ import annotations
@@ -66,6 +67,14 @@ def adamw(h):
     return optax.adamw(jnp.exp(h["log_learning_rate"]), weight_decay=jnp.exp(h["log_weight_decay"]), eps_root=1e-8)
 
 
+def setting(learning_rate, weight_decay) -> dict:
+    """The searched hyperparameters: float32 logs of the learning rate and weight decay."""
+    return {
+        "log_learning_rate": jnp.float32(np.log(learning_rate)),
+        "log_weight_decay": jnp.float32(np.log(weight_decay)),
+    }
+
+
 def train_and_evaluate(config: dict | None = None) -> dict[str, float]:
     """Runs the grid and the hypergradient search; returns their validation and test losses and times."""
     config = {**DEFAULTS, **(config or {})}
@@ -91,36 +100,36 @@ def train_and_evaluate(config: dict | None = None) -> dict[str, float]:
     def test_loss(train_state):
         return float(nnjax.evaluate(model, train_state, x_test, y_test, loss=loss)["loss"])
 
-    forward = jax.jit(val_loss)
-    log_wd = float(np.log(config["weight_decay"]))
+    h = setting(config["learning_rate"], config["weight_decay"])
+    # compiled before the clocks start: the times below are the runs' own
+    forward = jax.jit(val_loss).lower(h).compile()
+    value_and_grad = jax.jit(jax.value_and_grad(lambda h: val_loss(h)[0])).lower(h).compile()
 
     # the grid: 8 runs, one per learning rate
     start = time.perf_counter()
-    grid = [forward({"log_learning_rate": float(np.log(lr)), "log_weight_decay": log_wd}) for lr in GRID]
+    grid = [forward(setting(lr, config["weight_decay"])) for lr in GRID]
     grid_losses = [float(v) for v, _ in grid]
     grid_seconds = time.perf_counter() - start
     best = int(np.argmin(grid_losses))
 
     # the hypergradient search: 7 runs with their backward passes, Adam on the log hyperparameters, and
     # the run of the last setting: 8 runs
-    h = {"log_learning_rate": jnp.log(config["learning_rate"]), "log_weight_decay": jnp.asarray(log_wd)}
     meta = optax.adam(config["meta_learning_rate"])
     meta_state = meta.init(h)
-    value_and_grad = jax.jit(jax.value_and_grad(lambda h: val_loss(h)[0]))
     start = time.perf_counter()
     trace = []
     for _ in range(config["meta_steps"]):
         value, grads = value_and_grad(h)
         trace.append((float(value), float(jnp.exp(h["log_learning_rate"])), float(jnp.exp(h["log_weight_decay"]))))
         updates, meta_state = meta.update(grads, meta_state, h)
-        h = optax.apply_updates(h, updates)
+        h = jax.tree.map(jnp.float32, optax.apply_updates(h, updates))
     # the learned setting's run (every search step's value was before its update: this is the last one's)
     hyper_val, hyper_state = forward(h)
     hyper_seconds = time.perf_counter() - start
     visited = [t[0] for t in trace] + [float(hyper_val)]
     chosen = int(np.argmin(visited))
     if chosen < len(trace):  # keep the best setting visited, as the grid keeps its best (a rerun to report it)
-        h = {"log_learning_rate": jnp.log(trace[chosen][1]), "log_weight_decay": jnp.log(trace[chosen][2])}
+        h = setting(trace[chosen][1], trace[chosen][2])
         hyper_val, hyper_state = forward(h)
     return {
         "grid_best_learning_rate": float(GRID[best]),
