@@ -143,7 +143,8 @@ def serial_names(items: Sequence[Any], named_layers: Mapping[str, Any]) -> tuple
         given.append(item[0] if pair else None)
         layers.append(item[1] if pair else item)
     _check_layers("serial", layers)
-    names = [f"{kind(layer)}_{i}" if name is None else name for i, (name, layer) in enumerate(zip(given, layers, strict=True))]
+    pairs = enumerate(zip(given, layers, strict=True))
+    names = [f"{kind(layer)}_{i}" if name is None else name for i, (name, layer) in pairs]
     for i, name in enumerate(given):
         if name is not None and (not name or "/" in name):
             raise ValueError(f"serial: layer {i}'s name expected a non-empty string without '/', given {name!r}.")
@@ -193,8 +194,7 @@ def serial(*layers: Layer | tuple[str, Layer], **named_layers: Layer) -> Layer:
       output; its ``input_dtype`` is the first layer's.
 
     Raises:
-      ValueError: no layers given.
-      ValueError: two layers have one name, or a given name is empty or holds ``/``.
+      ValueError: no layers given, two layers have one name, or a given name is empty or holds ``/``.
       TypeError: an argument is not a ``Layer`` (e.g. ``Relu`` instead of ``Relu()``).
       LayerError, LayerTypeError: (at init or apply) raised by a sub-layer, prefixed with ``serial[i]``.
 
