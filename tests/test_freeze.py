@@ -102,3 +102,19 @@ def test_summary_counts_trainable_and_frozen():
     text = nnjax.summary(model, (4,), flops=False, show=False, frozen="backbone")
     assert "Trainable params: 27  Frozen params: 112" in text
     assert "Frozen" not in nnjax.summary(model, (4,), flops=False, show=False)
+
+
+def test_fit_many_takes_a_frozen_optimizer():
+    model, (x, y) = _model(), _data(32)
+    params, _ = model.init(jax.random.key(0), (4,))
+    opt = nnjax.freeze(optax.adam(0.05), params, "backbone")
+    assert isinstance(opt, optax.GradientTransformation)
+    many = nnjax.fit_many(
+        model, nnjax.losses.softmax_cross_entropy, opt, x, y, seeds=[0, 1], epochs=2, batch_size=16, progress=False
+    )
+    for i, seed in enumerate((0, 1)):
+        start = nnjax.init_train_state(model, opt, jax.random.key(seed), (4,)).params
+        np.testing.assert_array_equal(
+            many.best(i).params["backbone"]["dense_0"]["w"], start["backbone"]["dense_0"]["w"]
+        )
+        assert not np.array_equal(many.best(i).params["head"]["w"], start["head"]["w"])

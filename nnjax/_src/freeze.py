@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import optax
@@ -66,27 +66,24 @@ def leaf_paths(params: Params) -> list[str]:
     return [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
 
 
-class FrozenOptimizer(NamedTuple):
+class FrozenOptimizer(optax.GradientTransformation):
     """An optimizer that does not update the frozen parameters (what ``nnjax.freeze`` returns).
 
-    An ``optax.GradientTransformation`` (``init``/``update``) plus ``frozen``, the predicate on a leaf's
-    path that the train step reads to skip the frozen leaves' gradients.
-
-    Attributes:
-      init: the ``optax.multi_transform``'s ``init``.
-      update: its ``update``; frozen leaves get zero updates.
-      frozen: ``path -> bool``, True for a frozen leaf (``"backbone/dense_0/w"``).
+    An ``optax.GradientTransformation`` (``init``/``update``: the ``optax.multi_transform``'s; frozen leaves
+    get zero updates) that also carries ``frozen``, the predicate on a leaf's path that the train step
+    reads to skip the frozen leaves' gradients. Everything that takes an Optax optimizer takes it.
 
     Example:
       >>> params = {"backbone": {"w": jnp.ones((2, 2))}, "head": {"w": jnp.ones((2, 1))}}
       >>> opt = nnjax.freeze(optax.adam(1e-3), params, "backbone")
-      >>> isinstance(opt, nnjax.FrozenOptimizer), opt.frozen("backbone/w"), opt.frozen("head/w")
+      >>> isinstance(opt, optax.GradientTransformation), opt.frozen("backbone/w"), opt.frozen("head/w")
       (True, True, False)
     """
 
-    init: optax.TransformInitFn
-    update: optax.TransformUpdateFn
-    frozen: Callable[[str], bool]
+    @property
+    def frozen(self) -> Callable[[str], bool]:
+        """``path -> bool``: True for a frozen leaf (``"backbone/dense_0/w"``)."""
+        return self.__dict__["frozen"]
 
 
 def freeze(optimizer: optax.GradientTransformation, params: Params, where: Where) -> FrozenOptimizer:
@@ -138,7 +135,9 @@ def freeze(optimizer: optax.GradientTransformation, params: Params, where: Where
         )
 
     tx = optax.multi_transform({"trainable": optimizer, "frozen": optax.set_to_zero()}, labels)
-    return FrozenOptimizer(tx.init, tx.update, frozen)
+    result = FrozenOptimizer(tx.init, tx.update)
+    result.__dict__["frozen"] = frozen
+    return result
 
 
 def frozen_predicate(optimizer: Any) -> Callable[[str], bool] | None:
