@@ -463,3 +463,15 @@ def test_vit_norm_epsilon_is_an_argument():
     np.testing.assert_allclose(
         jax.jit(block.apply)(bp, {}, h)[0], h + hidden @ p["out"]["w"] + p["out"]["b"], rtol=1e-4, atol=1e-5
     )
+
+
+def test_gpt_norm_epsilon_is_an_argument():
+    kwargs = {"vocab_size": 11, "max_len": 6, "hidden": 8, "depth": 1, "num_heads": 2, "mlp_dim": 16}
+    default, wide = models.GPT(**kwargs), models.GPT(**kwargs, norm_epsilon=10.0)
+    assert default.config.norm_epsilon == 1e-5 and wide.config.norm_epsilon == 10.0
+    params, _ = default.init(jax.random.key(0), (6,))
+    tokens = jnp.arange(12, dtype=jnp.int32).reshape(2, 6) % 11
+    y_default, y_wide = (jax.jit(m.apply)(params, {}, tokens)[0] for m in (default, wide))
+    assert float(jnp.abs(y_default - y_wide).max()) > 1e-3
+    with pytest.raises(ValueError, match=r"gpt_init_cache: the cached decoding takes GPT-2's LayerNorm epsilon"):
+        models.gpt_init_cache(wide, batch=2)
