@@ -94,7 +94,9 @@ from nnjax._src.errors import (
     NonFiniteError,
 )
 from nnjax._src.fit import FitResult, fit
+from nnjax._src.freeze import FrozenOptimizer, freeze
 from nnjax._src.inference import evaluate, predict
+from nnjax._src.lora import lora, merge_lora
 from nnjax._src.normalization import BatchNorm, GroupNorm, LayerNorm, RMSNorm
 from nnjax._src.objective import Objective, objective
 from nnjax._src.per_example import per_example_grads
@@ -114,6 +116,7 @@ from nnjax._src.recurrent import (
 from nnjax._src.step_stats import StepStats
 from nnjax._src.stream import fit_stream, prefetch_to_device
 from nnjax._src.summary import summarize, summary
+from nnjax._src.training_run import training_run
 from nnjax._src.train import TrainState, eval_key, init_train_state, make_eval_step, make_train_step, step_key
 
 __version__ = "0.1.0"
@@ -137,6 +140,7 @@ __all__ = [
     "Elu",
     "Embedding",
     "FitResult",
+    "FrozenOptimizer",
     "ForwardModeError",
     "Flatten",
     "GRU",
@@ -199,15 +203,18 @@ __all__ = [
     "fit",
     "fit_many",
     "fit_stream",
+    "freeze",
     "init_train_state",
     "initializers",
     "interop",
     "jit",
     "keep_freed_memory",
     "latest_step",
+    "lora",
     "losses",
     "make_eval_step",
     "make_train_step",
+    "merge_lora",
     "metrics",
     "models",
     "named",
@@ -231,5 +238,6 @@ __all__ = [
     "step_key",
     "summarize",
     "summary",
+    "training_run",
     "with_policy",
 ]

@@ -1,7 +1,9 @@
 """Many models in one program: seeds and hyperparameter sweeps trained as one vmapped XLA program."""
 
 from nnjax._src.ensemble import (
+    Aggregate,
     ManyResult,
+    aggregate,
     ensemble_predict,
     fit_many,
     init_many,
@@ -14,7 +16,9 @@ from nnjax._src.ensemble import (
 )
 
 __all__ = [
+    "Aggregate",
     "ManyResult",
+    "aggregate",
     "ensemble_predict",
     "fit_many",
     "init_many",

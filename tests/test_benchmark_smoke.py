@@ -167,3 +167,12 @@ def test_kernels_benchmark_runs_every_row_of_a_workload():
     assert list(results) == ["cnn step"]
     assert set(results["cnn step"]) == {"cpu", "generic", "cpu - conv", "cpu - max_pool", "cpu - compiler_options"}
     assert all(ms > 0 for ms in results["cnn step"].values())
+
+
+@pytest.mark.slow  # benchmark smoke runs: CI's slow pass
+def test_finetune_benchmark_rows():
+    spec = importlib.util.spec_from_file_location("nnjax_finetune_benchmark", BENCH.parent / "finetune.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    times = module.main(["--repeats", "1", "--target-s", "0.01"])
+    assert list(times) == list(module.ROWS) and all(len(t) == 1 and t[0] > 0 for t in times.values())

@@ -199,3 +199,52 @@ def test_shape_errors_at_init_and_in_combinators():
         layer.apply({"identity_0": {}, "identity_1": {}}, {"identity_0": {}, "identity_1": {}}, jnp.ones((2, 3)))
     with pytest.raises(nnjax.LayerError, match="Concatenate"):
         nnjax.concatenate().apply({}, {}, (jnp.ones((2, 3)), jnp.ones((3, 3))))
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("LoRA", "lora"),
+        ("ALiBiAttention", "alibi_attention"),
+        ("GPT", "gpt"),
+        ("ViT", "vit"),
+        ("ResNet18", "resnet18"),
+        ("RMSNorm", "rms_norm"),
+        ("LSTMCell", "lstm_cell"),
+        ("GlobalAvgPool", "global_avg_pool"),
+        ("LeakyRelu(0.1)", "leaky_relu"),
+        ("my_layer", "my_layer"),
+    ],
+)
+def test_kind_snake_cases_acronyms_as_read(name, expected):
+    assert kind(nnjax.Layer(None, None, name)) == expected
+
+
+def test_serial_keeps_given_names_when_a_layer_is_inserted():
+    backbone = nnjax.serial(nnjax.Dense(4), nnjax.Relu())
+    before = nnjax.serial(("backbone", backbone), head=nnjax.Dense(2))
+    after = nnjax.serial(("backbone", backbone), nnjax.Dropout(0.5), head=nnjax.Dense(2))
+    p_before, _ = before.init(jax.random.key(0), (3,))
+    p_after, s_after = after.init(jax.random.key(0), (3,))
+    assert list(p_before) == ["backbone", "head"]
+    assert list(p_after) == ["backbone", "dropout_1", "head"]
+    # the old params drop into the new model by name; the inserted Dropout has none
+    x = jax.random.normal(jax.random.key(1), (5, 3))
+    y_before = before.apply(p_before, {"backbone": s_after["backbone"], "head": {}}, x)[0]
+    y_after = after.apply({**p_before, "dropout_1": {}}, s_after, x)[0]
+    np.testing.assert_allclose(y_after, y_before, rtol=1e-6)
+    expected = jnp.maximum(x @ p_before["backbone"]["dense_0"]["w"] + p_before["backbone"]["dense_0"]["b"], 0)
+    np.testing.assert_allclose(y_after, expected @ p_before["head"]["w"] + p_before["head"]["b"], rtol=1e-5)
+    rows = nnjax.summarize(after, (3,), flops=False).rows
+    assert [r.path for r in rows] == ["backbone", "backbone/dense_0", "backbone/relu_1", "dropout_1", "head"]
+
+
+def test_serial_name_errors():
+    with pytest.raises(ValueError, match=r"layers 0 and 1 are both named 'head'"):
+        nnjax.serial(("head", nnjax.Dense(2)), head=nnjax.Dense(2))
+    with pytest.raises(ValueError, match=r"layers 0 and 2 are both named 'dense_2'"):
+        nnjax.serial(("dense_2", nnjax.Dense(2)), nnjax.Relu(), nnjax.Dense(2))
+    with pytest.raises(ValueError, match=r"without '/', given 'a/b'"):
+        nnjax.serial(("a/b", nnjax.Dense(2)))
+    with pytest.raises(TypeError, match=r"argument 1 expected a Layer, given function.*Relu\(\)"):
+        nnjax.serial(nnjax.Dense(2), act=nnjax.Relu)

@@ -269,3 +269,38 @@ def test_resume_from_train_states_continues_the_run(data):
     rest = fit_many(_model(), LOSS, optax.sgd, x, y, epochs=3, train_states=half.train_states, **kw)
     assert rest.history["loss"].shape == (4, 2)  # 2 seeds x 2 learning rates, epochs 2-3
     _close(rest.train_states.params, full.train_states.params)
+
+
+def test_aggregate_over_seeds_per_setting(data):
+    x, y, xv, yv = data
+    lrs = [0.3, 0.003]
+    many = fit_many(
+        _model(),
+        LOSS,
+        optax.sgd,
+        x,
+        y,
+        seeds=[0, 1, 2],
+        hyperparams={"learning_rate": lrs},
+        validation_data=(xv, yv),
+        epochs=EPOCHS,
+        batch_size=BATCH,
+        progress=False,
+    )
+    summary = many.aggregate()
+    assert summary.settings == [{"learning_rate": 0.3}, {"learning_rate": 0.003}]
+    assert summary.models == [[0, 2, 4], [1, 3, 5]] and summary.select == "val_loss"
+    for name, values in many.history.items():
+        values = np.asarray(values, np.float64)
+        for s, members in enumerate(summary.models):
+            np.testing.assert_allclose(summary.mean[name][s], values[members].mean(axis=0), rtol=1e-12)
+            np.testing.assert_allclose(summary.std[name][s], values[members].std(axis=0, ddof=1), rtol=1e-12)
+    expected = int(np.argmin(summary.mean["val_loss"][:, -1]))
+    assert summary.best_index == expected and summary.best_setting == summary.settings[expected]
+    assert summary.best_setting == {"learning_rate": 0.3}  # 0.003 barely moves in 2 epochs
+    by_accuracy = nnjax.ensemble.aggregate(many, select="loss", mode="max")
+    assert by_accuracy.best_setting == {"learning_rate": 0.003}  # the highest mean training loss
+    with pytest.raises(ValueError, match=r"`select` expected one of \['loss', 'val_loss'\], given 'acc'"):
+        many.aggregate("acc")
+    with pytest.raises(ValueError, match=r"`mode` expected 'min' or 'max', given 'best'"):
+        many.aggregate(mode="best")

@@ -3,6 +3,7 @@
 import importlib.util
 import pathlib
 
+import numpy as np
 import pytest
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
@@ -43,3 +44,17 @@ def test_house_prices_beats_linear_with_r2_over_090():
     results = load("house_prices").train_and_evaluate()
     assert results["mlp_r2"] >= 0.9
     assert results["mlp_rmse"] < results["linear_rmse"]
+
+
+@pytest.mark.slow  # 8 short runs and 2 differentiated ones: about 10 s
+def test_hypergradient_search_lowers_the_validation_loss():
+    r = load("hypergradient").train_and_evaluate({"epochs": 1, "meta_steps": 2, "hidden": 16})
+    assert r["trace"][1][0] < r["trace"][0][0]  # one step along the hypergradient lowered the validation loss
+    assert r["trace"][1][1] > r["trace"][0][1]  # by raising the learning rate from 1e-3 (too low for one epoch)
+    assert len(r["grid_val_losses"]) == 8 and np.isfinite(r["hyper_test_loss"])
+
+
+@pytest.mark.slow  # the example's stated result: 8 runs each, about 15 s
+def test_hypergradient_beats_the_grid_of_8_learning_rates():
+    r = load("hypergradient").train_and_evaluate()
+    assert r["hyper_val_loss"] < r["grid_best_val_loss"]

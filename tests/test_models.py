@@ -427,3 +427,51 @@ def test_gpt_errors_name_the_function_and_argument(gpt):
         models.gpt_prefill(params, cache, prompt[:, 0])
     with pytest.raises(ValueError, match=r"gpt_init_cache: argument `max_len` expected an int in \[1, 12\]"):
         models.gpt_init_cache(model, batch=BATCH, max_len=32)
+
+
+def test_resnet_batchnorm_momentum_and_epsilon_are_arguments():
+    """One training-mode pass from fresh statistics (mean 0): running mean = (1 - momentum) * batch mean."""
+    model = models.ResNet((1,), (4,), num_classes=3, bn_momentum=0.5, bn_epsilon=1e-3)
+    params, state = model.init(jax.random.key(0), (8, 8, 3))
+    x = jax.random.normal(jax.random.key(1), (6, 8, 8, 3)) * 2.0 + 1.0
+    _, new_state = jax.jit(functools.partial(model.apply, train=True))(params, state, x)
+    conv = params["stem_0"]["conv_0"]["w"]
+    h = jax.lax.conv_general_dilated(x, conv, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    batch_mean = np.asarray(h).mean(axis=(0, 1, 2))
+    np.testing.assert_allclose(new_state["stem_0"]["batch_norm_1"]["mean"], 0.5 * batch_mean, rtol=1e-4, atol=1e-5)
+    # epsilon: in evaluation the fresh variance is 1, so each norm scales by 1 / sqrt(1 + epsilon)
+    wide = models.ResNet((1,), (4,), num_classes=3, bn_momentum=0.5, bn_epsilon=3.0)
+    first = lambda m: jax.jit(m.apply)(params, state, x)[0]  # noqa: E731
+    assert float(jnp.abs(first(wide) - first(model)).max()) > 1e-4
+
+
+def test_vit_norm_epsilon_is_an_argument():
+    kwargs = {"patch_size": 4, "hidden": 8, "depth": 1, "num_heads": 2, "mlp_dim": 16, "num_classes": 3}
+    small, large = models.ViT(**kwargs), models.ViT(**kwargs, norm_epsilon=10.0)
+    params, state = small.init(jax.random.key(0), (8, 8, 3))
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+    y_small, y_large = (jax.jit(m.apply)(params, state, x)[0] for m in (small, large))
+    assert float(jnp.abs(y_small - y_large).max()) > 1e-3
+    # the block's norms: LayerNorm(epsilon) by hand on the attention branch's input
+    block = nnjax.TransformerEncoderBlock(2, 16, epsilon=0.5)
+    bp, _ = block.init(jax.random.key(0), (5, 8))
+    bp = {**bp, "attention": jax.tree.map(jnp.zeros_like, bp["attention"])}  # attention adds nothing
+    h = np.asarray(jax.random.normal(jax.random.key(2), (1, 5, 8)))
+    norm = (h - h.mean(-1, keepdims=True)) / np.sqrt(h.var(-1, keepdims=True) + 0.5)
+    p = jax.tree.map(np.asarray, bp["mlp"])
+    hidden = np.asarray(jax.nn.gelu(norm @ p["hidden"]["w"] + p["hidden"]["b"]))
+    np.testing.assert_allclose(
+        jax.jit(block.apply)(bp, {}, h)[0], h + hidden @ p["out"]["w"] + p["out"]["b"], rtol=1e-4, atol=1e-5
+    )
+
+
+def test_gpt_norm_epsilon_is_an_argument():
+    kwargs = {"vocab_size": 11, "max_len": 6, "hidden": 8, "depth": 1, "num_heads": 2, "mlp_dim": 16}
+    default, wide = models.GPT(**kwargs), models.GPT(**kwargs, norm_epsilon=10.0)
+    assert default.config.norm_epsilon == 1e-5 and wide.config.norm_epsilon == 10.0
+    params, _ = default.init(jax.random.key(0), (6,))
+    tokens = jnp.arange(12, dtype=jnp.int32).reshape(2, 6) % 11
+    y_default, y_wide = (jax.jit(m.apply)(params, {}, tokens)[0] for m in (default, wide))
+    assert float(jnp.abs(y_default - y_wide).max()) > 1e-3
+    with pytest.raises(ValueError, match=r"gpt_init_cache: the cached decoding takes GPT-2's LayerNorm epsilon"):
+        models.gpt_init_cache(wide, batch=2)

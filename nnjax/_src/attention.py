@@ -364,6 +364,7 @@ def TransformerEncoderBlock(  # noqa: N802
     head_dim: int | None = None,
     use_rope: bool = False,
     implementation: str | None = None,
+    epsilon: float = 1e-6,
 ) -> Layer:
     """A pre-norm Transformer encoder block: bidirectional self-attention, then an MLP, each residual.
 
@@ -385,6 +386,7 @@ def TransformerEncoderBlock(  # noqa: N802
       head_dim: size of each head; default ``d_model // num_heads``.
       use_rope: rotary position embeddings in the attention (see ``MultiHeadAttention``).
       implementation: the attention implementation (see ``MultiHeadAttention``).
+      epsilon: the LayerNorms' epsilon (added to the variance).
 
     Returns:
       A ``Layer`` whose ``apply`` maps ``x: (batch, T, d_model)`` float to ``(batch, T, d_model)``, or the dict
@@ -436,12 +438,12 @@ def TransformerEncoderBlock(  # noqa: N802
             "attention",
             attention,
             params["attention"],
-            {**inputs, "x": _layer_norm(params["attention_norm"], h)},
+            {**inputs, "x": _layer_norm(params["attention_norm"], h, epsilon)},
             attention_key,
             train,
         )
         h = h + _dropout(a, dropout_rate, drop_1, train)
-        h = h + _dropout(_mlp(params["mlp"], _layer_norm(params["mlp_norm"], h)), dropout_rate, drop_2, train)
+        h = h + _dropout(_mlp(params["mlp"], _layer_norm(params["mlp_norm"], h, epsilon)), dropout_rate, drop_2, train)
         return _with_x(x, h), state
 
     return Layer(init, apply, name)
@@ -456,6 +458,7 @@ def TransformerDecoderBlock(  # noqa: N802
     head_dim: int | None = None,
     use_rope: bool = False,
     implementation: str | None = None,
+    epsilon: float = 1e-6,
 ) -> Layer:
     """A pre-norm Transformer decoder block: causal self-attention, [cross-attention,] MLP, each residual.
 
@@ -480,6 +483,7 @@ def TransformerDecoderBlock(  # noqa: N802
       head_dim: size of each head; default ``d_model // num_heads``.
       use_rope: rotary position embeddings in the attention (see ``MultiHeadAttention``).
       implementation: the attention implementation (see ``MultiHeadAttention``).
+      epsilon: the LayerNorms' epsilon (added to the variance).
 
     Returns:
       A ``Layer`` whose ``apply`` maps ``x: (batch, T, d_model)`` float, or the dict above, to the same
@@ -544,18 +548,18 @@ def TransformerDecoderBlock(  # noqa: N802
         keys = _block_keys(name, key, train, dropout_rate, 5)
         h = inputs["x"]
         _check_sequence(name, h, "x", params["mlp_norm"]["scale"].shape[0])
-        self_inputs = {"x": _layer_norm(params["self_attention_norm"], h)}
+        self_inputs = {"x": _layer_norm(params["self_attention_norm"], h, epsilon)}
         if "mask" in inputs:
             self_inputs["mask"] = inputs["mask"]
         a = _run(name, "self_attention", self_attention, params["self_attention"], self_inputs, keys[0], train)
         h = h + _dropout(a, dropout_rate, keys[1], train)
         if cross_attention:
-            cross_inputs = {"x": _layer_norm(params["cross_attention_norm"], h), "context": inputs["context"]}
+            cross_inputs = {"x": _layer_norm(params["cross_attention_norm"], h, epsilon), "context": inputs["context"]}
             if "context_mask" in inputs:
                 cross_inputs["mask"] = inputs["context_mask"]
             a = _run(name, "cross_attention", cross, params["cross_attention"], cross_inputs, keys[2], train)
             h = h + _dropout(a, dropout_rate, keys[3], train)
-        h = h + _dropout(_mlp(params["mlp"], _layer_norm(params["mlp_norm"], h)), dropout_rate, keys[4], train)
+        h = h + _dropout(_mlp(params["mlp"], _layer_norm(params["mlp_norm"], h, epsilon)), dropout_rate, keys[4], train)
         return _with_x(x, h), state
 
     return Layer(init, apply, name)

@@ -13,7 +13,7 @@ A layer is a ``Layer(init, apply, name)`` of two pure functions:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import jax
@@ -139,15 +139,52 @@ def spec_shape(spec: Any) -> Shape:
     return jax.tree.map(lambda s: tuple(s.shape[1:]), spec)
 
 
+WORD = re.compile(r"([A-Z][a-z]{3,}[a-z0-9]*)")  # a capitalised word of four or more letters: Dense, Norm, Attention
+
+
 def kind(layer: Layer) -> str:
-    """The snake_case kind of a layer, from its name: ``"LeakyRelu(0.01)" -> "leaky_relu"``, ``"RMSNorm" -> "rms_norm"``."""
+    """The snake_case kind of a layer, from its name, read as a reader says it.
+
+    Words are capitalised runs of four or more letters (``Dense``, ``Norm``, ``Attention``); what lies
+    between them (an acronym such as ``RMS``, ``LoRA``, ``ALiBi``, ``ViT``, or a short syllable such as
+    ``Max``, ``Res``, ``Net``) stays one piece: ``"LeakyRelu(0.01)" -> "leaky_relu"``, ``"RMSNorm" ->
+    "rms_norm"``, ``"LoRA" -> "lora"``, ``"ALiBiAttention" -> "alibi_attention"``, ``"GPT" -> "gpt"``,
+    ``"ResNet18" -> "resnet18"``, ``"MaxPool" -> "max_pool"``. Names already in snake_case stay as they are.
+    """
     base = layer.name.split("(")[0]
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", base).lower()
+    pieces = [piece.strip("_") for piece in WORD.split(base)]
+    return "_".join(piece for piece in pieces if piece).lower()
 
 
 def child_names(layers: Sequence[Layer]) -> list[str]:
     """Parameter names of sub-layers: kind and position, e.g. ``["dense_0", "relu_1", "dense_2"]``."""
     return [f"{kind(layer)}_{i}" for i, layer in enumerate(layers)]
+
+
+def serial_names(items: Sequence[Any], named_layers: Mapping[str, Any]) -> tuple[list[str], list[Layer]]:
+    """``serial``'s arguments as ``(names, layers)``: a ``Layer`` is named by kind and position (``dense_2``),
+    a ``(name, layer)`` pair and a keyword argument by the name given (keyword arguments come last)."""
+    given: list[str | None] = []
+    layers: list[Any] = []
+    for item in [*items, *named_layers.items()]:
+        pair = not isinstance(item, Layer) and isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
+        given.append(item[0] if pair else None)
+        layers.append(item[1] if pair else item)
+    _check_layers("serial", layers)
+    pairs = enumerate(zip(given, layers, strict=True))
+    names = [f"{kind(layer)}_{i}" if name is None else name for i, (name, layer) in pairs]
+    for i, name in enumerate(given):
+        if name is not None and (not name or "/" in name):
+            raise ValueError(f"serial: layer {i}'s name expected a non-empty string without '/', given {name!r}.")
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            raise ValueError(
+                f"serial: layers {seen[name]} and {i} are both named {name!r}; names must be unique. "
+                f"Hint: name one of them explicitly, e.g. serial(..., ({name + '_b'!r}, layer))."
+            )
+        seen[name] = i
+    return names, layers
 
 
 def _split(key: PRNGKey | None, n: int) -> list[PRNGKey | None]:
@@ -165,27 +202,34 @@ def _check_layers(combinator: str, layers: Sequence[Any]) -> None:
             raise TypeError(f"{combinator}: argument {i} expected a Layer, given {type(layer).__name__}.{hint}")
 
 
-def serial(*layers: Layer) -> Layer:
+def serial(*layers: Layer | tuple[str, Layer], **named_layers: Layer) -> Layer:
     """Chains layers: the output of each is the input of the next.
 
-    Params and state are dicts keyed by kind and position (``{"dense_0": ..., "relu_1": {}}``); errors
-    from a sub-layer are prefixed with its position, e.g. ``serial[2] > Dense(10): ...``. ``init`` splits
-    ``key`` into one key per layer and passes each layer the output shape of the one before; ``apply``
-    splits its ``key`` (when given) the same way.
+    Params and state are dicts keyed by kind and position (``{"dense_0": ..., "relu_1": {}}``), or by the
+    name given: a ``(name, layer)`` pair or a keyword argument keeps its name wherever it sits, so
+    inserting a layer before it renames nothing you named (freezing ``"backbone/*"`` and copying weights
+    by name keep working). Errors from a sub-layer are prefixed with its position, e.g.
+    ``serial[2] > Dense(10): ...``. ``init`` splits ``key`` into one key per layer and passes each layer
+    the output shape of the one before; ``apply`` splits its ``key`` (when given) the same way.
 
     Args:
-      *layers: one or more layers, applied in order.
+      *layers: one or more layers, applied in order; each a ``Layer`` (named ``kind_position``, e.g.
+        ``dense_0``; see ``kind``) or a ``(name, layer)`` pair.
+      **named_layers: more layers, applied after ``layers`` in the order given, each under its keyword.
 
     Returns:
       A ``Layer`` named ``"serial"`` whose ``apply`` maps ``x: (batch, *input_shape)`` to the last layer's
       output; its ``input_dtype`` and ``input_range`` are the first layer's.
 
     Raises:
-      ValueError: no layers given.
+      ValueError: no layers given, two layers have one name, or a given name is empty or holds ``/``.
       TypeError: an argument is not a ``Layer`` (e.g. ``Relu`` instead of ``Relu()``).
       LayerError, LayerTypeError: (at init or apply) raised by a sub-layer, prefixed with ``serial[i]``.
 
     Example:
+      >>> named = nnjax.serial(("backbone", nnjax.Dense(8)), nnjax.Relu(), head=nnjax.Dense(1))
+      >>> list(named.init(jax.random.key(0), (4,))[0])
+      ['backbone', 'relu_1', 'head']
       >>> model = nnjax.serial(nnjax.Dense(8), nnjax.Relu(), nnjax.Dense(1))
       >>> params, state = model.init(jax.random.key(0), (4,))
       >>> sorted(params), state
@@ -197,8 +241,7 @@ def serial(*layers: Layer) -> Layer:
       ...
       nnjax._src.errors.LayerError: serial[0] > Dense(8): argument `x` expected shape (batch, ..., 4), given (5, 3)...
     """
-    _check_layers("serial", layers)
-    names = child_names(layers)
+    names, layers = serial_names(layers, named_layers)
 
     def init(key, input_shape, dtype=jnp.float32):
         params, state = {}, {}

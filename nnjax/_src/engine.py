@@ -158,6 +158,30 @@ def run_program(plan: Plan) -> Callable[..., tuple[TrainState, Array, dict[str, 
     return compile_jit(run, donate_argnums=0)
 
 
+def differentiable_run(plan: Plan, *, remat: bool = True) -> Callable[..., tuple[TrainState, dict, dict]]:
+    """``(train_state, epochs) -> (train_state, per_step, validation)``, traceable and not compiled: the run
+    of ``run_program`` (one ``lax.scan`` over ``epochs``, each epoch a ``fori_loop`` with static bounds,
+    so reverse-differentiable) for ``jax.grad``/``jax.vmap``/``jax.jit`` to take whole. ``remat`` wraps
+    each epoch in ``jax.checkpoint``: the backward pass keeps one train state per epoch and recomputes
+    an epoch's steps, so memory grows with the number of epochs, not of steps. No halting (``plan.halt``
+    must be False)."""
+
+    def one_epoch(train_state, epoch):
+        order = plan.order(train_state, epoch)
+        carry = EpochCarry(train_state, no_halt(train_state), order, empty_per_step(plan, train_state, order))
+        carry = run_steps(plan, carry, 0, plan.steps)
+        validation = plan.validate(carry.train_state) if plan.validate is not None else {}
+        return carry.train_state, (carry.per_step, validation)
+
+    body = jax.checkpoint(one_epoch) if remat else one_epoch
+
+    def run(train_state: TrainState, epochs: Array):
+        train_state, (per_step, validation) = jax.lax.scan(body, train_state, epochs)
+        return train_state, per_step, validation
+
+    return run
+
+
 class Chunks:
     """Sizes the chunks of a fused epoch so the progress bar moves about every ``interval`` seconds.
 

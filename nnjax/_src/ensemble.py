@@ -295,6 +295,97 @@ class ManyResult(NamedTuple):
         i = self.best_index if index is None else index
         return jax.tree.map(lambda leaf: leaf[i], self.train_states)
 
+    def aggregate(self, select: str | None = None, mode: str = "min") -> Aggregate:
+        """The history per hyperparameter setting over seeds: ``nnjax.ensemble.aggregate(self, ...)``."""
+        return aggregate(self, select=select, mode=mode)
+
+
+class Aggregate(NamedTuple):
+    """``fit_many``'s history per hyperparameter setting, over the seeds (``aggregate``'s result).
+
+    Attributes:
+      settings: one dict per setting (a config without its ``"seed"``), in order of first appearance.
+      models: for each setting, the indices of its models in ``ManyResult`` (one per seed).
+      mean: name -> ``(settings, epochs)`` mean over the seeds of each history series.
+      std: name -> ``(settings, epochs)`` standard deviation over the seeds (``ddof=1``; 0 for one seed).
+      best_index: the setting with the best final mean of ``select`` (NaN counts as worst).
+      select: the series that chose it.
+
+    ``best_setting`` is ``settings[best_index]``.
+
+    Example:
+      >>> configs = [{"seed": s, "lr": lr} for s in (0, 1) for lr in (0.1, 0.01)]
+      >>> history = {"loss": np.array([[0.5, 0.2], [0.6, 0.5], [0.5, 0.4], [0.7, 0.6]])}
+      >>> result = nnjax.ManyResult(None, history, configs, 0, None)
+      >>> summary = result.aggregate()
+      >>> summary.best_setting, summary.mean["loss"][0].tolist(), summary.models
+      ({'lr': 0.1}, [0.5, 0.30000000000000004], [[0, 2], [1, 3]])
+    """
+
+    settings: list[dict[str, Any]]
+    models: list[list[int]]
+    mean: dict[str, np.ndarray]
+    std: dict[str, np.ndarray]
+    best_index: int
+    select: str
+
+    @property
+    def best_setting(self) -> dict[str, Any]:
+        """The best setting's hyperparameters (``settings[best_index]``)."""
+        return self.settings[self.best_index]
+
+
+def aggregate(result: ManyResult, *, select: str | None = None, mode: str = "min") -> Aggregate:
+    """Groups ``fit_many``'s models by hyperparameter setting and averages each history series over seeds.
+
+    A sweep's ``best_index`` picks one seed's model; this picks the setting whose mean over its seeds is
+    best, and reports the spread, e.g. ``fit_many(..., seeds=range(5), hyperparams={"learning_rate": [...]})``.
+
+    Args:
+      result: a ``ManyResult`` (its ``history`` and ``configs`` are read).
+      select: the series whose final mean chooses the best setting (default ``"val_loss"`` when present,
+        else ``"loss"``).
+      mode: ``"min"`` or ``"max"``.
+
+    Returns:
+      An ``Aggregate``: ``settings``, ``models``, ``mean``/``std`` per series ``(settings, epochs)``,
+      ``best_index`` and ``best_setting``.
+
+    Raises:
+      ValueError: ``select`` is not a history series, or ``mode`` is not ``"min"``/``"max"``.
+
+    Example:
+      >>> configs = [{"seed": s, "lr": lr} for s in (0, 1, 2) for lr in (0.1, 0.01)]
+      >>> final = np.array([0.3, 0.2, 0.5, 0.25, 0.4, 0.3])   # lr 0.1: mean 0.4; lr 0.01: mean 0.25
+      >>> result = nnjax.ManyResult(None, {"loss": final[:, None]}, configs, 0, None)
+      >>> nnjax.ensemble.aggregate(result).best_setting
+      {'lr': 0.01}
+    """
+    check_choice("aggregate", "mode", mode, ("min", "max"))
+    history = {name: np.asarray(values, np.float64) for name, values in result.history.items()}
+    if select is None:
+        select = "val_loss" if "val_loss" in history else "loss"
+    if select not in history:
+        raise ValueError(f"aggregate: argument `select` expected one of {sorted(history)}, given {select!r}.")
+    settings: list[dict[str, Any]] = []
+    models: list[list[int]] = []
+    for i, config in enumerate(result.configs):
+        setting = {k: v for k, v in config.items() if k != "seed"}
+        if setting not in settings:
+            settings.append(setting)
+            models.append([])
+        models[settings.index(setting)].append(i)
+    mean = {name: np.stack([values[m].mean(axis=0) for m in models]) for name, values in history.items()}
+    std = {
+        name: np.stack([values[m].std(axis=0, ddof=1) if len(m) > 1 else np.zeros(values.shape[1:]) for m in models])
+        for name, values in history.items()
+    }
+    final = mean[select].reshape(len(settings), -1)[:, -1]
+    worst = np.inf if mode == "min" else -np.inf
+    final = np.where(np.isfinite(final), final, worst)
+    best = int(np.argmin(final) if mode == "min" else np.argmax(final))
+    return Aggregate(settings, models, mean, std, best, select)
+
 
 def sweep_configs(
     seeds: Iterable[int], hyperparams: Mapping[str, Sequence[Any]] | None, grid: bool = True
@@ -573,7 +664,9 @@ def ensemble_predict(model: Layer, train_states: TrainState, x: Any, *, batch_si
 
 
 __all__ = [
+    "Aggregate",
     "ManyResult",
+    "aggregate",
     "ensemble_predict",
     "fit_many",
     "init_many",

@@ -21,7 +21,7 @@ import numpy as np
 
 from nnjax._src import activations as act
 from nnjax._src.core import Layer
-from nnjax._src.summary import children
+from nnjax._src.summary import child_keys, children
 
 POSITIVE, NEGATIVE = "#1f77b4", "#d62728"  # matplotlib's tab:blue and tab:red
 
@@ -436,9 +436,7 @@ def dense_stack(model: Layer, params: Any) -> list[tuple[np.ndarray, np.ndarray 
         layers, layer_params = [model], [params]
     elif found[0] == "serial":
         layers = list(found[1])
-        from nnjax._src.core import child_names
-
-        layer_params = [params[name] for name in child_names(layers)]
+        layer_params = [params[name] for name in child_keys(model, found[1])]
     else:
         raise ValueError(f"plot_network: expected a Dense layer or a serial of dense layers, given a {found[0]}.")
     stack: list[tuple[np.ndarray, np.ndarray | None, str, list[str]]] = []

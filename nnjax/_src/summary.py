@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nnjax._src.core import Layer, Named, child_names, input_spec
+from nnjax._src.freeze import count_frozen
 from nnjax._src.types import DType, Shape
 
 
@@ -59,6 +60,8 @@ class Summary(NamedTuple):
       total_state, state_bytes: all state arrays.
       flops: forward FLOPs of the whole model for one example (XLA cost analysis of the fused
         program; may differ slightly from the sum of the rows), or None.
+      frozen_params: parameter elements that ``frozen`` selects (None when no ``frozen`` was given); the
+        trainable ones are ``total_params - frozen_params``.
     """
 
     rows: list[Row]
@@ -70,6 +73,7 @@ class Summary(NamedTuple):
     total_state: int
     state_bytes: int
     flops: float | None
+    frozen_params: int | None = None
 
     def __str__(self) -> str:
         return format_summary(self)
@@ -103,6 +107,23 @@ def children(layer: Layer) -> tuple[str, tuple[Layer, ...]] | None:
     except ValueError:  # an empty cell
         return None
     return None
+
+
+def child_keys(layer: Layer, subs: tuple[Layer, ...]) -> list[str]:
+    """The params keys of ``layer``'s sub-layers ``subs`` (as ``children`` gives them): the names ``serial``
+    chose (given names kept), else kind and position."""
+    fn = layer.apply
+    code = getattr(fn, "__code__", None)
+    closure = dict(zip(code.co_freevars, fn.__closure__ or (), strict=True)) if code is not None else {}
+    try:
+        qualname = getattr(fn, "__qualname__", "")
+        if qualname == "serial.<locals>.apply" and "names" in closure:
+            return list(closure["names"].cell_contents)
+        if qualname == "residual.<locals>.apply" and "body" in closure:
+            return child_keys(closure["body"].cell_contents, subs)
+    except ValueError:  # an empty cell
+        pass
+    return child_names(subs)
 
 
 def _count(tree: Any) -> tuple[int, int]:
@@ -153,7 +174,7 @@ def _walk(layer: Layer, spec: Any, dtype: DType, path: str, depth: int, flops: b
     if found is None:
         return _leaf(layer, spec, dtype, path, depth, flops)
     kind, subs = found
-    names = child_names(subs)
+    names = child_keys(layer, subs)
     rows: list[Row] = []
     if kind == "serial" and not path:  # the model itself: its layers are the table
         for name, sub in zip(names, subs, strict=True):
@@ -200,7 +221,9 @@ def _group(path: str, name: str, depth: int, rows: list[Row], out: Any) -> Row:
     )
 
 
-def summarize(model: Layer, input_shape: Shape, dtype: DType = jnp.float32, *, flops: bool = True) -> Summary:
+def summarize(
+    model: Layer, input_shape: Shape, dtype: DType = jnp.float32, *, flops: bool = True, frozen: Any = None
+) -> Summary:
     """The data behind ``summary``: per-layer rows and model totals, without allocating parameters.
 
     Args:
@@ -208,6 +231,8 @@ def summarize(model: Layer, input_shape: Shape, dtype: DType = jnp.float32, *, f
       input_shape: ONE example's shape, no batch axis (a pytree of shapes for multi-input models).
       dtype: the parameter dtype.
       flops: compile each layer to count FLOPs (set False to skip compilation on large models).
+      frozen: an optimizer from ``nnjax.freeze``, or the ``where`` given to it (path patterns or a
+        predicate): count the trainable and the frozen parameters.
 
     Returns:
       A ``Summary``: ``rows`` (one ``Row`` per leaf layer, plus group rows for nested combinators, each with
@@ -234,6 +259,7 @@ def summarize(model: Layer, input_shape: Shape, dtype: DType = jnp.float32, *, f
     total_state, state_bytes = _count(state_spec)
     apply = lambda p, s, x: model.apply(p, s, x, train=False)[0]  # noqa: E731
     total_flops = _flops(apply, param_spec, state_spec, spec) if flops else None
+    frozen_params = None if frozen is None else count_frozen(param_spec, frozen)[1]
     return Summary(
         rows,
         input_shape,
@@ -244,6 +270,7 @@ def summarize(model: Layer, input_shape: Shape, dtype: DType = jnp.float32, *, f
         total_state,
         state_bytes,
         total_flops,
+        frozen_params,
     )
 
 
@@ -307,6 +334,8 @@ def format_summary(s: Summary) -> str:
     out += [fmt(line) for line in lines]
     out.append(rule)
     out.append(f"Total params: {s.total_params:,} ({_bytes(s.param_bytes)})")
+    if s.frozen_params is not None:
+        out.append(f"Trainable params: {s.total_params - s.frozen_params:,}  Frozen params: {s.frozen_params:,}")
     if s.total_state:
         out.append(f"State (non-trainable): {s.total_state:,} ({_bytes(s.state_bytes)})")
     if s.flops is None:
@@ -319,7 +348,13 @@ def format_summary(s: Summary) -> str:
 
 
 def summary(
-    model: Layer, input_shape: Shape, dtype: DType = jnp.float32, *, flops: bool = True, show: bool = True
+    model: Layer,
+    input_shape: Shape,
+    dtype: DType = jnp.float32,
+    *,
+    flops: bool = True,
+    show: bool = True,
+    frozen: Any = None,
 ) -> str:
     """A table of the model's layers: output shape, parameter count and FLOPs, plus totals and memory.
 
@@ -329,6 +364,8 @@ def summary(
       dtype: the parameter dtype (float32 by default); it sets the memory column.
       flops: count forward FLOPs per example with XLA's cost analysis (compiles each layer once).
       show: print the table (set False to only get the string).
+      frozen: an optimizer from ``nnjax.freeze`` (or its ``where``): add a line with the trainable and
+        frozen parameter counts.
 
     Returns:
       The table as a string.
@@ -345,7 +382,7 @@ def summary(
       >>> print(text.splitlines()[0])
       Model summary: input (64,) float32, output (10,)
     """
-    text = str(summarize(model, input_shape, dtype, flops=flops))
+    text = str(summarize(model, input_shape, dtype, flops=flops, frozen=frozen))
     if show:
         print(text)
     return text

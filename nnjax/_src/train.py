@@ -21,6 +21,7 @@ from nnjax._src.arguments import check_model, check_optimizer
 from nnjax._src.compile import jit as compile_jit
 from nnjax._src.core import Layer
 from nnjax._src.errors import first_nonfinite
+from nnjax._src.freeze import frozen_predicate, stop_frozen_gradients
 from nnjax._src.kernels import init_jit_options
 from nnjax._src.layer_checks import check_input_shape, check_key, check_param_dtype
 from nnjax._src.objective import Aux, Loss, Metric, Objective, as_objective, value_and_grad
@@ -370,8 +371,13 @@ def build_train_step(
 
     ``gradient`` is what varies (plain, per-example clipped and noised, loss-scaled); the step key, the
     optimizer update, the step count, the non-finite guard and the per-step statistics are the same for
-    all. See ``make_train_step`` for ``nonfinite`` and ``step_stats``.
+    all. See ``make_train_step`` for ``nonfinite`` and ``step_stats``. With an optimizer from
+    ``nnjax.freeze``, the objective stops the frozen leaves' gradients (``jax.lax.stop_gradient``), so
+    whatever ``gradient`` is, their backward pass is not computed.
     """
+    frozen = frozen_predicate(optimizer)
+    if frozen is not None:
+        objective_fn = stop_frozen_gradients(objective_fn, frozen)
 
     def step(train_state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Array]]:
         g = gradient(objective_fn, train_state, batch, step_key(train_state))

@@ -41,6 +41,7 @@ class GPTConfig(NamedTuple):
       vocab_size: number of token ids. max_len: the longest sequence (size of the position table).
       hidden: width of the token vectors. depth: number of blocks. num_heads: attention heads per block.
       mlp_dim: hidden size of each block's MLP. dropout_rate: the dropout probability in training.
+      norm_epsilon: the LayerNorms' epsilon.
 
     Example:
       >>> config = nnjax.models.GPT(vocab_size=50, max_len=16, hidden=32, depth=1, num_heads=4, mlp_dim=64).config
@@ -55,6 +56,7 @@ class GPTConfig(NamedTuple):
     num_heads: int
     mlp_dim: int
     dropout_rate: float = 0.0
+    norm_epsilon: float = LN_EPSILON
 
     @property
     def head_dim(self) -> int:
@@ -102,8 +104,8 @@ class KVCache(NamedTuple):
 _NORM = LayerNorm(epsilon=LN_EPSILON)
 
 
-def _norm(params: Params, x: Array) -> Array:
-    return _NORM.apply(params, {}, x)[0]
+def _norm(params: Params, x: Array, epsilon: float = LN_EPSILON) -> Array:
+    return (_NORM if epsilon == LN_EPSILON else LayerNorm(epsilon=epsilon)).apply(params, {}, x)[0]
 
 
 def _mlp(params: Params, x: Array) -> Array:
@@ -168,6 +170,8 @@ def GPT(  # noqa: N802 - layer constructors are CamelCase
     num_heads: int,
     mlp_dim: int,
     dropout_rate: float = 0.0,
+    *,
+    norm_epsilon: float = LN_EPSILON,
 ) -> GPTModel:
     """A GPT-2-style decoder-only language model: next-token logits for every position, through the tied embedding.
 
@@ -199,6 +203,8 @@ def GPT(  # noqa: N802 - layer constructors are CamelCase
       mlp_dim: hidden size of each block's MLP (GPT-2: ``4 * hidden``).
       dropout_rate: dropout on the embeddings, the attention weights and both residual branches of every block,
         in training (``apply(..., key=..., train=True)``).
+      norm_epsilon: the LayerNorms' epsilon (GPT-2's 1e-5). The cached decoding functions (``gpt_init_cache``,
+        ``generate``) take the default only.
 
     Returns:
       A ``GPTModel`` (a ``Layer`` with ``.config``): ``tokens: (batch, T)`` int32 ids, ``T <= max_len`` ``->
@@ -235,7 +241,7 @@ def GPT(  # noqa: N802 - layer constructors are CamelCase
             f"GPT: argument `num_heads` expected a divisor of hidden={hidden} (each head gets hidden / num_heads "
             f"features), given {num_heads}."
         )
-    config = GPTConfig(vocab_size, max_len, hidden, depth, num_heads, mlp_dim, float(dropout_rate))
+    config = GPTConfig(vocab_size, max_len, hidden, depth, num_heads, mlp_dim, float(dropout_rate), float(norm_epsilon))
     embedding = Embedding(vocab_size, hidden, table_init=initializers.normal(INIT_STD))
     attention = MultiHeadAttention(num_heads, causal=True, dropout_rate=dropout_rate)
 
@@ -275,11 +281,11 @@ def GPT(  # noqa: N802 - layer constructors are CamelCase
         h = _dropout(h + params["position_embedding"]["table"][None, : x.shape[1]], dropout_rate, keys[0])
         for i in range(depth):
             block, (k_attention, k_1, k_2) = params[f"block_{i}"], keys[1 + 3 * i : 4 + 3 * i]
-            x_1 = _norm(block["norm_1"], h)
+            x_1 = _norm(block["norm_1"], h, norm_epsilon)
             a, _ = run_part(name, f"block_{i}", attention, block["attention"], {}, x_1, key=k_attention, train=train)
             h = h + _dropout(a, dropout_rate, k_1)
-            h = h + _dropout(_mlp(block["mlp"], _norm(block["norm_2"], h)), dropout_rate, k_2)
-        return embedding_attend(params["token_embedding"], _norm(params["final_norm"], h)), state
+            h = h + _dropout(_mlp(block["mlp"], _norm(block["norm_2"], h, norm_epsilon)), dropout_rate, k_2)
+        return embedding_attend(params["token_embedding"], _norm(params["final_norm"], h, norm_epsilon)), state
 
     model = GPTModel(init, apply, name, jnp.int32, (0, vocab_size))
     model.__dict__["config"] = config
@@ -290,10 +296,14 @@ def GPT(  # noqa: N802 - layer constructors are CamelCase
 
 
 def _config(where: str, model: Any) -> GPTConfig:
-    if isinstance(model, GPTConfig):
-        return model
-    if isinstance(model, GPTModel):
-        return model.config
+    config = model if isinstance(model, GPTConfig) else model.config if isinstance(model, GPTModel) else None
+    if config is not None and config.norm_epsilon != LN_EPSILON:
+        raise ValueError(
+            f"{where}: the cached decoding takes GPT-2's LayerNorm epsilon ({LN_EPSILON}), given a model with "
+            f"norm_epsilon={config.norm_epsilon}. Hint: decode with model.apply on the whole sequence."
+        )
+    if config is not None:
+        return config
     raise TypeError(
         f"{where}: argument `model` expected a model built by nnjax.models.GPT, given {type(model).__name__}."
     )

@@ -37,11 +37,13 @@ def _conv(features: int, kernel: int, strides: int = 1) -> Layer:
     return Conv(features, kernel, strides=strides, padding=((pad, pad), (pad, pad)), use_bias=False, w_init="he_normal")
 
 
-def _norm() -> Layer:
-    return BatchNorm(momentum=BN_MOMENTUM, epsilon=BN_EPSILON)
+def _norm(momentum: float = BN_MOMENTUM, epsilon: float = BN_EPSILON) -> Layer:
+    return BatchNorm(momentum=momentum, epsilon=epsilon)
 
 
-def BasicBlock(features: int, strides: int = 1) -> Layer:  # noqa: N802 - layer constructors are CamelCase
+def BasicBlock(  # noqa: N802 - layer constructors are CamelCase
+    features: int, strides: int = 1, *, bn_momentum: float = BN_MOMENTUM, bn_epsilon: float = BN_EPSILON
+) -> Layer:
     """The basic residual block of ResNet-18/34 and the CIFAR ResNets: two 3x3 convolutions and a skip.
 
         h = relu(norm_1(conv_1(x)))              # conv_1: 3x3, stride `strides`
@@ -57,6 +59,9 @@ def BasicBlock(features: int, strides: int = 1) -> Layer:  # noqa: N802 - layer 
     Args:
       features: output channels.
       strides: stride of the first convolution (and of the shortcut); 2 halves the height and width.
+      bn_momentum: the BatchNorms' running-average momentum (``BatchNorm(momentum=...)``; PyTorch's
+        ``momentum`` is ``1 - bn_momentum``). Lower it when an epoch has few steps.
+      bn_epsilon: the BatchNorms' epsilon.
 
     Returns:
       The block, a ``Layer``: ``x: (batch, H, W, in_channels) -> (batch, ceil(H / strides), ceil(W / strides),
@@ -78,7 +83,7 @@ def BasicBlock(features: int, strides: int = 1) -> Layer:  # noqa: N802 - layer 
     name = f"BasicBlock({features})" if strides == 1 else f"BasicBlock({features}, strides={strides})"
     positive_int(name, "features", features)
     positive_int(name, "strides", strides)
-    conv_1, conv_2, norm = _conv(features, 3, strides), _conv(features, 3), _norm()
+    conv_1, conv_2, norm = _conv(features, 3, strides), _conv(features, 3), _norm(bn_momentum, bn_epsilon)
     shortcut_conv = Conv(features, 1, strides=strides, padding="VALID", use_bias=False, w_init="he_normal")
 
     def init(key, input_shape: Shape, dtype=jnp.float32):
@@ -117,14 +122,14 @@ def BasicBlock(features: int, strides: int = 1) -> Layer:  # noqa: N802 - layer 
     return Layer(init, apply, name)
 
 
-def _stem(stem: str | Layer, width: int, model: str) -> Layer:
+def _stem(stem: str | Layer, width: int, model: str, norm: Layer) -> Layer:
     if isinstance(stem, Layer):
         return stem
     if stem == "cifar":  # 3x3 conv, no downsampling
-        return renamed(serial(_conv(width, 3), _norm(), Relu()), "Stem")
+        return renamed(serial(_conv(width, 3), norm, Relu()), "Stem")
     if stem == "imagenet":  # 7x7 stride-2 conv, 3x3 stride-2 max pool: H/4
         pool = MaxPool(3, strides=2, padding=((1, 1), (1, 1)))
-        return renamed(serial(_conv(width, 7, strides=2), _norm(), Relu(), pool), "Stem")
+        return renamed(serial(_conv(width, 7, strides=2), norm, Relu(), pool), "Stem")
     raise ValueError(f"{model}: argument `stem` expected one of {list(STEMS)} or a Layer, given {stem!r}.")
 
 
@@ -145,6 +150,8 @@ def ResNet(  # noqa: N802
     *,
     stem: str | Layer = "cifar",
     name: str | None = None,
+    bn_momentum: float = BN_MOMENTUM,
+    bn_epsilon: float = BN_EPSILON,
 ) -> Layer:
     """A residual network of basic blocks: a stem, stages of ``BasicBlock``, global average pooling, a dense head.
 
@@ -165,6 +172,9 @@ def ResNet(  # noqa: N802
       stem: ``"cifar"`` (3x3 conv, BatchNorm, ReLU: full resolution), ``"imagenet"`` (7x7 stride-2 conv,
         BatchNorm, ReLU, 3x3 stride-2 max pool: a quarter of the resolution) or any ``Layer``.
       name: the model's name (default ``"ResNet"``).
+      bn_momentum: every BatchNorm's running-average momentum (default 0.9; PyTorch's ``momentum=0.1``).
+        With few steps per epoch the running averages lag the weights: lower it (e.g. 0.5).
+      bn_epsilon: every BatchNorm's epsilon (default 1e-5).
 
     Returns:
       The network, a ``Layer``: ``x: (batch, H, W, channels)`` float images ``-> (batch, num_classes)`` logits;
@@ -196,13 +206,20 @@ def ResNet(  # noqa: N802
     positive_int(model, "num_classes", num_classes)
     stages = []
     for i, (size, width) in enumerate(zip(stage_sizes, widths, strict=True)):
-        blocks = [BasicBlock(width, strides=1 if i == 0 else 2)] + [BasicBlock(width) for _ in range(size - 1)]
+        bn = {"bn_momentum": bn_momentum, "bn_epsilon": bn_epsilon}
+        blocks = [BasicBlock(width, strides=1 if i == 0 else 2, **bn)] + [
+            BasicBlock(width, **bn) for _ in range(size - 1)
+        ]
         stages.append(renamed(serial(*blocks), f"Stage({width})"))
-    network = serial(_stem(stem, widths[0], model), *stages, GlobalAvgPool(), Dense(num_classes))
+    network = serial(
+        _stem(stem, widths[0], model, _norm(bn_momentum, bn_epsilon)), *stages, GlobalAvgPool(), Dense(num_classes)
+    )
     return renamed(network, model)
 
 
-def ResNet20(num_classes: int = 10) -> Layer:  # noqa: N802
+def ResNet20(  # noqa: N802
+    num_classes: int = 10, *, bn_momentum: float = BN_MOMENTUM, bn_epsilon: float = BN_EPSILON
+) -> Layer:
     """ResNet-20 for 32x32 images (CIFAR-10; He et al. 2016, section 4.2), with projection shortcuts.
 
     Three stages of three ``BasicBlock`` with 16, 32 and 64 channels after a 3x3 stem; 19 convolutions and
@@ -211,6 +228,7 @@ def ResNet20(num_classes: int = 10) -> Layer:  # noqa: N802
 
     Args:
       num_classes: outputs of the head.
+      bn_momentum, bn_epsilon: every BatchNorm's momentum and epsilon (as ``ResNet``).
 
     Returns:
       ``ResNet((3, 3, 3), (16, 32, 64), num_classes, stem="cifar")``: ``x: (batch, 32, 32, 3) -> (batch,
@@ -225,10 +243,20 @@ def ResNet20(num_classes: int = 10) -> Layer:  # noqa: N802
       >>> sum(p.size for p in jax.tree.leaves(params))
       272474
     """
-    return ResNet((3, 3, 3), (16, 32, 64), num_classes, stem="cifar", name="ResNet20")
+    return ResNet(
+        (3, 3, 3),
+        (16, 32, 64),
+        num_classes,
+        stem="cifar",
+        name="ResNet20",
+        bn_momentum=bn_momentum,
+        bn_epsilon=bn_epsilon,
+    )
 
 
-def ResNet18(num_classes: int = 1000) -> Layer:  # noqa: N802
+def ResNet18(  # noqa: N802
+    num_classes: int = 1000, *, bn_momentum: float = BN_MOMENTUM, bn_epsilon: float = BN_EPSILON
+) -> Layer:
     """ResNet-18 for ImageNet-sized images, as torchvision's ``resnet18``: 11,689,512 parameters for 1000 classes.
 
     A 7x7 stride-2 stem and a 3x3 stride-2 max pool, then four stages of two ``BasicBlock`` with 64, 128, 256
@@ -236,6 +264,7 @@ def ResNet18(num_classes: int = 1000) -> Layer:  # noqa: N802
 
     Args:
       num_classes: outputs of the head.
+      bn_momentum, bn_epsilon: every BatchNorm's momentum and epsilon (as ``ResNet``).
 
     Returns:
       ``ResNet((2, 2, 2, 2), (64, 128, 256, 512), num_classes, stem="imagenet")``: ``x: (batch, 224, 224, 3) ->
@@ -250,4 +279,12 @@ def ResNet18(num_classes: int = 1000) -> Layer:  # noqa: N802
       >>> sum(p.size for p in jax.tree.leaves(params))
       11689512
     """
-    return ResNet((2, 2, 2, 2), (64, 128, 256, 512), num_classes, stem="imagenet", name="ResNet18")
+    return ResNet(
+        (2, 2, 2, 2),
+        (64, 128, 256, 512),
+        num_classes,
+        stem="imagenet",
+        name="ResNet18",
+        bn_momentum=bn_momentum,
+        bn_epsilon=bn_epsilon,
+    )

@@ -94,6 +94,8 @@ def ViT(  # noqa: N802 - layer constructors are CamelCase
     mlp_dim: int,
     num_classes: int,
     dropout_rate: float = 0.0,
+    *,
+    norm_epsilon: float = 1e-6,
 ) -> Layer:
     """A Vision Transformer classifier: patch embedding, class token, learned positions, pre-norm encoder.
 
@@ -116,6 +118,8 @@ def ViT(  # noqa: N802 - layer constructors are CamelCase
       num_classes: outputs of the head (logits).
       dropout_rate: dropout after the position embedding, on the attention weights and on each residual
         branch, in training (``apply(..., key=..., train=True)``).
+      norm_epsilon: every LayerNorm's epsilon (the blocks' and the final one; default 1e-6, as the paper's
+        JAX code; PyTorch's default is 1e-5).
 
     Returns:
       The network, a ``Layer``: ``x: (batch, H, W, C)`` float images ``-> (batch, num_classes)`` logits;
@@ -150,14 +154,14 @@ def ViT(  # noqa: N802 - layer constructors are CamelCase
             f"ViT: argument `num_heads` expected a divisor of hidden={hidden} (each head gets hidden / num_heads "
             f"features), given {num_heads}."
         )
-    blocks = [TransformerEncoderBlock(num_heads, mlp_dim, dropout_rate) for _ in range(depth)]
+    blocks = [TransformerEncoderBlock(num_heads, mlp_dim, dropout_rate, epsilon=norm_epsilon) for _ in range(depth)]
     network = serial(
         _patch_embedding(patch_size, hidden),
         _class_token(),
         _position_embedding(),
         Dropout(dropout_rate),
         renamed(serial(*blocks), f"Encoder({depth})"),
-        LayerNorm(epsilon=1e-6),
+        LayerNorm(epsilon=norm_epsilon),
         stateless(lambda h: h[:, 0], "ClassTokenPool"),  # (B, N + 1, hidden) -> (B, hidden)
         Dense(num_classes),
     )
