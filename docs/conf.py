@@ -13,6 +13,7 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "docs" / "_ext"))
 
 import nnjax  # noqa: E402
 
@@ -21,7 +22,13 @@ author = "the nnjax authors"
 copyright = "2026, the nnjax authors"
 release = version = nnjax.__version__
 
-extensions = ["myst_nb", "sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx.ext.viewcode"]
+extensions = [
+    "myst_nb",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.viewcode",
+    "nnjax_links",  # docs/_ext: nnjax, JAX and Optax names link to their documentation, offline
+]
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 exclude_patterns = ["_build", "**.ipynb_checkpoints"]
 html_theme = "furo"
@@ -50,3 +57,6 @@ nb_execution_timeout = 900
 nb_execution_raise_on_error = True
 nb_execution_show_tb = True
 nb_merge_streams = True
+# stderr holds tqdm's text bar (each state a line once rendered) and its "IProgress not found" warning
+# (with the build machine's path); the epoch lines, one per epoch, are on stdout and stay.
+nb_output_stderr = "remove"
