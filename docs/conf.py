@@ -1,9 +1,11 @@
 """Sphinx configuration (Sphinx, as JAX, Flax and Optax use: autodoc and napoleon read the Google-style
 docstrings, MyST reads the Markdown guides, myst-nb executes and renders the notebooks).
 
-Builds offline: no intersphinx inventories are fetched. The notebooks are copied from ``notebooks/`` and
-executed at build time with ``NNJAX_SMOKE=1`` (the small sizes CI uses); ``NNJAX_DOCS_EXECUTE=0`` renders
-them without outputs for a quick local build.
+Builds offline: no intersphinx inventories are fetched (``_ext/nnjax_links.py`` links JAX and Optax names
+by URL pattern). The notebooks are copied from ``notebooks/`` and executed at build time at full size, so
+the pages show the results their prose states (``NNJAX_SMOKE=1`` gives the test suite's small sizes, for a
+quicker local build whose numbers then disagree with the prose); ``NNJAX_DOCS_EXECUTE=0`` renders them
+without outputs.
 """
 
 import os
@@ -50,7 +52,6 @@ NOTEBOOKS = ROOT / "docs" / "notebooks"
 NOTEBOOKS.mkdir(exist_ok=True)
 for notebook in sorted((ROOT / "notebooks").glob("*.ipynb")):
     shutil.copyfile(notebook, NOTEBOOKS / notebook.name)
-os.environ.setdefault("NNJAX_SMOKE", "1")
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 nb_execution_mode = "force" if os.environ.get("NNJAX_DOCS_EXECUTE", "1") == "1" else "off"
 nb_execution_timeout = 900

@@ -69,9 +69,12 @@ def notebook(name: str, title: str, intro: str, cells: list[tuple[str, str]]) ->
         new_code_cell(SETUP, metadata={"tags": ["remove-cell"]}),
         new_code_cell(DEVICES),
     ]
-    for kind, source in cells:
+    for kind, source, *tags in cells:
         source = source.strip("\n")
-        nb.cells.append(new_markdown_cell(source) if kind == "md" else new_code_cell(source))
+        if kind == "md":
+            nb.cells.append(new_markdown_cell(source))
+        else:
+            nb.cells.append(new_code_cell(source, metadata={"tags": tags[0]} if tags else {}))
     for i, cell in enumerate(nb.cells):  # stable ids keep rebuilds byte-identical
         cell["id"] = f"{name[:2]}-{i:02d}"
     return nb
@@ -81,8 +84,9 @@ def md(text: str) -> tuple[str, str]:
     return "md", text
 
 
-def code(text: str) -> tuple[str, str]:
-    return "code", text
+def code(text: str, *tags: str) -> tuple[str, str] | tuple[str, str, list[str]]:
+    """A code cell; ``tags`` are myst-nb's cell tags (``"scroll-output"`` for long logs)."""
+    return ("code", text, list(tags)) if tags else ("code", text)
 
 
 # --- 01: neurons and activations -----------------------------------------------------------------------
@@ -157,6 +161,9 @@ xor = nn.fit(mlp, nn.losses.softmax_cross_entropy, optax.adam(0.05), inputs,
              gates["XOR"], epochs=100 if SMOKE else 300, batch_size=4, progress=False)
 print("MLP on XOR:", nn.predict(mlp, xor.train_state, inputs).argmax(axis=1))"""),
     md("""
+In the run on this page the perceptron reproduces AND (outputs 0, 0, 0, 1) and answers 0 to all four
+XOR inputs, while the two-layer MLP gets XOR right: 0, 1, 1, 0.
+
 On a noisier problem, two interleaving half moons, one neuron draws a straight boundary; a hidden
 layer bends it."""),
     code("""
@@ -176,6 +183,9 @@ for ax, (name, model) in zip(axes, models.items()):
                                     title=f"{name}: accuracy {accuracy:.0%}")
 plt.show()"""),
     md("""
+Here (500 points, 100 epochs) one neuron per class reaches 88% and its boundary is a straight line;
+the network with two hidden layers bends its boundary between the moons and reaches 99%.
+
 ## The network drawn from its real weights
 
 The texts predict a house price from four inputs (square footage, bedrooms, distance to the city
@@ -193,11 +203,14 @@ validation = (sx.transform(x_test), sy.transform(y_test))
 result = nn.fit(house, nn.losses.half_mse, optax.adam(1e-2), sx.transform(x_train),
                 sy.transform(y_train), epochs=5 if SMOKE else 100, batch_size=32,
                 validation_data=validation)
-nn.plots.plot_history(result.history, logy=True)"""),
+nn.plots.plot_history(result.history, logy=True)""", "scroll-output"),
     code("""
 nn.plots.plot_network(house, result.train_state.params, (4,), only_positive=True,
                       input_names=features, output_names=["price"])"""),
     md("""
+After 100 epochs the validation loss (half the squared error, on the standardized price) is about
+0.009, down from 0.09 after the first epoch (the log above scrolls).
+
 All weights, blue positive and red negative, line width following |w|; `hide_below` hides the weak
 ones:"""),
     code("""
@@ -257,8 +270,12 @@ result = nn.fit(model, nn.losses.softmax_cross_entropy, optax.adam(1e-3), x_trai
                 metrics={"accuracy": nn.metrics.accuracy},
                 validation_data=(x_test, y_test), callbacks=callbacks)
 print(f"best val_accuracy {best.best:.3f} at epoch {best.best_epoch + 1}")
-print(open(f"{log_dir}/digits.csv").read()[:400])"""),
+print(open(f"{log_dir}/digits.csv").read()[:400])""", "scroll-output"),
     md("""
+At full size (1,347 training images, 40 epochs) the best validation accuracy is 96.2% (epoch 36);
+the last epoch ends at 95.6%. `examples/digits_mlp.py`, the landing page's command, trains a
+larger network (two hidden layers of 128) and states 96.9% (see the gallery).
+
 ## Optimizers compared
 
 The same network and initialization, trained by plain SGD, SGD with momentum, AdaGrad, RMSProp and
@@ -281,6 +298,9 @@ for name, optimizer in optimizers.items():
     print(f"{name:>9}: val_accuracy {run.history['val_accuracy'][-1]:.3f}")
 nn.plots.plot_history(histories, metrics=["loss", "accuracy"])"""),
     md("""
+After 40 epochs each: SGD 95.3%, momentum 96.2%, AdaGrad 96.0%, RMSProp 96.2%, Adam 95.6%
+validation accuracy. Plain SGD starts slowest (the left panel).
+
 ## What the best model gets wrong
 
 Rows are the true digits, columns the predictions."""),
@@ -296,6 +316,9 @@ if len(wrong):
                                  predictions=predicted[wrong], ncols=8,
                                  title="predicted (true)"))"""),
     md("""
+The diagonal holds almost all of the 450 test digits (the best model: 96.2%); the digits it gets
+wrong are shown below the matrix, with their true labels.
+
 ## A learning-rate schedule, logged
 
 `optax.inject_hyperparams` keeps the learning rate in the optimizer state, where
@@ -340,11 +363,14 @@ result = nn.fit(cnn, nn.losses.softmax_cross_entropy, optax.adam(2e-3), x_train,
                 y_train, epochs=3 if SMOKE else 25, batch_size=32,
                 metrics={"accuracy": nn.metrics.accuracy},
                 validation_data=(x_test, y_test))
-nn.plots.plot_history(result.history)"""),
+nn.plots.plot_history(result.history)""", "scroll-output"),
     code("""
 logits = nn.predict(cnn, result.train_state, x_test)
 nn.plots.plot_confusion_matrix(nn.metrics.confusion_matrix(logits, jnp.asarray(y_test)))"""),
     md("""
+After 25 epochs the CNN reaches 98.7% validation accuracy on the same 450 test digits (the MLP:
+96.2%), with a third of its mistakes left.
+
 ## What the first layer learned
 
 Each 3x3 kernel of the first convolution, and what the 16 kernels make of one digit (the feature maps
@@ -412,7 +438,7 @@ nn.summary(forecaster, (window, 1))
 result = nn.fit(forecaster, nn.losses.mse, optax.adam(3e-3), x_train, y_train,
                 epochs=3 if SMOKE else 30, batch_size=32,
                 validation_data=(x_test, y_test))
-nn.plots.plot_history(result.history, logy=True)"""),
+nn.plots.plot_history(result.history, logy=True)""", "scroll-output"),
     code("""
 import matplotlib.pyplot as plt
 
@@ -426,6 +452,9 @@ ax.set_xlabel("day")
 ax.legend()
 plt.show()"""),
     md("""
+After 30 epochs the validation MSE on the standardized series is 0.034 (0.17 after the first
+epoch); the figure below compares the one-day-ahead forecast with the series.
+
 ## An LSTM that reads text
 
 Character by character: each character becomes a vector (an `Embedding`), the LSTM reads the sequence,
@@ -447,6 +476,8 @@ result = nn.fit(reader, nn.losses.softmax_cross_entropy, optax.adam(1e-2), x_tex
 accuracy, epochs = result.history["accuracy"][-1], len(result.history["loss"])
 print(f"next-character accuracy {{accuracy:.0%}} after {{epochs}} epochs")"""),
     md("""
+At full size (150 epochs) the LSTM predicts 97% of the next characters of its training text.
+
 To generate, feed the text so far and take the most likely next character, again and again. The window
 has a fixed length `T` (right-padded: a left-to-right model ignores what comes after), so one compiled
 function serves every step."""),
@@ -466,6 +497,9 @@ def generate(prompt, n=120):
 
 
 print(generate("A neuron ", n=40 if SMOKE else 160))"""),
+    md("""
+The full-size run continues the prompt with its training text word for word: a four-sentence text is
+easy to memorize, and this is what memorizing looks like."""),
 ]
 
 # --- 05: a Transformer language model ------------------------------------------------------------------
@@ -499,8 +533,11 @@ table = nn.summary(lm, (T,))  # prints the table and returns it"""),
 result = nn.fit(lm, nn.losses.softmax_cross_entropy, optax.adamw(3e-3), x_text, y_text,
                 epochs=3 if SMOKE else 150, batch_size=32,
                 metrics={"accuracy": nn.metrics.accuracy}, progress=not SMOKE)
-nn.plots.plot_history(result.history)"""),
+nn.plots.plot_history(result.history)""", "scroll-output"),
     md("""
+At full size (150 epochs) the model predicts 96.5% of the next characters (it passes 90% after
+about 28 epochs; the log scrolls).
+
 Sampling: the window has a fixed length `T`, right-padded (causal attention never looks ahead), so one
 compiled function serves every step; `temperature` below 1 makes the choice greedier."""),
     code("""
@@ -522,6 +559,9 @@ def generate(prompt, n=120, temperature=0.5, seed=0):
 
 
 print(generate("Training ", n=40 if SMOKE else 160))"""),
+    md("""
+Sampled at temperature 0.5, the full-size model continues "Training " with the text's own sentences
+("compares the network's predictions with the labels, measures the error with a loss, ...")."""),
 ]
 
 # --- 06: many models in one program ---------------------------------------------------------------------------
@@ -549,7 +589,7 @@ many = nn.fit_many(model, nn.losses.softmax_cross_entropy, optax.adam, x_train, 
                    validation_data=(x_test, y_test), select="val_accuracy", mode="max")
 shapes = {k: v.shape for k, v in many.history.items()}
 print(len(many.configs), "models; history", shapes)
-print("best:", many.configs[many.best_index])"""),
+print("best:", many.configs[many.best_index])""", "scroll-output"),
     code("""
 runs = {}
 for rate in rates:  # the mean over seeds, per learning rate
@@ -558,6 +598,9 @@ for rate in rates:  # the mean over seeds, per learning rate
     runs[f"lr={rate:g}"] = mean
 nn.plots.plot_history(runs, metrics=["loss", "accuracy"])"""),
     md("""
+Twelve models (4 seeds x 3 learning rates) trained for 30 epochs; the best is seed 2 with
+learning rate 0.01. The faster rates converge first (the curves are the means over seeds).
+
 An ensemble averages its members' predicted probabilities; it usually beats its average member."""),
     code("""
 # (models, n, 10)
@@ -566,6 +609,9 @@ members = np.asarray((logits.argmax(-1) == y_test).mean(axis=1))
 ensemble = float((jax.nn.softmax(logits).mean(axis=0).argmax(-1) == y_test).mean())
 print(f"members: mean accuracy {members.mean():.3f} (best {members.max():.3f})")
 print(f"ensemble: accuracy {ensemble:.3f}")"""),
+    md("""
+In the full-size run the members reach 96.8% on average (the best 97.8%) and the ensemble 97.3%:
+better than the average member, not better than the best one."""),
 ]
 
 NOTEBOOKS = {

@@ -4,8 +4,11 @@ in a table of contents, and the build stays offline.
 The build itself (``sphinx-build -W``, notebooks executed) runs in CI, ``.ci/run``; it takes minutes.
 """
 
+import os
 import pathlib
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -102,6 +105,13 @@ def test_the_build_is_offline():
     assert "nb_execution_raise_on_error = True" in conf
 
 
+def test_the_site_runs_the_notebooks_at_full_size():
+    """The notebook pages state full-size results in prose; smoke sizes are for the test suite only."""
+    conf = (DOCS / "conf.py").read_text()
+    assert "NNJAX_SMOKE" not in conf.split('"""', 2)[2], "conf.py must not shrink the notebooks"
+    assert 'nb_output_stderr = "remove"' in conf  # tqdm's text bar and its IProgress warning
+
+
 # --- the pages' code: it fits the column and it runs ---------------------------------------------------
 
 FENCE = re.compile(r"^(`{3,})([^\n]*)\n(.*?)^\1\s*$", re.M | re.S)
@@ -144,3 +154,122 @@ def test_page_code_runs_top_to_bottom(page, tmp_path, monkeypatch):
     namespace = {"__name__": "__main__"}
     for i, code in enumerate(blocks):
         exec(compile(code, f"{page.relative_to(DOCS)}, python block {i}", "exec"), namespace)
+
+
+# --- names link to their documentation (docs/_ext/nnjax_links.py) ---------------------------------------
+
+
+def links():
+    sys.path.insert(0, str(DOCS / "_ext"))
+    try:
+        import nnjax_links
+    finally:
+        sys.path.remove(str(DOCS / "_ext"))
+    return nnjax_links
+
+
+def pygments(*names: str) -> str:
+    """Pygments' HTML for a dotted name, as Sphinx writes it in a code block."""
+    dot = '<span class="o">.</span>'
+    return dot.join(f'<span class="n">{name}</span>' for name in names)
+
+
+REFERENCE = {"nnjax.fit": "api/training.html#nnjax.fit", "nnjax.losses.mse": "api/losses.html#nnjax.losses.mse"}
+
+
+def resolve(full):
+    return REFERENCE.get(full) or links().external_url(full)
+
+
+def test_code_names_link_to_the_reference_and_to_jax_and_optax():
+    html = "<pre>" + pygments("nn", "losses", "mse") + "(" + pygments("jnp", "ones") + " "
+    html += pygments("optax", "adam") + " " + pygments("result", "fit") + "</pre>"
+    out = links().link_names(html, resolve)
+    assert f'<a class="nnjax-name" href="api/losses.html#nnjax.losses.mse">{pygments("nn", "losses", "mse")}</a>' in out
+    assert 'href="https://docs.jax.dev/en/latest/_autosummary/jax.numpy.ones.html"' in out
+    assert 'href="https://optax.readthedocs.io/en/latest/api/optimizers.html#optax.adam"' in out
+    assert pygments("result", "fit") in out and out.count("<a ") == 3  # an attribute named fit is not nnjax.fit
+
+
+def test_inline_names_link_unless_already_linked():
+    code = '<code class="docutils literal notranslate"><span class="pre">{}</span></code>'
+    html = code.format("fit(x,") + " " + f'<a href="x">{code.format("fit")}</a>' + " " + code.format("jax.nn.elu")
+    html += " " + code.format("train=True")
+    out = links().link_names(html, resolve)
+    assert f'href="api/training.html#nnjax.fit">{code.format("fit(x,")}</a>' in out
+    assert f'<a href="x">{code.format("fit")}</a>' in out  # no link inside a link
+    assert 'href="https://docs.jax.dev/en/latest/_autosummary/jax.nn.elu.html"' in out
+    assert out.count("<a ") == 3
+
+
+def test_external_urls():
+    url = links().external_url
+    assert url("jax.nn.initializers.glorot_uniform") == (
+        "https://docs.jax.dev/en/latest/_autosummary/jax.nn.initializers.glorot_uniform.html"
+    )
+    assert url("jax.numpy") == "https://docs.jax.dev/en/latest/jax.numpy.html"
+    assert url("optax.MultiSteps").endswith("/api/optimizer_wrappers.html#optax.MultiSteps")
+    assert url("optax.cosine_decay_schedule").endswith("/api/optimizer_schedules.html#optax.cosine_decay_schedule")
+    assert url("jax.not_a_name") is None and url("numpy.ones") is None
+
+
+# --- the built site, scanned -----------------------------------------------------------------------------
+
+MACHINE_PATH = re.compile(r"(/home/|/Users/|/tmp/|/work/|site-packages|/usr/lib/python|[A-Z]:\\\\Users)")
+NOISE = re.compile(r"(Warning|IProgress|Traceback|\x1b\[)")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """The built HTML: ``NNJAX_DOCS_HTML`` (CI points it at the build it just made), or a fresh build with
+    the notebooks executed at the test suite's small sizes."""
+    if os.environ.get("NNJAX_DOCS_HTML"):
+        return pathlib.Path(os.environ["NNJAX_DOCS_HTML"])
+    out = tmp_path_factory.mktemp("html")
+    env = {**os.environ, "NNJAX_SMOKE": "1"}
+    command = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", str(DOCS), str(out)]
+    subprocess.run(command, check=True, env=env)
+    return out
+
+
+def pages(site: pathlib.Path):
+    bs4 = pytest.importorskip("bs4")
+    for path in sorted(site.rglob("*.html")):
+        if not {"_modules", "_static", "_sources"} & set(path.relative_to(site).parts):
+            yield path.relative_to(site), bs4.BeautifulSoup(path.read_text(), "html.parser")
+
+
+@pytest.mark.slow  # builds the site (minutes) unless NNJAX_DOCS_HTML names a build
+def test_built_site_is_clean(site):
+    """No warnings or machine paths in rendered output, no code line past the column, no raw ``summary``
+    string, no doubled names; guides and notebooks link each nnjax name in their code to the reference."""
+    problems = []
+    for name, soup in pages(site):
+        for out in soup.select("div.cell_output"):
+            text = out.get_text()
+            if NOISE.search(text) or text.lstrip().startswith("'Model summary"):
+                problems.append(f"{name}: noise in an output: {text.strip()[:80]!r}")
+        main = soup.select_one("article") or soup
+        text = main.get_text()
+        if MACHINE_PATH.search(text):
+            problems.append(f"{name}: a machine path: {MACHINE_PATH.search(text).group(0)!r}")
+        for block in main.select("div.highlight pre"):
+            if block.find_parent("div", class_="cell_output"):
+                continue
+            problems += [f"{name}: wide code: {line[:60]!r}" for line in block.get_text().splitlines()
+                         if len(line) > COLUMN]
+        for anchor in main.select("[id]"):
+            if anchor["id"].count("nnjax.") > 1:
+                problems.append(f"{name}: a doubled name: {anchor['id']}")
+        if str(name).startswith(("guides/", "notebooks/")) or str(name) == "index.html":
+            for span in main.select("div.highlight span.n"):
+                if span.get_text() in ("nnjax", "nn") and span.find_parent("a") is None:
+                    following = span.find_next_sibling()
+                    if following is not None and following.get_text() == ".":
+                        nxt = following.find_next_sibling()
+                        problems.append(f"{name}: unlinked name {span.get_text()}.{nxt.get_text() if nxt else ''}")
+    assert not problems, "\n".join(problems[:40])
+    api = (site / "api" / "activations.html").read_text()
+    assert 'href="https://docs.jax.dev/en/latest/_autosummary/jax.nn.elu.html"' in api
+    for page in ("gallery.html", "guides/sharp_bits.html"):
+        assert (site / page).exists()

@@ -42,6 +42,36 @@ def test_notebooks_match_build_py_and_are_stripped():
         assert all(c.outputs == [] and c.execution_count is None for c in code), f"{stem}: outputs not stripped"
 
 
+def code_cells(name: str) -> list:
+    return [c for c in nbformat.read(FOLDER / name, as_version=4).cells if c.cell_type == "code"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_code_lines_fit_the_column(name):
+    wide = [line for cell in code_cells(name) for line in cell.source.splitlines() if len(line) > 88]
+    assert not wide, f"{name}: code lines wider than 88 characters (the site's column): {wide}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_install_cell_runs_but_the_site_hides_it(name):
+    install = code_cells(name)[0]
+    assert "pip" in install.source and install.metadata.get("tags") == ["remove-cell"]
+    assert all("remove-cell" not in c.metadata.get("tags", []) for c in code_cells(name)[1:])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_outputs_show_once_and_long_logs_scroll(name):
+    """A cell ending in ``nn.summary(...)`` would print the table and show it again as a raw string; a
+    training cell with a progress bar prints one line per epoch, so its output scrolls on the site."""
+    for cell in code_cells(name):
+        last = cell.source.strip().splitlines()[-1]
+        assert not last.startswith("nn.summary("), f"{name}: assign nn.summary's table: {last!r}"
+        trains = "nn.fit(" in cell.source or "nn.fit_many(" in cell.source
+        if trains and "progress=False" not in cell.source:
+            tags = cell.metadata.get("tags", [])
+            assert "scroll-output" in tags, f"{name}: tag {cell.source.splitlines()[0]!r} scroll-output"
+
+
 def plotting(cell) -> bool:
     last = cell.source.strip().splitlines()[-1]
     return last.startswith(("nn.plots.", "plt.show()")) or "display(nn.plots." in cell.source

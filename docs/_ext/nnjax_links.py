@@ -19,6 +19,9 @@ from collections.abc import Callable
 JAX_DOCS = "https://docs.jax.dev/en/latest"
 OPTAX_DOCS = "https://optax.readthedocs.io/en/latest"
 ALIASES = {"nn": "nnjax", "jnp": "jax.numpy"}  # as the notebooks and guides import them
+# `from nnjax import losses`: in code, `losses.mse` is nnjax's when nnjax has that name
+SUBMODULES = {"activations", "callbacks", "config", "data", "ensemble", "initializers", "interop", "losses",
+              "metrics", "models", "per_example", "plots", "precision", "sharding"}
 
 # Optax's API pages by the module that defines a name (its docs group names by topic, not by module).
 OPTAX_PAGES = [
@@ -96,7 +99,7 @@ def candidates(written: list[str], *, bare: bool) -> list[tuple[str, int]]:
         if first.split(".")[0] in ("nnjax", "jax", "optax"):
             if "." in full:
                 out.append((full, cut))
-        elif bare:
+        elif bare or (cut > 1 and first in SUBMODULES):
             out.append((f"nnjax.{full}", cut))
     return out
 
