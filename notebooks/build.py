@@ -84,9 +84,13 @@ def md(text: str) -> tuple[str, str]:
     return "md", text
 
 
-def code(text: str, *tags: str) -> tuple[str, str] | tuple[str, str, list[str]]:
-    """A code cell; ``tags`` are myst-nb's cell tags (``"scroll-output"`` for long logs)."""
-    return ("code", text, list(tags)) if tags else ("code", text)
+def code(text: str) -> tuple[str, str]:
+    return "code", text
+
+
+def scrolled(text: str) -> tuple[str, str, list[str]]:
+    """A code cell with a long log (a progress line per epoch): its output scrolls on the docs site."""
+    return "code", text, ["scroll-output"]
 
 
 # --- 01: neurons and activations -----------------------------------------------------------------------
@@ -192,7 +196,7 @@ The texts predict a house price from four inputs (square footage, bedrooms, dist
 centre, age) with one hidden layer of five neurons, and draw a line only where a weight is positive.
 Here is such a network, trained on nnjax's synthetic house prices (inputs and price standardized);
 `only_positive=True` draws it the texts' way."""),
-    code("""
+    scrolled("""
 features = ["square feet", "bedrooms", "distance", "age"]
 x, y = nn.data.make_house_prices(400 if SMOKE else 2000)
 x_train, y_train, x_test, y_test = nn.data.train_test_split(x, y[:, None])
@@ -203,7 +207,7 @@ validation = (sx.transform(x_test), sy.transform(y_test))
 result = nn.fit(house, nn.losses.half_mse, optax.adam(1e-2), sx.transform(x_train),
                 sy.transform(y_train), epochs=5 if SMOKE else 100, batch_size=32,
                 validation_data=validation)
-nn.plots.plot_history(result.history, logy=True)""", "scroll-output"),
+nn.plots.plot_history(result.history, logy=True)"""),
     code("""
 nn.plots.plot_network(house, result.train_state.params, (4,), only_positive=True,
                       input_names=features, output_names=["price"])"""),
@@ -257,7 +261,7 @@ table = nn.summary(model, x_train.shape[1:])  # prints the table and returns it"
 
 `fit` shows a progress bar (fed from inside the compiled epoch) and one line per epoch. Callbacks write
 every epoch's metrics to CSV, keep the best model, and stop when validation stops improving."""),
-    code("""
+    scrolled("""
 import tempfile
 
 EPOCHS = 3 if SMOKE else 40
@@ -270,7 +274,7 @@ result = nn.fit(model, nn.losses.softmax_cross_entropy, optax.adam(1e-3), x_trai
                 metrics={"accuracy": nn.metrics.accuracy},
                 validation_data=(x_test, y_test), callbacks=callbacks)
 print(f"best val_accuracy {best.best:.3f} at epoch {best.best_epoch + 1}")
-print(open(f"{log_dir}/digits.csv").read()[:400])""", "scroll-output"),
+print(open(f"{log_dir}/digits.csv").read()[:400])"""),
     md("""
 At full size (1,347 training images, 40 epochs) the best validation accuracy is 96.2% (epoch 36);
 the last epoch ends at 95.6%. `examples/digits_mlp.py`, the landing page's command, trains a
@@ -358,12 +362,12 @@ cnn = nn.serial(
     nn.Dense(10),
 )
 table = nn.summary(cnn, (8, 8, 1))  # prints the table and returns it"""),
-    code("""
+    scrolled("""
 result = nn.fit(cnn, nn.losses.softmax_cross_entropy, optax.adam(2e-3), x_train,
                 y_train, epochs=3 if SMOKE else 25, batch_size=32,
                 metrics={"accuracy": nn.metrics.accuracy},
                 validation_data=(x_test, y_test))
-nn.plots.plot_history(result.history)""", "scroll-output"),
+nn.plots.plot_history(result.history)"""),
     code("""
 logits = nn.predict(cnn, result.train_state, x_test)
 nn.plots.plot_confusion_matrix(nn.metrics.confusion_matrix(logits, jnp.asarray(y_test)))"""),
@@ -398,7 +402,6 @@ Repeat this over many examples and the network learns to predict what it has not
 """
 
 
-
 def wrapped(text: str, width: int = 72) -> str:
     """``text`` as a parenthesized concatenation of string literals, each line under ``width``."""
     pieces, line = [], ""
@@ -420,7 +423,7 @@ RNN = [
 Recurrent networks read a sequence one step at a time and carry a state from step to step. An LSTM
 (whose gates protect the state from vanishing gradients) forecasts the next value of a noisy seasonal
 series, something like a daily temperature, from the previous 30 values."""),
-    code("""
+    scrolled("""
 rng = np.random.default_rng(0)
 days = np.arange(1200 if not SMOKE else 400)
 series = (10 + 8 * np.sin(2 * np.pi * days / 365) + 3 * np.sin(2 * np.pi * days / 7)
@@ -438,7 +441,7 @@ nn.summary(forecaster, (window, 1))
 result = nn.fit(forecaster, nn.losses.mse, optax.adam(3e-3), x_train, y_train,
                 epochs=3 if SMOKE else 30, batch_size=32,
                 validation_data=(x_test, y_test))
-nn.plots.plot_history(result.history, logy=True)""", "scroll-output"),
+nn.plots.plot_history(result.history, logy=True)"""),
     code("""
 import matplotlib.pyplot as plt
 
@@ -529,11 +532,11 @@ lm = nn.serial(
     nn.Dense(len(chars)),
 )
 table = nn.summary(lm, (T,))  # prints the table and returns it"""),
-    code("""
+    scrolled("""
 result = nn.fit(lm, nn.losses.softmax_cross_entropy, optax.adamw(3e-3), x_text, y_text,
                 epochs=3 if SMOKE else 150, batch_size=32,
                 metrics={"accuracy": nn.metrics.accuracy}, progress=not SMOKE)
-nn.plots.plot_history(result.history)""", "scroll-output"),
+nn.plots.plot_history(result.history)"""),
     md("""
 At full size (150 epochs) the model predicts 96.5% of the next characters (it passes 90% after
 about 28 epochs; the log scrolls).
@@ -573,7 +576,7 @@ ENSEMBLES = [
 The train step is a pure function, so `jax.vmap` trains many models as one compiled program. `fit_many`
 trains every combination of seeds and hyperparameters at once (the learning rate is injected into the
 optimizer state, so one program serves every value)."""),
-    code("""
+    scrolled("""
 images, labels = nn.data.load_digits()
 x = images.reshape(len(images), -1).astype(np.float32) / 16
 x_train, y_train, x_test, y_test = nn.data.train_test_split(
@@ -589,7 +592,7 @@ many = nn.fit_many(model, nn.losses.softmax_cross_entropy, optax.adam, x_train, 
                    validation_data=(x_test, y_test), select="val_accuracy", mode="max")
 shapes = {k: v.shape for k, v in many.history.items()}
 print(len(many.configs), "models; history", shapes)
-print("best:", many.configs[many.best_index])""", "scroll-output"),
+print("best:", many.configs[many.best_index])"""),
     code("""
 runs = {}
 for rate in rates:  # the mean over seeds, per learning rate

@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-
 from public_api import OBJECTS, PUBLIC_MODULES
 
 DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
@@ -256,8 +255,9 @@ def test_built_site_is_clean(site):
         for block in main.select("div.highlight pre"):
             if block.find_parent("div", class_="cell_output"):
                 continue
-            problems += [f"{name}: wide code: {line[:60]!r}" for line in block.get_text().splitlines()
-                         if len(line) > COLUMN]
+            problems += [
+                f"{name}: wide code: {line[:60]!r}" for line in block.get_text().splitlines() if len(line) > COLUMN
+            ]
         for anchor in main.select("[id]"):
             if anchor["id"].count("nnjax.") > 1:
                 problems.append(f"{name}: a doubled name: {anchor['id']}")

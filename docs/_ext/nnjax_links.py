@@ -20,8 +20,22 @@ JAX_DOCS = "https://docs.jax.dev/en/latest"
 OPTAX_DOCS = "https://optax.readthedocs.io/en/latest"
 ALIASES = {"nn": "nnjax", "jnp": "jax.numpy"}  # as the notebooks and guides import them
 # `from nnjax import losses`: in code, `losses.mse` is nnjax's when nnjax has that name
-SUBMODULES = {"activations", "callbacks", "config", "data", "ensemble", "initializers", "interop", "losses",
-              "metrics", "models", "per_example", "plots", "precision", "sharding"}
+SUBMODULES = {
+    "activations",
+    "callbacks",
+    "config",
+    "data",
+    "ensemble",
+    "initializers",
+    "interop",
+    "losses",
+    "metrics",
+    "models",
+    "per_example",
+    "plots",
+    "precision",
+    "sharding",
+}
 
 # Optax's API pages by the module that defines a name (its docs group names by topic, not by module).
 OPTAX_PAGES = [
