@@ -35,6 +35,8 @@ source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-n
 exclude_patterns = ["_build", "**.ipynb_checkpoints"]
 html_theme = "furo"
 html_title = f"nnjax {version}"
+html_static_path = ["_static"]
+html_css_files = ["nnjax.css"]  # linked names in code blocks: a dotted underline
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"

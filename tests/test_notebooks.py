@@ -7,6 +7,7 @@ displayed a PNG.
 
 import importlib.util
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ pytest.importorskip("ipykernel")
 pytest.importorskip("matplotlib")
 
 ROOT = Path(__file__).resolve().parents[1]
+# tqdm on stderr: a bar state ("16/48 [00:00<...]"), or its warning that ipywidgets is missing
+TQDM = re.compile(r"\d+/\d+ \[|IProgress not found|from \.autonotebook import")
 FOLDER = ROOT / "notebooks"
 NAMES = sorted(p.name for p in FOLDER.glob("*.ipynb"))
 
@@ -95,3 +98,8 @@ def test_notebook_executes(name, tmp_path, monkeypatch):
             assert "image/png" in kinds, f"{name}: the cell {cell.source.splitlines()[0]!r} displayed no figure"
     text = "".join(o.get("text", "") for c in code for o in c.outputs)
     assert "devices:" in text
+    # The docs site leaves stderr out (conf.py: tqdm's text bar and its IProgress warning); anything else
+    # there would be hidden from readers, so it fails here.
+    stderr = "".join(o.get("text", "") for c in code for o in c.outputs if o.get("name") == "stderr")
+    hidden = [line for line in re.split(r"[\r\n]", stderr) if line.strip() and not TQDM.search(line)]
+    assert not hidden, f"{name}: stderr the docs site would hide: {hidden[:5]}"

@@ -19,23 +19,16 @@ from collections.abc import Callable
 JAX_DOCS = "https://docs.jax.dev/en/latest"
 OPTAX_DOCS = "https://optax.readthedocs.io/en/latest"
 ALIASES = {"nn": "nnjax", "jnp": "jax.numpy"}  # as the notebooks and guides import them
+
+
+def _submodules() -> frozenset[str]:
+    import nnjax
+
+    return frozenset(name for name in nnjax.__all__ if inspect.ismodule(getattr(nnjax, name)))
+
+
 # `from nnjax import losses`: in code, `losses.mse` is nnjax's when nnjax has that name
-SUBMODULES = {
-    "activations",
-    "callbacks",
-    "config",
-    "data",
-    "ensemble",
-    "initializers",
-    "interop",
-    "losses",
-    "metrics",
-    "models",
-    "per_example",
-    "plots",
-    "precision",
-    "sharding",
-}
+SUBMODULES = _submodules()
 
 # Optax's API pages by the module that defines a name (its docs group names by topic, not by module).
 OPTAX_PAGES = [
