@@ -206,7 +206,8 @@ nn.summary(house, (4,))
 validation = (sx.transform(x_test), sy.transform(y_test))
 result = nn.fit(house, nn.losses.half_mse, optax.adam(1e-2), sx.transform(x_train),
                 sy.transform(y_train), epochs=5 if SMOKE else 100, batch_size=32,
-                validation_data=validation)
+                validation_data=validation)"""),
+    code("""
 nn.plots.plot_history(result.history, logy=True)"""),
     code("""
 nn.plots.plot_network(house, result.train_state.params, (4,), only_positive=True,
@@ -366,7 +367,8 @@ table = nn.summary(cnn, (8, 8, 1))  # prints the table and returns it"""),
 result = nn.fit(cnn, nn.losses.softmax_cross_entropy, optax.adam(2e-3), x_train,
                 y_train, epochs=3 if SMOKE else 25, batch_size=32,
                 metrics={"accuracy": nn.metrics.accuracy},
-                validation_data=(x_test, y_test))
+                validation_data=(x_test, y_test))"""),
+    code("""
 nn.plots.plot_history(result.history)"""),
     code("""
 logits = nn.predict(cnn, result.train_state, x_test)
@@ -440,7 +442,8 @@ forecaster = nn.serial(nn.LSTM(32, return_sequences=False), nn.Dense(1))
 nn.summary(forecaster, (window, 1))
 result = nn.fit(forecaster, nn.losses.mse, optax.adam(3e-3), x_train, y_train,
                 epochs=3 if SMOKE else 30, batch_size=32,
-                validation_data=(x_test, y_test))
+                validation_data=(x_test, y_test))"""),
+    code("""
 nn.plots.plot_history(result.history, logy=True)"""),
     code("""
 import matplotlib.pyplot as plt
@@ -535,7 +538,8 @@ table = nn.summary(lm, (T,))  # prints the table and returns it"""),
     scrolled("""
 result = nn.fit(lm, nn.losses.softmax_cross_entropy, optax.adamw(3e-3), x_text, y_text,
                 epochs=3 if SMOKE else 150, batch_size=32,
-                metrics={"accuracy": nn.metrics.accuracy}, progress=not SMOKE)
+                metrics={"accuracy": nn.metrics.accuracy}, progress=not SMOKE)"""),
+    code("""
 nn.plots.plot_history(result.history)"""),
     md("""
 At full size (150 epochs) the model predicts 96.5% of the next characters (it passes 90% after

@@ -73,6 +73,8 @@ def test_outputs_show_once_and_long_logs_scroll(name):
         if trains and "progress=False" not in cell.source:
             tags = cell.metadata.get("tags", [])
             assert "scroll-output" in tags, f"{name}: tag {cell.source.splitlines()[0]!r} scroll-output"
+        if "scroll-output" in cell.metadata.get("tags", []):  # a figure at the end of a scrolled log is hidden
+            assert not plotting(cell), f"{name}: plot in a cell of its own after {cell.source.splitlines()[0]!r}"
 
 
 def plotting(cell) -> bool:

@@ -158,9 +158,17 @@ def setup(app):
             return
         domain = app.env.get_domain("py")
         objects, modules = domain.objects, domain.modules
+        # a capitalized name written bare (`BestModel`) links when one public module alone has it
+        short: dict[str, list[str]] = {}
+        for name in objects:
+            if "._" not in name:  # autodoc also records a class under its private module
+                short.setdefault(name.rsplit(".", 1)[-1], []).append(name)
+        classes = {name: fulls[0] for name, fulls in short.items() if len(fulls) == 1}
 
         def resolve(full: str) -> str | None:
             if full.startswith("nnjax"):
+                if full not in objects and full.count(".") == 1 and full[6:7].isupper():
+                    full = classes.get(full[6:], full)  # `BestModel` is nnjax.callbacks.BestModel
                 if full in objects:
                     entry = objects[full]
                     docname, anchor = entry.docname, entry.node_id
