@@ -112,7 +112,7 @@ def children(layer: Layer) -> tuple[str, tuple[Layer, ...]] | None:
 def child_keys(layer: Layer, subs: tuple[Layer, ...]) -> list[str]:
     """The params keys of ``layer``'s sub-layers ``subs`` (as ``children`` gives them): the names ``serial``
     chose (given names kept), else kind and position."""
-    fn = layer.apply
+    fn = inspect.unwrap(layer.apply)
     code = getattr(fn, "__code__", None)
     closure = dict(zip(code.co_freevars, fn.__closure__ or (), strict=True)) if code is not None else {}
     try:
