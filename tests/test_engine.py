@@ -135,8 +135,8 @@ def _poisoned_batch():
 
 def test_dp_and_loss_scaled_steps_skip_nonfinite_updates():
     ts = nnjax.init_train_state(MODEL, optax.sgd(0.1), jax.random.key(0), (4,))
-    dp = nnjax.per_example.make_dp_train_step(MODEL, LOSS, optax.sgd(0.1), l2_norm_clip=1.0, noise_multiplier=0.5,
-                                              nonfinite="skip", jit=False)
+    dp = jax.jit(nnjax.per_example.make_dp_train_step(  # jitted, not donated: ts is used twice
+        MODEL, LOSS, optax.sgd(0.1), l2_norm_clip=1.0, noise_multiplier=0.5, nonfinite="skip", jit=False))
     new, metrics = dp(ts, _poisoned_batch())
     assert int(metrics["nonfinite"]) == 1 and int(new.step) == 1 and _same(new.params, ts.params)
     new, metrics = dp(ts, (jnp.asarray(X[:8]), jnp.asarray(Y[:8])))
@@ -144,11 +144,11 @@ def test_dp_and_loss_scaled_steps_skip_nonfinite_updates():
 
     opt = nnjax.precision.dynamic_loss_scale(optax.sgd(0.1), initial_scale=2.0**8)
     ts = nnjax.init_train_state(MODEL, opt, jax.random.key(0), (4,))
-    scaled = nnjax.precision.make_loss_scaled_train_step(MODEL, LOSS, opt, jit=False)
+    scaled = jax.jit(nnjax.precision.make_loss_scaled_train_step(MODEL, LOSS, opt, jit=False))
     new, metrics = scaled(ts, _poisoned_batch())
     assert int(metrics["nonfinite"]) == 1 and float(metrics["grads_finite"]) == 0.0
     assert float(new.opt_state.loss_scale.scale) == 2.0**7 and _same(new.params, ts.params)  # backed off, skipped
-    halted, _ = nnjax.precision.make_loss_scaled_train_step(MODEL, LOSS, opt, nonfinite="halt", jit=False)(
+    halted, _ = jax.jit(nnjax.precision.make_loss_scaled_train_step(MODEL, LOSS, opt, nonfinite="halt", jit=False))(
         ts, _poisoned_batch())
     assert int(halted.step) == 0
     with pytest.raises(ValueError, match="make_loss_scaled_train_step: argument `nonfinite` expected 'skip' or"):
