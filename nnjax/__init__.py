@@ -106,6 +106,7 @@ from nnjax._src.recurrent import (
     SimpleRNNCell,
     sequence_mask,
 )
+from nnjax._src.stack import Stacked, remat, stack
 from nnjax._src.step_stats import StepStats
 from nnjax._src.stream import fit_stream, prefetch_to_device
 from nnjax._src.summary import summarize, summary
@@ -165,6 +166,7 @@ __all__ = [
     "Softmax",
     "Softplus",
     "Step",
+    "Stacked",
     "StepStats",
     "StraightThroughStep",
     "Tanh",
@@ -210,6 +212,7 @@ __all__ = [
     "predict",
     "prefetch_to_device",
     "reference_attention",
+    "remat",
     "residual",
     "restore_checkpoint",
     "save_checkpoint",
@@ -217,6 +220,7 @@ __all__ = [
     "serial",
     "sharding",
     "sinusoidal_positions",
+    "stack",
     "stateless",
     "step_key",
     "summarize",
