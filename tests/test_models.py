@@ -262,10 +262,11 @@ def tiny_gpt(**overrides):
     return models.GPT(**{**config, **overrides})
 
 
-@pytest.fixture(scope="module")
-def gpt():
-    """A tiny GPT, its params, and its full forward ``(params, tokens (BATCH, MAX_LEN)) -> logits``, compiled once."""
-    model = tiny_gpt()
+@pytest.fixture(scope="module", params=[True, False], ids=["stacked", "unrolled"])
+def gpt(request):
+    """A tiny GPT (stacked blocks, then unrolled), its params, and its full forward ``(params, tokens (BATCH,
+    MAX_LEN)) -> logits``, compiled once."""
+    model = tiny_gpt(scan_layers=request.param)
     params, _ = model.init(jax.random.key(0), (MAX_LEN,))
     return model, params, jax.jit(lambda p, tokens: model.apply(p, {}, tokens)[0])
 
@@ -274,12 +275,18 @@ def random_tokens(seed, length=MAX_LEN):
     return jax.random.randint(jax.random.key(seed), (BATCH, length), 0, VOCAB, jnp.int32)
 
 
-def test_gpt_params_are_readable_and_tied():
-    model = tiny_gpt()
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_gpt_params_are_readable_and_tied(scan_layers):
+    model = tiny_gpt(scan_layers=scan_layers)
     params, state = abstract_init(model, (MAX_LEN,))
     assert state == {}
-    assert sorted(params) == ["block_0", "block_1", "final_norm", "position_embedding", "token_embedding"]
-    shapes = jax.tree.map(lambda a: a.shape, params["block_1"])
+    if scan_layers:  # one stack: every array of the block with a leading depth axis
+        assert sorted(params) == ["blocks", "final_norm", "position_embedding", "token_embedding"]
+        shapes = jax.tree.map(lambda a: a.shape[1:], params["blocks"]["layers"])
+        assert {a.shape[0] for a in jax.tree.leaves(params["blocks"])} == {2}
+    else:
+        assert sorted(params) == ["block_0", "block_1", "final_norm", "position_embedding", "token_embedding"]
+        shapes = jax.tree.map(lambda a: a.shape, params["block_1"])
     assert shapes["attention"]["query"] == {"w": (32, 4, 8), "b": (4, 8)}
     assert shapes["attention"]["out"] == {"w": (4, 8, 32), "b": (32,)}
     assert shapes["mlp"] == {"hidden": {"w": (32, 64), "b": (64,)}, "out": {"w": (64, 32), "b": (32,)}}
@@ -288,7 +295,41 @@ def test_gpt_params_are_readable_and_tied():
     block = 4 * (32 * 32 + 32) + 2 * 2 * 32 + (32 * 64 + 64) + (64 * 32 + 32)
     assert count(params) == VOCAB * 32 + MAX_LEN * 32 + 2 * block + 2 * 32
     assert model.output_shape((10,)) == (10, VOCAB) and model.input_dtype == jnp.int32
-    assert model.config == models.GPTConfig(VOCAB, MAX_LEN, 32, 2, 4, 64, 0.0)
+    assert model.config == models.GPTConfig(VOCAB, MAX_LEN, 32, 2, 4, 64, 0.0, scan_layers)
+
+
+def test_gpt_stacked_and_unrolled_draw_the_same_params_and_compute_the_same_logits(x64):
+    """Same key, same values (block i at index i); same logits and gradients in float64, dropout masks included;
+    ``remat`` leaves them unchanged; params of one form given to the other raise a LayerError naming both."""
+    small = dict(hidden=8, num_heads=2, mlp_dim=16, dropout_rate=0.2)
+    stacked, unrolled = tiny_gpt(**small), tiny_gpt(**small, scan_layers=False)
+    remat = tiny_gpt(**small, remat="dots_saveable")
+    p_s, _ = stacked.init(jax.random.key(0), (MAX_LEN,), jnp.float64)
+    p_u, _ = unrolled.init(jax.random.key(0), (MAX_LEN,), jnp.float64)
+    for i in range(2):
+        copy_i = jax.tree.map(lambda a, i=i: a[i], p_s["blocks"]["layers"])
+        jax.tree.map(np.testing.assert_array_equal, copy_i, p_u[f"block_{i}"])
+    tokens, key = random_tokens(8), jax.random.key(9)
+
+    def run(model, params):
+        loss = lambda p: jnp.sum(jnp.tanh(model.apply(p, {}, tokens, key=key, train=True)[0]))  # noqa: E731
+        return jax.jit(jax.value_and_grad(loss), compiler_options={"xla_backend_optimization_level": 0})(params)
+
+    (l_s, g_s), (l_u, g_u), (l_r, g_r) = run(stacked, p_s), run(unrolled, p_u), run(remat, p_s)
+    np.testing.assert_allclose(l_s, l_u, rtol=1e-12)
+    np.testing.assert_allclose(l_r, l_s, rtol=1e-12)
+    for i in range(2):
+        copy_i = jax.tree.map(lambda a, i=i: a[i], g_s["blocks"]["layers"])
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-12), copy_i, g_u[f"block_{i}"])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-12), g_r, g_s)
+    with pytest.raises(
+        nnjax.LayerError, match=r"expected the stacked form .* given the unrolled form .*scan_layers=False"
+    ):
+        stacked.apply(p_u, {}, tokens)
+    with pytest.raises(
+        nnjax.LayerError, match=r"expected the unrolled form .* given the stacked form .*scan_layers=True"
+    ):
+        models.generate(unrolled, p_s, tokens[:, :2], 2, temperature=0.0)
 
 
 def test_gpt_is_causal_and_differentiable(gpt):
@@ -326,6 +367,7 @@ def test_cached_decoding_equals_full_recomputation(gpt):
     tokens = random_tokens(2)
     cache = models.gpt_init_cache(model, batch=BATCH)
     assert cache.keys[0].shape == (BATCH, MAX_LEN, 4, 8) and len(cache.values) == 2
+    assert isinstance(cache.keys, tuple) != model.config.scan_layers  # stacked: one (depth, B, L, N, H) array
     cached = cached_logits(params, cache, tokens, chunks=(4, 3))  # positions 0-3, 4-6, then 7..11 one by one
     np.testing.assert_allclose(cached, full(params, tokens), rtol=1e-5, atol=1e-5)  # full: MultiHeadAttention
 
@@ -395,12 +437,12 @@ def test_decode_step_costs_one_position_not_the_prefix():
 
 
 def test_gpt_errors_name_the_function_and_argument(gpt):
-    _, params, _ = gpt
+    built, params, _ = gpt
     with pytest.raises(ValueError, match=r"GPT: argument `num_heads` expected a divisor of hidden=30 \(each head gets"):
         tiny_gpt(hidden=30)
     with pytest.raises(ValueError, match=r"GPT: argument `depth` expected a positive int, given 0"):
         tiny_gpt(depth=0)
-    model = tiny_gpt(dropout_rate=0.1)  # the same params fit
+    model = tiny_gpt(dropout_rate=0.1, scan_layers=built.config.scan_layers)  # the same params fit
     prompt = jnp.ones((BATCH, 4), jnp.int32)
     with pytest.raises(nnjax.LayerError, match=r"argument `x` expected sequences of 1 to max_len=12 tokens"):
         model.apply(params, {}, jnp.ones((BATCH, 13), jnp.int32))
@@ -415,7 +457,7 @@ def test_gpt_errors_name_the_function_and_argument(gpt):
     with pytest.raises(TypeError, match=r"generate: argument `model` expected a model built by nnjax.models.GPT"):
         models.generate(nnjax.Dense(3), params, prompt, 2, temperature=0.0)
     with pytest.raises(nnjax.LayerError, match=r"generate: argument `params` expected the params of the model"):
-        models.generate(tiny_gpt(depth=3), params, prompt, 2, temperature=0.0)
+        models.generate(tiny_gpt(depth=3, scan_layers=built.config.scan_layers), params, prompt, 2, temperature=0.0)
     cache = models.gpt_init_cache(model, batch=BATCH, max_len=8)
     with pytest.raises(nnjax.LayerError, match=r"gpt_decode_step: argument `position` expected a position in \[0, 7\]"):
         models.gpt_decode_step(params, cache, prompt[:, 0], 8)
