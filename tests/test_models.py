@@ -137,14 +137,21 @@ def tiny_vit(**overrides):
     return models.ViT(**{**config, **overrides})
 
 
-def test_vit_params_and_shapes():
-    model = models.ViT(patch_size=4, hidden=48, depth=3, num_heads=6, mlp_dim=96, num_classes=7)
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_vit_params_and_shapes(scan_layers):
+    model = models.ViT(
+        patch_size=4, hidden=48, depth=3, num_heads=6, mlp_dim=96, num_classes=7, scan_layers=scan_layers
+    )
     params, state = abstract_init(model, (32, 32, 3))
     assert state == {} or not jax.tree.leaves(state)
     assert params["patch_embedding_0"]["w"].shape == (4, 4, 3, 48)
     assert params["class_token_1"]["token"].shape == (48,)
     assert params["position_embedding_2"]["table"].shape == (65, 48)  # (32 / 4)^2 patches + the class token
-    assert sorted(params["encoder_4"]) == [f"transformer_encoder_block_{i}" for i in range(3)]
+    if scan_layers:  # one stack: the block's arrays with a leading depth axis
+        assert sorted(params["encoder_4"]) == ["layers"]
+        assert params["encoder_4"]["layers"]["attention"]["query"]["w"].shape == (3, 48, 6, 8)
+    else:
+        assert sorted(params["encoder_4"]) == [f"transformer_encoder_block_{i}" for i in range(3)]
     assert params["dense_7"]["w"].shape == (48, 7)
     block = 4 * (48 * 48 + 48) + 2 * 2 * 48 + (48 * 96 + 96) + (96 * 48 + 48)  # q, k, v, out; 2 norms; MLP
     assert count(params) == 4 * 4 * 3 * 48 + 48 + 48 + 65 * 48 + 3 * block + 2 * 48 + 48 * 7 + 7
@@ -163,6 +170,37 @@ def test_vit_trains_on_synthetic_cifar():
         train_state, metrics = step(train_state, (x, y))
         losses.append(float(metrics["loss"]))
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+@pytest.mark.slow  # two float64 compiles of a train step: about 5 s on 2 cores
+def test_vit_stacked_equals_unrolled_in_float64(x64):
+    """The unrolled encoder given the stacked copies computes the same logits and gradients, dropout included."""
+    small = dict(hidden=8, num_heads=2, mlp_dim=16, depth=2, dropout_rate=0.2)
+    stacked, unrolled = tiny_vit(**small), tiny_vit(**small, scan_layers=False, remat="nothing_saveable")
+    params, state = jax.jit(lambda k: stacked.init(k, (16, 16, 3), jnp.float64))(jax.random.key(0))  # one compile
+    blocks = params["encoder_4"]["layers"]
+    as_unrolled = {
+        **params,
+        "encoder_4": {f"transformer_encoder_block_{i}": jax.tree.map(lambda a, i=i: a[i], blocks) for i in range(2)},
+    }
+    u_state = jax.eval_shape(lambda k: unrolled.init(k, (16, 16, 3), jnp.float64), jax.random.key(0))[1]
+    x = jax.random.normal(jax.random.key(1), (2, 16, 16, 3), jnp.float64)
+    key = jax.random.key(2)
+
+    def run(model, p, s):
+        loss = lambda p: jnp.sum(jnp.sin(model.apply(p, s, x, key=key, train=True)[0]))  # noqa: E731
+        return jax.jit(jax.value_and_grad(loss), compiler_options={"xla_backend_optimization_level": 0})(p)
+
+    (l_s, g_s), (l_u, g_u) = run(stacked, params, state), run(unrolled, as_unrolled, u_state)
+    np.testing.assert_allclose(l_s, l_u, rtol=1e-12)
+    for i in range(2):
+        copy_i = jax.tree.map(lambda a, i=i: a[i], g_s["encoder_4"]["layers"])
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, atol=1e-12),
+            copy_i,
+            g_u["encoder_4"][f"transformer_encoder_block_{i}"],
+        )
+    np.testing.assert_allclose(g_s["dense_7"]["w"], g_u["dense_7"]["w"], atol=1e-12)
 
 
 def test_vit_errors():
@@ -238,7 +276,7 @@ def test_lenet5_learns_the_digits():
 def test_summary_prints_a_row_per_layer(capsys):
     cases = [
         (models.ResNet20(), (32, 32, 3), ["stage_3: Serial", "basic_block_0  BasicBlock(64, strides=2)", "272,474"]),
-        (tiny_vit(), (32, 32, 3), ["patch_embedding_0  PatchEmbedding(8, 32)", "encoder_4: Serial", "dense_7"]),
+        (tiny_vit(), (32, 32, 3), ["patch_embedding_0  PatchEmbedding(8, 32)", "encoder_4: Stack(n=1)", "dense_7"]),
         (models.LeNet5(padding="SAME"), (8, 8, 1), ["conv_3  Conv(16, (5, 5))", "dense_11  Dense(10)", "21,386"]),
         (models.MLP((8,)), (8, 8, 1), ["flatten_0  Flatten", "dense_1  Dense(8)", "Total params: 610"]),
         (models.GPT(20, 8, 16, 2, 2, 32), (8,), ["GPT(vocab_size=20, hidden=16, depth=2)", "(8, 20)"]),
@@ -298,14 +336,15 @@ def test_gpt_params_are_readable_and_tied(scan_layers):
     assert model.config == models.GPTConfig(VOCAB, MAX_LEN, 32, 2, 4, 64, 0.0, scan_layers)
 
 
+@pytest.mark.slow  # three float64 compiles of a train step: about 6 s on 2 cores
 def test_gpt_stacked_and_unrolled_draw_the_same_params_and_compute_the_same_logits(x64):
     """Same key, same values (block i at index i); same logits and gradients in float64, dropout masks included;
     ``remat`` leaves them unchanged; params of one form given to the other raise a LayerError naming both."""
     small = dict(hidden=8, num_heads=2, mlp_dim=16, dropout_rate=0.2)
     stacked, unrolled = tiny_gpt(**small), tiny_gpt(**small, scan_layers=False)
     remat = tiny_gpt(**small, remat="dots_saveable")
-    p_s, _ = stacked.init(jax.random.key(0), (MAX_LEN,), jnp.float64)
-    p_u, _ = unrolled.init(jax.random.key(0), (MAX_LEN,), jnp.float64)
+    p_s, _ = jax.jit(lambda k: stacked.init(k, (MAX_LEN,), jnp.float64))(jax.random.key(0))  # one compile each
+    p_u, _ = jax.jit(lambda k: unrolled.init(k, (MAX_LEN,), jnp.float64))(jax.random.key(0))
     for i in range(2):
         copy_i = jax.tree.map(lambda a, i=i: a[i], p_s["blocks"]["layers"])
         jax.tree.map(np.testing.assert_array_equal, copy_i, p_u[f"block_{i}"])

@@ -194,7 +194,9 @@ def stack(block: Layer, n: int, *, remat: Any = None, unroll: int | bool = 1) ->
                 one = block.init(None, input_shape, dtype)
                 params, state = jax.tree.map(lambda a: jnp.broadcast_to(a, (n, *jnp.shape(a))), one)
             else:
-                params, state = jax.vmap(lambda k: block.init(k, input_shape, dtype))(jax.random.split(key, n))
+                # one compiled program (eagerly, a vmapped init runs op by op, slowly); a no-op inside a trace
+                draw = jax.jit(jax.vmap(lambda k: block.init(k, input_shape, dtype)))
+                params, state = draw(jax.random.split(key, n))
             first_p, first_s = jax.tree.map(lambda a: a[0], (params, state))
             spec = input_spec(block, input_shape, dtype)
             out = output_spec(block, first_p, first_s, spec)
