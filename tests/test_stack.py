@@ -237,3 +237,29 @@ def test_checkpoint_round_trip_and_a_clear_error_for_an_unrolled_checkpoint(tmp_
     nnjax.save_checkpoint(tmp_path / "unrolled", nnjax.init_train_state(unrolled, opt, jax.random.key(0), (4,)))
     with pytest.raises(nnjax.CheckpointMismatchError, match=r"holds an unrolled model .* the model is stacked"):
         nnjax.restore_checkpoint(tmp_path / "unrolled", nnjax.abstract_train_state(stacked, opt, (4,)))
+
+
+def test_interop_pairs_copy_i_with_torch_prefix_i_and_stacks_back():
+    """``stack(block, 2)`` is an ``nn.Sequential`` of two blocks to ``nnjax.interop``: ``0.*`` and ``1.*``; BatchNorm
+    statistics go to the stacked state; export gives the same keys back."""
+    block = nnjax.serial(nnjax.Dense(3), nnjax.BatchNorm())  # nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    model = nnjax.stack(block, 2)
+    rs = np.random.RandomState(0)
+    sd = {}
+    for i in range(2):
+        sd |= {f"{i}.0.weight": rs.randn(3, 3), f"{i}.0.bias": rs.randn(3)}
+        sd |= {f"{i}.1.{name}": rs.rand(3) + 0.5 for name in ("weight", "bias", "running_mean", "running_var")}
+        sd[f"{i}.1.num_batches_tracked"] = np.array(0)
+    params, state = nnjax.interop.from_torch_state_dict(model, sd, input_shape=(3,))
+    assert params["layers"]["dense_0"]["w"].shape == (2, 3, 3)
+    for i in range(2):
+        np.testing.assert_allclose(params["layers"]["dense_0"]["w"][i], sd[f"{i}.0.weight"].T, rtol=1e-6)
+        np.testing.assert_allclose(state["layers"]["batch_norm_1"]["var"][i], sd[f"{i}.1.running_var"], rtol=1e-6)
+    exported = nnjax.interop.to_torch_state_dict(model, params, state, template=sd)
+    assert list(exported) == list(sd)
+    for key, value in sd.items():
+        np.testing.assert_allclose(exported[key], value, rtol=1e-6, err_msg=key)
+    with pytest.raises(
+        nnjax.interop.InteropError, match=r"wrong shape '1.0.weight': expected \(3, 3\), given \(4, 3\)"
+    ):
+        nnjax.interop.from_torch_state_dict(model, {**sd, "1.0.weight": np.ones((4, 3))}, input_shape=(3,))

@@ -51,6 +51,22 @@ def _policy(where: str, policy: Any) -> Callable[..., Any] | None:
     )
 
 
+def _key_order(tree: Any) -> Any:
+    """The dict structure of ``tree``, keys in insertion order (``None`` at other nodes)."""
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_key_order(t) for t in tree)
+    return {k: _key_order(v) for k, v in tree.items()} if isinstance(tree, dict) else None
+
+
+def _in_order(tree: Any, order: Any) -> Any:
+    """``tree`` with the dict key order of ``order`` (JAX transformations return dicts with sorted keys)."""
+    if isinstance(tree, (tuple, list)) and isinstance(order, (tuple, list)):
+        return type(tree)(_in_order(t, o) for t, o in zip(tree, order, strict=True))
+    if isinstance(tree, dict) and isinstance(order, dict) and set(tree) == set(order):
+        return {k: _in_order(tree[k], order[k]) for k in order}
+    return tree
+
+
 class Stacked(Layer):
     """The ``Layer`` that ``stack`` returns: a plain layer plus the ``block`` it repeats and the count ``n``.
 
@@ -190,13 +206,18 @@ def stack(block: Layer, n: int, *, remat: Any = None, unroll: int | bool = 1) ->
 
     def init(key, input_shape, dtype=jnp.float32):
         try:
+            order = {}
+
+            def one(k):
+                tree = block.init(k, input_shape, dtype)
+                order["tree"] = _key_order(tree)  # the block's forward order of named parts, for interop and repr
+                return tree
+
             if key is None:  # layers without random init (norms) accept None: the n copies are equal
-                one = block.init(None, input_shape, dtype)
-                params, state = jax.tree.map(lambda a: jnp.broadcast_to(a, (n, *jnp.shape(a))), one)
-            else:
-                # one compiled program (eagerly, a vmapped init runs op by op, slowly); a no-op inside a trace
-                draw = jax.jit(jax.vmap(lambda k: block.init(k, input_shape, dtype)))
-                params, state = draw(jax.random.split(key, n))
+                tree = jax.tree.map(lambda a: jnp.broadcast_to(a, (n, *jnp.shape(a))), one(None))
+            else:  # one compiled program (eagerly, a vmapped init runs op by op, slowly); inlined inside a trace
+                tree = jax.jit(jax.vmap(one))(jax.random.split(key, n))
+            params, state = _in_order(tree, order["tree"])
             first_p, first_s = jax.tree.map(lambda a: a[0], (params, state))
             spec = input_spec(block, input_shape, dtype)
             out = output_spec(block, first_p, first_s, spec)
