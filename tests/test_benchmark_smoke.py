@@ -198,7 +198,20 @@ def test_deep_models_table_reports_the_ratios():
 @pytest.mark.slow  # about 20 compiles of a tiny GPT step
 def test_deep_models_tiny_run(tmp_path):
     deep = load_script("deep_models.py")
-    result = deep.main(["--size", "tiny", "--steps", "1", "--repeats", "1", "--out", str(tmp_path / "deep.md")])
+    result = deep.main(
+        [
+            "--size",
+            "tiny",
+            "--steps",
+            "1",
+            "--repeats",
+            "1",
+            "--compile-repeats",
+            "1",
+            "--out",
+            str(tmp_path / "deep.md"),
+        ]
+    )
     assert {(r["depth"], r["scan_layers"]) for r in result["compile"]} == {
         (d, s) for d in (1, 2) for s in (True, False)
     }

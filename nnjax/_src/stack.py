@@ -235,13 +235,15 @@ def stack(block: Layer, n: int, *, remat: Any = None, unroll: int | bool = 1) ->
             y, new_s = step.apply(p, s, h, key=k, train=train)
             return y, new_s
 
+        def first(xs):
+            return jax.tree.map(lambda a: a[0], xs)
+
         try:
-            first = jax.tree.map(lambda a: a[0], (layers, layer_state, keys))
-            out = jax.eval_shape(lambda h: body(h, first)[0], x)
-            check_shape(tuple(out.shape), tuple(jnp.shape(x)), "x")
             xs = (layers, layer_state, keys)
+            out = jax.eval_shape(lambda h, xs: body(h, first(xs))[0], x, xs)  # one copy, traced abstractly
+            check_shape(tuple(out.shape), tuple(jnp.shape(x)), "x")
             if out.dtype != jnp.result_type(x):  # (e.g. float32 in, bfloat16 out): copy 0 first, the rest scanned
-                x, s_0 = body(x, first)
+                x, s_0 = body(x, first(xs))
                 rest = jax.tree.map(lambda a: a[1:], xs)
                 y, s_rest = lax.scan(body, x, rest, unroll=unroll)
                 new_state = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), s_0, s_rest)
