@@ -13,7 +13,7 @@ One run measures, for the zoo GPT (``nnjax.models.GPT``, AdamW, ``make_train_ste
 2. memory: ``compiled.memory_analysis().temp_size_in_bytes`` of the stacked step at ``--memory-depth``, with no
    remat and with each ``nnjax.remat`` policy, same batch. Target: ``nothing_saveable`` at most 40% of no remat.
 3. step time: the median of ``--repeats`` measurements of ``--steps`` steps each of ``make_train_step``'s jitted
-   step, stacked and unrolled, at ``--memory-depth``; their ratio.
+   step, stacked and unrolled in turns, at ``--memory-depth``; their ratio.
 
 Run:
   python benchmarks/deep_models.py                      # --size cpu (the issue's: hidden 64, 4 heads, T=32)
@@ -86,21 +86,28 @@ def compile_figures(model, config: dict) -> dict:
     }
 
 
-def step_time(model, config: dict, steps: int, repeats: int) -> float:
-    """Median seconds per train step (compiled once, then ``repeats`` runs of ``steps`` steps)."""
-    _, train_state, batch = _step_and_inputs(model, config, concrete=True)
-    step = nnjax.make_train_step(model, nnjax.losses.softmax_cross_entropy, optax.adamw(3e-4))  # jitted, donating
-    for _ in range(2):
-        train_state, _ = step(train_state, batch)
-    jax.block_until_ready(train_state)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(steps):
+def step_times(models: dict, config: dict, steps: int, repeats: int) -> dict:
+    """Median seconds per train step of each model, measured in turns (one run of ``steps`` steps of each model,
+    ``repeats`` times), so that a busy moment of a shared machine slows every model alike."""
+    runs = {}
+    for name, model in models.items():
+        _, train_state, batch = _step_and_inputs(model, config, concrete=True)
+        step = nnjax.make_train_step(model, nnjax.losses.softmax_cross_entropy, optax.adamw(3e-4))  # jit, donate
+        for _ in range(2):
             train_state, _ = step(train_state, batch)
         jax.block_until_ready(train_state)
-        times.append((time.perf_counter() - start) / steps)
-    return statistics.median(times)
+        runs[name] = [step, train_state, batch]
+    times = {name: [] for name in models}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            step, train_state, batch = run
+            start = time.perf_counter()
+            for _ in range(steps):
+                train_state, _ = step(train_state, batch)
+            jax.block_until_ready(train_state)
+            times[name].append((time.perf_counter() - start) / steps)
+            run[1] = train_state
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def fastest(build, config: dict, repeats: int) -> dict:
@@ -140,10 +147,7 @@ def run(
         memory_rows.append({"policy": policy, **figures})
         print(f"memory depth {memory_depth} remat={policy}: {figures}", flush=True)
     unrolled = compile_figures(gpt(config, memory_depth, scan_layers=False), config)
-    times = {
-        scan_layers: step_time(gpt(config, memory_depth, scan_layers=scan_layers), config, steps, repeats)
-        for scan_layers in (True, False)
-    }
+    times = step_times({sl: gpt(config, memory_depth, scan_layers=sl) for sl in (True, False)}, config, steps, repeats)
     return {
         "size": size,
         "config": config,
