@@ -172,7 +172,7 @@ def test_vit_trains_on_synthetic_cifar():
     assert losses[-1] < 0.7 * losses[0], losses
 
 
-@pytest.mark.slow  # two float64 compiles of a train step: about 5 s on 2 cores
+@pytest.mark.slow  # two float64 compiles of a train step: about 8 s on 2 cores
 def test_vit_stacked_equals_unrolled_in_float64(x64):
     """The unrolled encoder given the stacked copies computes the same logits and gradients, dropout included."""
     small = dict(hidden=8, num_heads=2, mlp_dim=16, depth=2, dropout_rate=0.2)
@@ -336,7 +336,7 @@ def test_gpt_params_are_readable_and_tied(scan_layers):
     assert model.config == models.GPTConfig(VOCAB, MAX_LEN, 32, 2, 4, 64, 0.0, scan_layers)
 
 
-@pytest.mark.slow  # three float64 compiles of a train step: about 6 s on 2 cores
+@pytest.mark.slow  # three float64 compiles of a train step: about 8 s on 2 cores
 def test_gpt_stacked_and_unrolled_draw_the_same_params_and_compute_the_same_logits(x64):
     """Same key, same values (block i at index i); same logits and gradients in float64, dropout masks included;
     ``remat`` leaves them unchanged; params of one form given to the other raise a LayerError naming both."""
