@@ -377,7 +377,9 @@ def gpt_init_cache(
       dtype: the cache's dtype (the params' dtype is exact; ``bfloat16`` halves the memory).
 
     Returns:
-      ``KVCache(keys, values)``, one ``(batch, max_len, num_heads, head_dim)`` array per block in each.
+      ``KVCache(keys, values)``: for the stacked model (``scan_layers=True``) one ``(depth, batch, max_len,
+      num_heads, head_dim)`` array each; for the unrolled model one ``(batch, max_len, num_heads, head_dim)`` array
+      per block in each.
 
     Raises:
       TypeError: ``model`` is not a GPT model or config; ``batch`` or ``max_len`` is not an int.
