@@ -508,3 +508,18 @@ def test_gpt_errors_name_the_function_and_argument(gpt):
         models.gpt_prefill(params, cache, prompt[:, 0])
     with pytest.raises(ValueError, match=r"gpt_init_cache: argument `max_len` expected an int in \[1, 12\]"):
         models.gpt_init_cache(model, batch=BATCH, max_len=32)
+
+
+def test_an_unrolled_gpt_checkpoint_restores_into_the_unrolled_model_and_names_the_fix_for_the_stacked(tmp_path):
+    small = dict(hidden=8, num_heads=2, mlp_dim=16)
+    unrolled, stacked = tiny_gpt(**small, scan_layers=False), tiny_gpt(**small)
+    opt = optax.sgd(0.1)
+    saved = nnjax.init_train_state(unrolled, opt, jax.random.key(0), (MAX_LEN,))
+    nnjax.save_checkpoint(tmp_path, saved)
+    restored, _ = nnjax.restore_checkpoint(tmp_path, nnjax.abstract_train_state(unrolled, opt, (MAX_LEN,)))
+    np.testing.assert_array_equal(
+        restored.params["block_1"]["mlp"]["out"]["w"], saved.params["block_1"]["mlp"]["out"]["w"]
+    )
+    hint = r"(?s)does not fit the model.*holds an unrolled model .*scan_layers=False"
+    with pytest.raises(nnjax.CheckpointMismatchError, match=hint):
+        nnjax.restore_checkpoint(tmp_path, nnjax.abstract_train_state(stacked, opt, (MAX_LEN,)))

@@ -414,7 +414,7 @@ def _check_leaves(where: str, path: str, step: int, expected: Mapping[str, Any],
             hint = (
                 f"the checkpoint holds {saved} model (nnjax.stack keeps its copies under 'layers') and the "
                 f"model is {model}: build the model as it was saved (the zoo's GPT and ViT: "
-                f"scan_layers={not saved_stacked}), or {hint}"
+                f"scan_layers={saved_stacked}), or {hint}"
             )
         raise CheckpointMismatchError(
             f"{where}: checkpoint step {step} in {path} does not fit the model: {len(problems)} leaves differ:\n"
