@@ -264,3 +264,16 @@ def test_interop_pairs_copy_i_with_torch_prefix_i_and_stacks_back():
         nnjax.interop.InteropError, match=r"wrong shape '1.0.weight': expected \(3, 3\), given \(4, 3\)"
     ):
         nnjax.interop.from_torch_state_dict(model, {**sd, "1.0.weight": np.ones((4, 3))}, input_shape=(3,))
+
+
+@pytest.mark.parametrize("unroll", [2, True])
+def test_unrolled_loop_iterations_compute_the_same(x64, unroll):
+    block = _block()
+    params, state = nnjax.stack(block, N).init(jax.random.key(0), (4,), jnp.float64)
+    x, key = _data(), jax.random.key(4)
+    y, new_state = nnjax.stack(block, N).apply(params, state, x, key=key, train=True)
+    y_u, new_u = jax.jit(lambda p, s: nnjax.stack(block, N, unroll=unroll).apply(p, s, x, key=key, train=True))(
+        params, state
+    )
+    _close(y_u, y)
+    _close(new_u, new_state)
