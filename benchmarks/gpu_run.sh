@@ -3,13 +3,15 @@
 # (no install step: nnjax is imported from this checkout). At most ~9 minutes (each part's limit):
 #   1. the GPU section: a small Transformer LM in bfloat16, tokens/s and MFU (benchmarks/lm_throughput.py);
 #   2. the anchor workloads for nnjax and hand-written JAX on the accelerator (benchmarks/anchors.py);
+#   2b. deep models (issue 25): the zoo GPT's compile time and program size stacked vs unrolled by depth, peak
+#      temporary memory per remat policy, step time (benchmarks/deep_models.py, --size small);
 #   3. the tests of the code paths that differ off CPU (the generic kernels: batch-major recurrent scans,
 #      hoisted input projections, JAX's convolution VJP, reduce_window pools; bfloat16 policies) on the
 #      accelerator, and tests/test_kernels.py: the CPU kernels still agree with them there.
 # Every part has its own time limit, so one that hangs leaves the others their time.
 #
 # Run: bash benchmarks/gpu_run.sh [OUT_DIR]       (default: $OUT, else /tmp/nnjax-gpu)
-#      LM_SIZE=tiny bash benchmarks/gpu_run.sh      (a quick try of the script itself, e.g. on CPU)
+#      LM_SIZE=tiny DEEP_SIZE=tiny bash benchmarks/gpu_run.sh   (a quick try of the script itself, e.g. on CPU)
 # GPU_RUN_TESTS overrides the test files (space-separated).
 set -u
 out=${1:-${OUT:-/tmp/nnjax-gpu}}
@@ -29,6 +31,10 @@ cat "$out/env.txt"
 timeout 200 "$py" benchmarks/lm_throughput.py --size "${LM_SIZE:-small}" --out "$out/results-gpu-lm.md" \
   >"$out/lm.log" 2>&1
 echo "lm_throughput: exit $?"; tail -n 25 "$out/lm.log"
+
+timeout 240 "$py" benchmarks/deep_models.py --size "${DEEP_SIZE:-small}" --out "$out/results-gpu-deep-models.md" \
+  >"$out/deep_models.log" 2>&1
+echo "deep_models: exit $?"; tail -n 25 "$out/deep_models.log"
 
 timeout 150 "$py" benchmarks/anchors.py --only peak,tiny,mlp,cnn,lstm,ensemble --impls 'nnjax*' \
   --out "$out/results-gpu-anchors.md" >"$out/anchors.log" 2>&1

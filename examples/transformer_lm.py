@@ -13,7 +13,8 @@ a time (the slow test asserts >= 99%); it runs in about 40 s on 2 shared CPU cor
     python examples/transformer_lm.py --task chars --text-file input.txt --steps 2000
 
 The model: Embedding -> positions (learned, sinusoidal, or RoPE inside attention) -> N pre-norm
-TransformerDecoderBlocks -> LayerNorm -> logits, by default tied to the embedding (``embedding_attend``).
+TransformerDecoderBlocks -> LayerNorm -> logits, by default tied to the embedding (``embedding_attend``). The
+blocks are one ``nnjax.stack`` (compiled once, whatever ``num_layers``); ``remat`` rematerializes each.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "num_layers": 2,
     "mlp_dim": 256,
     "dropout_rate": 0.0,
+    "remat": None,  # a nnjax.remat policy for each block, e.g. "nothing_saveable" (less memory, more compute)
     "positional": "learned",  # "learned", "sinusoidal" or "rope"
     "tie_embeddings": True,
     "batch_size": 64,
@@ -75,11 +77,13 @@ def TransformerLM(  # noqa: N802 - layer constructors are CamelCase
     dropout_rate: float = 0.0,
     positional: str = "learned",
     tie_embeddings: bool = True,
+    remat: str | None = None,
 ) -> nnjax.Layer:
     """A decoder-only Transformer: tokens ``(batch, T)`` -> next-token logits ``(batch, T, vocab_size)``.
 
-    Params: ``{"embedding": {"table"}, "body": <serial of positions and blocks>, "final_norm":
+    Params: ``{"embedding": {"table"}, "body": <serial of positions and one stack of the blocks>, "final_norm":
     {"scale", "bias"}, ["output": <Dense(vocab_size)> when not tied]}``; state: ``{"body": ...}`` (empty dicts).
+    The stack's params are ``{"layers": <a TransformerDecoderBlock's, with a leading num_layers axis>}``.
     """
     positions = {
         "learned": [nnjax.LearnedPositionalEmbedding(max_len)],
@@ -91,11 +95,9 @@ def TransformerLM(  # noqa: N802 - layer constructors are CamelCase
             f"TransformerLM: argument `positional` expected one of {sorted(positions)}, given {positional!r}."
         )
     embedding = nnjax.Embedding(vocab_size, d_model)
-    blocks = [
-        nnjax.TransformerDecoderBlock(num_heads, mlp_dim, dropout_rate, use_rope=positional == "rope")
-        for _ in range(num_layers)
-    ]
-    body = nnjax.serial(*positions[positional], *blocks)
+    block = nnjax.TransformerDecoderBlock(num_heads, mlp_dim, dropout_rate, use_rope=positional == "rope")
+    blocks = nnjax.stack(block, num_layers, remat=remat)  # one block compiled, scanned over stacked params
+    body = nnjax.serial(*positions[positional], blocks)
     output = nnjax.Dense(vocab_size)
 
     def init(key, input_shape, dtype=jnp.float32):
@@ -248,6 +250,7 @@ def train_and_evaluate(config: dict[str, Any] | None = None) -> dict[str, Any]:
         dropout_rate=cfg["dropout_rate"],
         positional=cfg["positional"],
         tie_embeddings=cfg["tie_embeddings"],
+        remat=cfg["remat"],
     )
     steps_per_epoch = len(x_train) // cfg["batch_size"]
     epochs = max(1, cfg["steps"] // steps_per_epoch)

@@ -113,6 +113,7 @@ from nnjax._src.recurrent import (
     SimpleRNNCell,
     sequence_mask,
 )
+from nnjax._src.stack import Stacked, remat, stack
 from nnjax._src.step_stats import StepStats
 from nnjax._src.stream import fit_stream, prefetch_to_device
 from nnjax._src.summary import summarize, summary
@@ -178,6 +179,7 @@ __all__ = [
     "Softmax",
     "Softplus",
     "Step",
+    "Stacked",
     "StepStats",
     "StraightThroughStep",
     "Tanh",
@@ -227,6 +229,7 @@ __all__ = [
     "predict",
     "prefetch_to_device",
     "reference_attention",
+    "remat",
     "residual",
     "restore_checkpoint",
     "save_checkpoint",
@@ -234,6 +237,7 @@ __all__ = [
     "serial",
     "sharding",
     "sinusoidal_positions",
+    "stack",
     "stateless",
     "step_key",
     "summarize",

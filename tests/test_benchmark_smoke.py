@@ -145,14 +145,15 @@ def test_gpu_run_script_runs_end_to_end_on_cpu(tmp_path):
     """benchmarks/gpu_run.sh as a GPU machine runs it, here with the tiny LM and one test file."""
     root = BENCH.parents[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}  # the inner pytest starts clean
-    env.update(LM_SIZE="tiny", PYTHON=sys.executable, GPU_RUN_TESTS="tests/test_precision.py")
+    env.update(LM_SIZE="tiny", DEEP_SIZE="tiny", PYTHON=sys.executable, GPU_RUN_TESTS="tests/test_precision.py")
     run = subprocess.run(
         ["bash", "benchmarks/gpu_run.sh", str(tmp_path)], cwd=root, env=env, capture_output=True, text=True, timeout=900
     )
     assert run.returncode == 0, run.stderr
-    for part in ("lm_throughput", "anchors", "tests"):
+    for part in ("lm_throughput", "deep_models", "anchors", "tests"):
         assert f"{part}: exit 0" in run.stdout, run.stdout
     assert "tokens/s" in (tmp_path / "results-gpu-lm.md").read_text()
+    assert "| remat policy |" in (tmp_path / "results-gpu-deep-models.md").read_text()
     assert "## targets" in (tmp_path / "results-gpu-anchors.md").read_text()
     assert " passed" in (tmp_path / "tests.log").read_text()
     assert "jax " in (tmp_path / "env.txt").read_text()
@@ -176,3 +177,54 @@ def test_finetune_benchmark_rows():
     spec.loader.exec_module(module)
     times = module.main(["--repeats", "1", "--target-s", "0.01"])
     assert list(times) == list(module.ROWS) and all(len(t) == 1 and t[0] > 0 for t in times.values())
+
+
+def _deep_result(scale=1.0):
+    """Figures shaped as ``deep_models.run`` returns them (made up: the table's arithmetic is what is checked)."""
+    compile_rows = [
+        {"depth": d, "scan_layers": sl, "lower_s": 0.1 * d, "compile_s": (1.0 if sl else d) * scale,
+         "text_chars": 1000 * (1 if sl else d), "temp_bytes": 2**20}
+        for d in (2, 24) for sl in (True, False)
+    ]  # fmt: skip
+    memory = [{"policy": p, "lower_s": 0.1, "compile_s": 1.0, "temp_bytes": b}
+              for p, b in ((None, 100 * 2**20), ("nothing_saveable", 25 * 2**20))]  # fmt: skip
+    config = {"vocab": 8, "seq": 4, "batch": 2, "hidden": 8, "heads": 2, "mlp": 16, "depths": (2, 24)}
+    return {"size": "cpu", "config": config, "backend": "cpu", "device": "cpu", "memory_depth": 12,
+            "compile": compile_rows, "memory": memory, "unrolled_temp_bytes": 2**21,
+            "step_s": {True: 0.002, False: 0.001}}  # fmt: skip
+
+
+def test_deep_models_table_reports_the_ratios():
+    deep = load_script("deep_models.py")
+    text = deep.markdown(_deep_result())
+    assert "| 24 | 2.40 | 1.00 | 1,000 | 2.40 | 24.00 | 24,000 | 24.0x |" in text
+    assert "- stacked: depth 24 / depth 2: compile 1.00x" in text and "(target: compile at most 1.5x)" in text
+    assert "- unrolled: depth 24 / depth 2: compile 12.00x" in text
+    assert "| `nothing_saveable` | 25.00 | 25% | 1.00 |" in text and "| none (no remat) | 100.00 | 100% |" in text
+    assert "stacked / unrolled 2.00x" in text
+
+
+@pytest.mark.slow  # about 20 compiles of a tiny GPT step
+def test_deep_models_tiny_run(tmp_path):
+    deep = load_script("deep_models.py")
+    result = deep.main(
+        [
+            "--size",
+            "tiny",
+            "--steps",
+            "1",
+            "--repeats",
+            "1",
+            "--compile-repeats",
+            "1",
+            "--out",
+            str(tmp_path / "deep.md"),
+        ]
+    )
+    assert {(r["depth"], r["scan_layers"]) for r in result["compile"]} == {
+        (d, s) for d in (1, 2) for s in (True, False)
+    }
+    assert all(r["compile_s"] > 0 and r["text_chars"] > 0 for r in result["compile"])
+    by_policy = {r["policy"]: r["temp_bytes"] for r in result["memory"]}
+    assert by_policy["nothing_saveable"] < by_policy[None]  # remat keeps less for the backward pass
+    assert "| remat policy |" in (tmp_path / "deep.md").read_text()

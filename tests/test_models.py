@@ -137,14 +137,21 @@ def tiny_vit(**overrides):
     return models.ViT(**{**config, **overrides})
 
 
-def test_vit_params_and_shapes():
-    model = models.ViT(patch_size=4, hidden=48, depth=3, num_heads=6, mlp_dim=96, num_classes=7)
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_vit_params_and_shapes(scan_layers):
+    model = models.ViT(
+        patch_size=4, hidden=48, depth=3, num_heads=6, mlp_dim=96, num_classes=7, scan_layers=scan_layers
+    )
     params, state = abstract_init(model, (32, 32, 3))
     assert state == {} or not jax.tree.leaves(state)
     assert params["patch_embedding_0"]["w"].shape == (4, 4, 3, 48)
     assert params["class_token_1"]["token"].shape == (48,)
     assert params["position_embedding_2"]["table"].shape == (65, 48)  # (32 / 4)^2 patches + the class token
-    assert sorted(params["encoder_4"]) == [f"transformer_encoder_block_{i}" for i in range(3)]
+    if scan_layers:  # one stack: the block's arrays with a leading depth axis
+        assert sorted(params["encoder_4"]) == ["layers"]
+        assert params["encoder_4"]["layers"]["attention"]["query"]["w"].shape == (3, 48, 6, 8)
+    else:
+        assert sorted(params["encoder_4"]) == [f"transformer_encoder_block_{i}" for i in range(3)]
     assert params["dense_7"]["w"].shape == (48, 7)
     block = 4 * (48 * 48 + 48) + 2 * 2 * 48 + (48 * 96 + 96) + (96 * 48 + 48)  # q, k, v, out; 2 norms; MLP
     assert count(params) == 4 * 4 * 3 * 48 + 48 + 48 + 65 * 48 + 3 * block + 2 * 48 + 48 * 7 + 7
@@ -163,6 +170,37 @@ def test_vit_trains_on_synthetic_cifar():
         train_state, metrics = step(train_state, (x, y))
         losses.append(float(metrics["loss"]))
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+@pytest.mark.slow  # two float64 compiles of a train step: about 8 s on 2 cores
+def test_vit_stacked_equals_unrolled_in_float64(x64):
+    """The unrolled encoder given the stacked copies computes the same logits and gradients, dropout included."""
+    small = dict(hidden=8, num_heads=2, mlp_dim=16, depth=2, dropout_rate=0.2)
+    stacked, unrolled = tiny_vit(**small), tiny_vit(**small, scan_layers=False, remat="nothing_saveable")
+    params, state = jax.jit(lambda k: stacked.init(k, (16, 16, 3), jnp.float64))(jax.random.key(0))  # one compile
+    blocks = params["encoder_4"]["layers"]
+    as_unrolled = {
+        **params,
+        "encoder_4": {f"transformer_encoder_block_{i}": jax.tree.map(lambda a, i=i: a[i], blocks) for i in range(2)},
+    }
+    u_state = jax.eval_shape(lambda k: unrolled.init(k, (16, 16, 3), jnp.float64), jax.random.key(0))[1]
+    x = jax.random.normal(jax.random.key(1), (2, 16, 16, 3), jnp.float64)
+    key = jax.random.key(2)
+
+    def run(model, p, s):
+        loss = lambda p: jnp.sum(jnp.sin(model.apply(p, s, x, key=key, train=True)[0]))  # noqa: E731
+        return jax.jit(jax.value_and_grad(loss), compiler_options={"xla_backend_optimization_level": 0})(p)
+
+    (l_s, g_s), (l_u, g_u) = run(stacked, params, state), run(unrolled, as_unrolled, u_state)
+    np.testing.assert_allclose(l_s, l_u, rtol=1e-12)
+    for i in range(2):
+        copy_i = jax.tree.map(lambda a, i=i: a[i], g_s["encoder_4"]["layers"])
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, atol=1e-12),
+            copy_i,
+            g_u["encoder_4"][f"transformer_encoder_block_{i}"],
+        )
+    np.testing.assert_allclose(g_s["dense_7"]["w"], g_u["dense_7"]["w"], atol=1e-12)
 
 
 def test_vit_errors():
@@ -238,7 +276,7 @@ def test_lenet5_learns_the_digits():
 def test_summary_prints_a_row_per_layer(capsys):
     cases = [
         (models.ResNet20(), (32, 32, 3), ["stage_3: Serial", "basic_block_0  BasicBlock(64, strides=2)", "272,474"]),
-        (tiny_vit(), (32, 32, 3), ["patch_embedding_0  PatchEmbedding(8, 32)", "encoder_4: Serial", "dense_7"]),
+        (tiny_vit(), (32, 32, 3), ["patch_embedding_0  PatchEmbedding(8, 32)", "encoder_4: Stack(n=1)", "dense_7"]),
         (models.LeNet5(padding="SAME"), (8, 8, 1), ["conv_3  Conv(16, (5, 5))", "dense_11  Dense(10)", "21,386"]),
         (models.MLP((8,)), (8, 8, 1), ["flatten_0  Flatten", "dense_1  Dense(8)", "Total params: 610"]),
         (models.GPT(20, 8, 16, 2, 2, 32), (8,), ["GPT(vocab_size=20, hidden=16, depth=2)", "(8, 20)"]),
@@ -262,10 +300,11 @@ def tiny_gpt(**overrides):
     return models.GPT(**{**config, **overrides})
 
 
-@pytest.fixture(scope="module")
-def gpt():
-    """A tiny GPT, its params, and its full forward ``(params, tokens (BATCH, MAX_LEN)) -> logits``, compiled once."""
-    model = tiny_gpt()
+@pytest.fixture(scope="module", params=[True, False], ids=["stacked", "unrolled"])
+def gpt(request):
+    """A tiny GPT (stacked blocks, then unrolled), its params, and its full forward ``(params, tokens (BATCH,
+    MAX_LEN)) -> logits``, compiled once."""
+    model = tiny_gpt(scan_layers=request.param)
     params, _ = model.init(jax.random.key(0), (MAX_LEN,))
     return model, params, jax.jit(lambda p, tokens: model.apply(p, {}, tokens)[0])
 
@@ -274,12 +313,18 @@ def random_tokens(seed, length=MAX_LEN):
     return jax.random.randint(jax.random.key(seed), (BATCH, length), 0, VOCAB, jnp.int32)
 
 
-def test_gpt_params_are_readable_and_tied():
-    model = tiny_gpt()
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_gpt_params_are_readable_and_tied(scan_layers):
+    model = tiny_gpt(scan_layers=scan_layers)
     params, state = abstract_init(model, (MAX_LEN,))
     assert state == {}
-    assert sorted(params) == ["block_0", "block_1", "final_norm", "position_embedding", "token_embedding"]
-    shapes = jax.tree.map(lambda a: a.shape, params["block_1"])
+    if scan_layers:  # one stack: every array of the block with a leading depth axis
+        assert sorted(params) == ["blocks", "final_norm", "position_embedding", "token_embedding"]
+        shapes = jax.tree.map(lambda a: a.shape[1:], params["blocks"]["layers"])
+        assert {a.shape[0] for a in jax.tree.leaves(params["blocks"])} == {2}
+    else:
+        assert sorted(params) == ["block_0", "block_1", "final_norm", "position_embedding", "token_embedding"]
+        shapes = jax.tree.map(lambda a: a.shape, params["block_1"])
     assert shapes["attention"]["query"] == {"w": (32, 4, 8), "b": (4, 8)}
     assert shapes["attention"]["out"] == {"w": (4, 8, 32), "b": (32,)}
     assert shapes["mlp"] == {"hidden": {"w": (32, 64), "b": (64,)}, "out": {"w": (64, 32), "b": (32,)}}
@@ -288,7 +333,42 @@ def test_gpt_params_are_readable_and_tied():
     block = 4 * (32 * 32 + 32) + 2 * 2 * 32 + (32 * 64 + 64) + (64 * 32 + 32)
     assert count(params) == VOCAB * 32 + MAX_LEN * 32 + 2 * block + 2 * 32
     assert model.output_shape((10,)) == (10, VOCAB) and model.input_dtype == jnp.int32
-    assert model.config == models.GPTConfig(VOCAB, MAX_LEN, 32, 2, 4, 64, 0.0)
+    assert model.config == models.GPTConfig(VOCAB, MAX_LEN, 32, 2, 4, 64, 0.0, scan_layers)
+
+
+@pytest.mark.slow  # three float64 compiles of a train step: about 8 s on 2 cores
+def test_gpt_stacked_and_unrolled_draw_the_same_params_and_compute_the_same_logits(x64):
+    """Same key, same values (block i at index i); same logits and gradients in float64, dropout masks included;
+    ``remat`` leaves them unchanged; params of one form given to the other raise a LayerError naming both."""
+    small = dict(hidden=8, num_heads=2, mlp_dim=16, dropout_rate=0.2)
+    stacked, unrolled = tiny_gpt(**small), tiny_gpt(**small, scan_layers=False)
+    remat = tiny_gpt(**small, remat="dots_saveable")
+    p_s, _ = jax.jit(lambda k: stacked.init(k, (MAX_LEN,), jnp.float64))(jax.random.key(0))  # one compile each
+    p_u, _ = jax.jit(lambda k: unrolled.init(k, (MAX_LEN,), jnp.float64))(jax.random.key(0))
+    for i in range(2):
+        copy_i = jax.tree.map(lambda a, i=i: a[i], p_s["blocks"]["layers"])
+        jax.tree.map(np.testing.assert_array_equal, copy_i, p_u[f"block_{i}"])
+    tokens, key = random_tokens(8), jax.random.key(9)
+
+    def run(model, params):
+        loss = lambda p: jnp.sum(jnp.tanh(model.apply(p, {}, tokens, key=key, train=True)[0]))  # noqa: E731
+        return jax.jit(jax.value_and_grad(loss), compiler_options={"xla_backend_optimization_level": 0})(params)
+
+    (l_s, g_s), (l_u, g_u), (l_r, g_r) = run(stacked, p_s), run(unrolled, p_u), run(remat, p_s)
+    np.testing.assert_allclose(l_s, l_u, rtol=1e-12)
+    np.testing.assert_allclose(l_r, l_s, rtol=1e-12)
+    for i in range(2):
+        copy_i = jax.tree.map(lambda a, i=i: a[i], g_s["blocks"]["layers"])
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-12), copy_i, g_u[f"block_{i}"])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-12), g_r, g_s)
+    with pytest.raises(
+        nnjax.LayerError, match=r"expected the stacked form .* given the unrolled form .*scan_layers=False"
+    ):
+        stacked.apply(p_u, {}, tokens)
+    with pytest.raises(
+        nnjax.LayerError, match=r"expected the unrolled form .* given the stacked form .*scan_layers=True"
+    ):
+        models.generate(unrolled, p_s, tokens[:, :2], 2, temperature=0.0)
 
 
 def test_gpt_is_causal_and_differentiable(gpt):
@@ -326,6 +406,7 @@ def test_cached_decoding_equals_full_recomputation(gpt):
     tokens = random_tokens(2)
     cache = models.gpt_init_cache(model, batch=BATCH)
     assert cache.keys[0].shape == (BATCH, MAX_LEN, 4, 8) and len(cache.values) == 2
+    assert isinstance(cache.keys, tuple) != model.config.scan_layers  # stacked: one (depth, B, L, N, H) array
     cached = cached_logits(params, cache, tokens, chunks=(4, 3))  # positions 0-3, 4-6, then 7..11 one by one
     np.testing.assert_allclose(cached, full(params, tokens), rtol=1e-5, atol=1e-5)  # full: MultiHeadAttention
 
@@ -395,12 +476,12 @@ def test_decode_step_costs_one_position_not_the_prefix():
 
 
 def test_gpt_errors_name_the_function_and_argument(gpt):
-    _, params, _ = gpt
+    built, params, _ = gpt
     with pytest.raises(ValueError, match=r"GPT: argument `num_heads` expected a divisor of hidden=30 \(each head gets"):
         tiny_gpt(hidden=30)
     with pytest.raises(ValueError, match=r"GPT: argument `depth` expected a positive int, given 0"):
         tiny_gpt(depth=0)
-    model = tiny_gpt(dropout_rate=0.1)  # the same params fit
+    model = tiny_gpt(dropout_rate=0.1, scan_layers=built.config.scan_layers)  # the same params fit
     prompt = jnp.ones((BATCH, 4), jnp.int32)
     with pytest.raises(nnjax.LayerError, match=r"argument `x` expected sequences of 1 to max_len=12 tokens"):
         model.apply(params, {}, jnp.ones((BATCH, 13), jnp.int32))
@@ -415,7 +496,7 @@ def test_gpt_errors_name_the_function_and_argument(gpt):
     with pytest.raises(TypeError, match=r"generate: argument `model` expected a model built by nnjax.models.GPT"):
         models.generate(nnjax.Dense(3), params, prompt, 2, temperature=0.0)
     with pytest.raises(nnjax.LayerError, match=r"generate: argument `params` expected the params of the model"):
-        models.generate(tiny_gpt(depth=3), params, prompt, 2, temperature=0.0)
+        models.generate(tiny_gpt(depth=3, scan_layers=built.config.scan_layers), params, prompt, 2, temperature=0.0)
     cache = models.gpt_init_cache(model, batch=BATCH, max_len=8)
     with pytest.raises(nnjax.LayerError, match=r"gpt_decode_step: argument `position` expected a position in \[0, 7\]"):
         models.gpt_decode_step(params, cache, prompt[:, 0], 8)
@@ -475,3 +556,18 @@ def test_gpt_norm_epsilon_is_an_argument():
     assert float(jnp.abs(y_default - y_wide).max()) > 1e-3
     with pytest.raises(ValueError, match=r"gpt_init_cache: the cached decoding takes GPT-2's LayerNorm epsilon"):
         models.gpt_init_cache(wide, batch=2)
+
+
+def test_an_unrolled_gpt_checkpoint_restores_into_the_unrolled_model_and_names_the_fix_for_the_stacked(tmp_path):
+    small = dict(hidden=8, num_heads=2, mlp_dim=16)
+    unrolled, stacked = tiny_gpt(**small, scan_layers=False), tiny_gpt(**small)
+    opt = optax.sgd(0.1)
+    saved = nnjax.init_train_state(unrolled, opt, jax.random.key(0), (MAX_LEN,))
+    nnjax.save_checkpoint(tmp_path, saved)
+    restored, _ = nnjax.restore_checkpoint(tmp_path, nnjax.abstract_train_state(unrolled, opt, (MAX_LEN,)))
+    np.testing.assert_array_equal(
+        restored.params["block_1"]["mlp"]["out"]["w"], saved.params["block_1"]["mlp"]["out"]["w"]
+    )
+    hint = r"(?s)does not fit the model.*holds an unrolled model .*scan_layers=False"
+    with pytest.raises(nnjax.CheckpointMismatchError, match=hint):
+        nnjax.restore_checkpoint(tmp_path, nnjax.abstract_train_state(stacked, opt, (MAX_LEN,)))

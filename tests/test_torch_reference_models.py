@@ -222,8 +222,12 @@ def vit_state_dict(module):
     return {("pos_embedding.weight" if k == "pos_embedding" else k): v for k, v in module.state_dict().items()}
 
 
-def test_vit_is_torch_pre_norm_transformer():
-    model = nnjax.models.ViT(patch_size=4, hidden=32, depth=2, num_heads=4, mlp_dim=64, num_classes=10)
+@pytest.mark.parametrize("scan_layers", [True, False], ids=["stacked", "unrolled"])
+def test_vit_is_torch_pre_norm_transformer(scan_layers):
+    """Both forms: the stacked encoder's copy ``i`` pairs with ``blocks.i`` as the unrolled block ``i`` does."""
+    model = nnjax.models.ViT(
+        patch_size=4, hidden=32, depth=2, num_heads=4, mlp_dim=64, num_classes=10, scan_layers=scan_layers
+    )
     module = randomized(TorchViT()).float().eval()
     x = np.random.RandomState(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
     sd = vit_state_dict(module)
@@ -326,15 +330,20 @@ def _separate_qkv_to_nnjax(t, p, s, ctx):
 SEPARATE_QKV = interop.Converter("4 nn.Linear (q, k, v, o)", _separate_qkv_to_torch, _separate_qkv_to_nnjax)
 
 
-def test_gpt_is_torch_gpt_with_separate_qkv_and_tied_embedding(monkeypatch):
+@pytest.mark.parametrize("scan_layers", [True, False], ids=["stacked", "unrolled"])
+def test_gpt_is_torch_gpt_with_separate_qkv_and_tied_embedding(monkeypatch, scan_layers):
     """interop has no converter for attention as four ``nn.Linear`` (its ``multi_head_attention`` is
     ``nn.MultiheadAttention``'s packed ``in_proj_weight``): one is registered through ``CONVERTERS`` and ``kinds``.
     The tied ``lm_head.weight`` (a second state_dict key for ``wte.weight``) is ignored on import and restored
-    from ``wte.weight`` on export."""
+    from ``wte.weight`` on export. The stacked blocks are seen as copies ``blocks/0``, ``blocks/1`` (paths for
+    ``kinds``); the unrolled ones are ``block_0``, ``block_1``."""
     monkeypatch.setitem(interop.CONVERTERS, "separate_qkv", SEPARATE_QKV)
-    model = nnjax.models.GPT(vocab_size=50, max_len=16, hidden=32, depth=2, num_heads=4, mlp_dim=64)
+    model = nnjax.models.GPT(
+        vocab_size=50, max_len=16, hidden=32, depth=2, num_heads=4, mlp_dim=64, scan_layers=scan_layers
+    )
     module = randomized(TorchGPT()).float().eval()
-    kw = dict(kinds={f"block_{i}/attention": "separate_qkv" for i in range(2)}, ignore=["lm_head.weight"])
+    block = "blocks/{}" if scan_layers else "block_{}"
+    kw = dict(kinds={f"{block.format(i)}/attention": "separate_qkv" for i in range(2)}, ignore=["lm_head.weight"])
     params, state = interop.from_torch_state_dict(model, module.state_dict(), input_shape=(12,), **kw)
     tokens = np.random.RandomState(0).randint(0, 50, (2, 12))
 

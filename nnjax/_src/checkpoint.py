@@ -726,12 +726,28 @@ def _check_leaves(where: str, path: str, step: int, expected: Mapping[str, Any],
         if name not in expected:
             problems.append(f"  {name}: not in the model, found {_describe(found[name])}")
     if problems:
+        hint = (
+            "restore into the train state of the model and optimizer that saved it "
+            "(`like=abstract_train_state(model, optimizer, input_shape)`)."
+        )
+        saved_stacked, model_stacked = _stacked(found), _stacked(expected)
+        if saved_stacked != model_stacked:
+            saved, model = ("a stacked", "unrolled") if saved_stacked else ("an unrolled", "stacked")
+            hint = (
+                f"the checkpoint holds {saved} model (nnjax.stack keeps its copies under 'layers') and the "
+                f"model is {model}: build the model as it was saved (the zoo's GPT and ViT: "
+                f"scan_layers={saved_stacked}), or {hint}"
+            )
         raise CheckpointMismatchError(
             f"{where}: checkpoint step {step} in {path} does not fit the model: {len(problems)} leaves differ:\n"
             + "\n".join(problems)
-            + "\nHint: restore into the train state of the model and optimizer that saved it "
-            "(`like=abstract_train_state(model, optimizer, input_shape)`)."
+            + f"\nHint: {hint}"
         )
+
+
+def _stacked(names: Any) -> bool:
+    """True when some leaf lies under a ``"layers"`` key: the stacked copies of ``nnjax.stack``."""
+    return any("layers" in name.split("/") for name in names)
 
 
 def _target(leaf: Any, entry: Mapping[str, Any]) -> jax.ShapeDtypeStruct:

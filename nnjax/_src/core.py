@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from nnjax._src.checks import suspended
 from nnjax._src.errors import LayerError, LayerTypeError, with_location
 from nnjax._src.layer_checks import check_children, checked_apply, checked_init
-from nnjax._src.types import Array, DType, Params, PRNGKey, Shape, State
+from nnjax._src.types import DType, Params, PRNGKey, Shape, State
 
 LOCATED_ERRORS = (LayerError, LayerTypeError)
 

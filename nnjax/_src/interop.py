@@ -24,6 +24,12 @@ How an nnjax model meets a torch module, in three steps:
 A mismatch (a missing or unused torch key, a wrong shape) raises ONE ``InteropError`` that lists every
 offending key with the expected and the given shape.
 
+Stacked copies (``nnjax.stack``: ``{"layers": <block params, every array with a leading axis of n>}``) are seen
+as their ``n`` copies, keyed ``"0"`` .. ``"n-1"`` in place of ``"layers"``: copy ``i`` pairs with the torch modules
+of ``<prefix>.i.`` (an ``nn.ModuleList`` or ``nn.Sequential`` of blocks), ``mapping``/``kinds`` name its units as
+``"blocks/1/attention"``, and on import the copies are stacked back. Both forms of the zoo's GPT and ViT (stacked,
+``scan_layers=False``) import the same state_dict.
+
 What a state_dict does not hold, the nnjax model must match by construction: strides, padding and
 dilation, activations (``nn.RNN(nonlinearity="relu")`` has the keys of the tanh one, which nnjax's
 ``SimpleRNN`` is), epsilons, momentum (``TorchBatchNorm``), ``batch_first=True`` sequences, channels-last
@@ -46,6 +52,7 @@ import numpy as np
 from nnjax._src.core import Layer, kind, stateless
 from nnjax._src.errors import LayerError, check_rank
 from nnjax._src.normalization import BatchNorm
+from nnjax._src.stack import STACKED
 from nnjax._src.types import DType, Params, PRNGKey, Shape, State
 
 Arrays = dict[str, np.ndarray]  # torch tensors of one module, by local name ("weight", "out_proj.bias")
@@ -756,6 +763,74 @@ def _cast(new: Any, old: Any) -> Any:
     return jax.device_put(np.asarray(new).astype(old.dtype, copy=False))  # (jnp.asarray compiles a copy)
 
 
+# ---- stacked copies (nnjax.stack) ---------------------------------------------------------------------------
+
+Stacks = list[tuple[tuple[str, ...], int]]  # (path in the unstacked view, n), outer stacks first
+
+
+def _map(fn: Callable[[Any], Any], tree: Any) -> Any:
+    """``fn`` on every leaf of a tree of dicts, keeping the dicts' key order (``jax.tree.map`` sorts keys)."""
+    return {k: _map(fn, v) for k, v in tree.items()} if isinstance(tree, dict) else fn(tree)
+
+
+def _copies(tree: Any) -> int | None:
+    """``n`` when ``tree`` is a stack's params, ``{"layers": ...}`` with every array ``(n, ...)``; else None."""
+    if not (isinstance(tree, dict) and set(tree) == {STACKED} and isinstance(tree[STACKED], dict)):
+        return None
+    leaves = jax.tree.leaves(tree[STACKED])
+    sizes = {np.shape(a)[0] if np.ndim(a) else None for a in leaves}
+    return sizes.pop() if leaves and len(sizes) == 1 and None not in sizes else None
+
+
+def _unstack(params: Params, state: State) -> tuple[Params, State, Stacks]:
+    """The view of ``(params, state)`` in which every stack's ``{"layers": stacked}`` is ``{"0": copy_0, ...}``."""
+    stacks: Stacks = []
+
+    def split(tree: Any, n: int) -> dict:
+        return {str(i): _map(lambda a, i=i: a[i], tree[STACKED]) for i in range(n)}
+
+    def walk(p: Any, s: Any, path: tuple[str, ...]) -> tuple[Any, Any]:
+        if not isinstance(p, dict):
+            return p, s
+        n = _copies(p)
+        if n is not None:
+            stacks.append((path, n))
+            p = split(p, n)
+            s = split(s, n) if isinstance(s, dict) and STACKED in s else s
+        new_p, new_s = {}, dict(s) if isinstance(s, dict) else s
+        for k, v in p.items():
+            new_p[k], sub = walk(v, s.get(k, {}) if isinstance(s, dict) else {}, (*path, k))
+            if isinstance(s, dict) and k in s:
+                new_s[k] = sub
+        return new_p, new_s
+
+    view_p, view_s = walk(params, state, ())
+    return view_p, view_s, stacks
+
+
+def _restack(tree: Any, stacks: Stacks) -> Any:
+    """The inverse of ``_unstack`` on params or state: each stack's copies back on a leading axis."""
+    for path, n in reversed(stacks):  # inner stacks (found later, inside the copies) first
+        copies = _get(tree, path)
+        if not (isinstance(copies, dict) and set(copies) == {str(i) for i in range(n)}):
+            continue  # (state with nothing at a stack's path)
+
+        def join(*leaves):
+            return np.stack([np.asarray(a) for a in leaves])
+
+        first = copies["0"]
+        stacked = _map_n(join, first, [copies[str(i)] for i in range(n)])
+        tree = _put(tree, path, {STACKED: stacked})
+    return tree
+
+
+def _map_n(fn: Callable[..., Any], like: Any, trees: list[Any]) -> Any:
+    """``fn`` over the matching leaves of ``trees``, in ``like``'s key order."""
+    if isinstance(like, dict):
+        return {k: _map_n(fn, v, [t[k] for t in trees]) for k, v in like.items()}
+    return fn(*trees)
+
+
 # ---- public API -------------------------------------------------------------------------------------------
 
 
@@ -823,11 +898,12 @@ def from_torch_state_dict(
     torch_arrays = _state_dict(where, state_dict)
     keep = any(v is None for v in mapping.values())  # units that keep their initial values
     params, state = _template(model, input_shape, dtype, key, values=keep)
-    units = _units(params, state, kind(model), kinds)
+    view_params, view_state, stacks = _unstack(params, state)
+    units = _units(view_params, view_state, kind(model), kinds)
     _check_mapping(where, units, mapping, kinds)
     pairing = _pair(units, torch_arrays, mapping, ignore)
     _raise_if_bad(where, pairing)
-    new_params, new_state = params, state
+    new_params, new_state = view_params, view_state
     for unit, _, ctx in pairing.pairs:
         converter = CONVERTERS[unit.kind]
         expected = converter.to_torch(unit.params, unit.state, ctx)
@@ -837,6 +913,7 @@ def from_torch_state_dict(
             new_params = _put(new_params, unit.keys, _cast(p, unit.params))
         if not _empty(unit.state):
             new_state = _put(new_state, unit.keys, _cast(s, unit.state))
+    new_params, new_state = _restack(new_params, stacks), _restack(new_state, stacks)
     return _cast(new_params, params), _cast(new_state, state)  # (units kept at their initial values, too)
 
 
@@ -897,6 +974,7 @@ def to_torch_state_dict(
         fresh_p, fresh_s = _template(model, input_shape, jnp.float32, None, values=False)
         params = _reorder(params, fresh_p)
         state = _reorder(state, fresh_s)
+    params, state, _ = _unstack(params, state)
     units = _units(params, state, kind(model), kinds)
     _check_mapping(where, units, mapping, kinds)
     out: dict[str, np.ndarray] = {}

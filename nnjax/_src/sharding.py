@@ -29,6 +29,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from nnjax._src.compile import jit as compile_jit
+from nnjax._src.stack import STACKED
 from nnjax._src.train import Batch, TrainState
 from nnjax._src.types import Array, PyTree
 
@@ -60,7 +61,7 @@ def _mesh_size(mesh: Mesh, axis: str) -> int:
     return int(mesh.shape[axis])
 
 
-def fsdp_spec(shape: tuple[int, ...], size: int, axis: str = "data") -> P:
+def fsdp_spec(shape: tuple[int, ...], size: int, axis: str = "data", *, skip: int = 0) -> P:
     """The FSDP ``PartitionSpec`` of one array: its largest dimension divisible by ``size`` is split over
     ``axis`` (the earliest among equals); arrays with no such dimension (scalars, biases of odd width)
     are replicated.
@@ -69,6 +70,7 @@ def fsdp_spec(shape: tuple[int, ...], size: int, axis: str = "data") -> P:
       shape: the array's shape, e.g. ``(784, 128)``.
       size: the number of devices along ``axis`` (``mesh.shape[axis]``).
       axis: the mesh axis name.
+      skip: the number of leading dimensions never split (the stacked copies of ``nnjax.stack``).
 
     Returns:
       A ``jax.sharding.PartitionSpec``: ``axis`` at the split dimension and None elsewhere, or the empty
@@ -80,7 +82,7 @@ def fsdp_spec(shape: tuple[int, ...], size: int, axis: str = "data") -> P:
       >>> tuple(nnjax.sharding.fsdp_spec((10,), 4))       # nothing divisible by 4: replicated
       ()
     """
-    candidates = [(d, -i) for i, d in enumerate(shape) if d % size == 0 and d >= size]
+    candidates = [(d, -i) for i, d in enumerate(shape) if d % size == 0 and d >= size and i >= skip]
     if size == 1 or not candidates:
         return P()
     _, neg_i = max(candidates)
@@ -89,17 +91,27 @@ def fsdp_spec(shape: tuple[int, ...], size: int, axis: str = "data") -> P:
     return P(*spec)
 
 
-def train_state_shardings(train_state: TrainState, mesh: Mesh, axis: str = "data", *, fsdp: bool = False) -> Any:
+def _stacked_axes(path: tuple[Any, ...]) -> int:
+    """The number of leading stacked axes of a leaf: one per ``"layers"`` key of ``nnjax.stack`` on its path."""
+    return sum(1 for entry in path if isinstance(entry, jax.tree_util.DictKey) and entry.key == STACKED)
+
+
+def train_state_shardings(
+    train_state: TrainState, mesh: Mesh, axis: str = "data", *, fsdp: bool = False, shard_stacked: bool = False
+) -> Any:
     """The ``NamedSharding`` of every leaf of ``train_state``: replicated (data parallel), or, with ``fsdp``,
     parameters, model state and optimizer state split along their largest ``axis``-divisible dimension.
 
-    ``step`` and ``key`` are always replicated; the split dimension of each array is ``fsdp_spec``'s.
+    ``step`` and ``key`` are always replicated; the split dimension of each array is ``fsdp_spec``'s, never
+    the leading axis of the copies of a ``nnjax.stack`` (arrays under a ``"layers"`` key) unless
+    ``shard_stacked``: a scan over a split axis would gather every copy's params at every step.
 
     Args:
       train_state: a ``TrainState`` (concrete, or abstract from ``abstract_train_state``).
       mesh: the device mesh, e.g. ``make_mesh()``.
       axis: the mesh axis to shard along.
       fsdp: shard parameters, model state and optimizer state instead of replicating them.
+      shard_stacked: let FSDP split the stacked axis of ``nnjax.stack``'s params too.
 
     Returns:
       A ``TrainState`` of the same structure whose leaves are ``jax.sharding.NamedSharding``.
@@ -119,11 +131,14 @@ def train_state_shardings(train_state: TrainState, mesh: Mesh, axis: str = "data
     size = _mesh_size(mesh, axis)
     replicated = NamedSharding(mesh, P())
 
-    def leaf_sharding(a):
-        return NamedSharding(mesh, fsdp_spec(tuple(np.shape(a)), size, axis)) if fsdp else replicated
+    def leaf_sharding(path, a):
+        if not fsdp:
+            return replicated
+        skip = 0 if shard_stacked else _stacked_axes(path)
+        return NamedSharding(mesh, fsdp_spec(tuple(np.shape(a)), size, axis, skip=skip))
 
     def sharded(tree):
-        return jax.tree.map(leaf_sharding, tree)
+        return jax.tree_util.tree_map_with_path(leaf_sharding, tree)
 
     return train_state.replace(
         step=replicated,
@@ -146,7 +161,12 @@ def _place(a: Any, sharding: NamedSharding) -> Array:
 
 
 def data_parallel(
-    train_state: TrainState, mesh: Mesh | None = None, axis: str = "data", *, fsdp: bool = False
+    train_state: TrainState,
+    mesh: Mesh | None = None,
+    axis: str = "data",
+    *,
+    fsdp: bool = False,
+    shard_stacked: bool = False,
 ) -> TrainState:
     """Places ``train_state`` on ``mesh`` for data-parallel training: replicated on every device, or, with
     ``fsdp=True``, parameters and optimizer state sharded along ``axis`` (``train_state_shardings``).
@@ -160,6 +180,7 @@ def data_parallel(
       mesh: the device mesh; default ``make_mesh(axis)`` (every device).
       axis: the mesh axis of the data (and, with ``fsdp``, of the parameter shards).
       fsdp: shard parameters, model state and optimizer state (``train_state_shardings``).
+      shard_stacked: with ``fsdp``, let the stacked axis of ``nnjax.stack``'s params be split too.
 
     Returns:
       The same ``TrainState`` with every leaf a ``jax.Array`` placed on ``mesh``.
@@ -175,7 +196,7 @@ def data_parallel(
       ((3, 2), True)
     """
     mesh = make_mesh(axis) if mesh is None else mesh
-    shardings = train_state_shardings(train_state, mesh, axis, fsdp=fsdp)
+    shardings = train_state_shardings(train_state, mesh, axis, fsdp=fsdp, shard_stacked=shard_stacked)
     return jax.tree.map(_place, train_state, shardings)
 
 

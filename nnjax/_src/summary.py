@@ -4,8 +4,10 @@ Nothing is allocated or run: parameter shapes come from ``jax.eval_shape`` of ``
 from ``jax.eval_shape`` of ``apply``, and FLOPs from XLA's cost analysis of each layer compiled for one
 example (``jax.jit(apply).lower(...).compile().cost_analysis()``).
 
-The table walks ``serial``, ``parallel``, ``residual`` and ``named`` down to their leaf layers; any other layer
-(including ones with sub-layers of their own) is one row holding all its parameters.
+The table walks ``serial``, ``parallel``, ``residual`` and ``named`` down to their leaf layers; a ``stack`` is a
+group row ``Stack(n=...)`` with the totals of its ``n`` copies, above the rows of ONE copy (per-copy shapes
+and counts, under ``<path>/layers``); any other layer (including ones with sub-layers of their own) is one
+row holding all its parameters.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 
 from nnjax._src.core import Layer, Named, child_names, input_spec
 from nnjax._src.freeze import count_frozen
+from nnjax._src.stack import STACKED, Stacked
 from nnjax._src.types import DType, Shape
 
 
@@ -170,6 +173,17 @@ def _walk(layer: Layer, spec: Any, dtype: DType, path: str, depth: int, flops: b
             part_rows, out[name] = _walk(part, spec[name], dtype, _join(path, name), depth + bool(path), flops)
             rows += part_rows
         return ([_group(path, "Named", depth, rows, out)] if path else []) + rows, out
+    if isinstance(layer, Stacked):  # one copy's rows, below the totals of all n copies
+        rows, out = _walk(layer.block, spec, dtype, _join(path, STACKED), depth + 1, flops)
+        one = _group(path, "", depth, rows, out)
+        total = one._replace(
+            name=f"Stack(n={layer.n}) of the copy below",
+            params=layer.n * one.params,
+            param_bytes=layer.n * one.param_bytes,
+            state=layer.n * one.state,
+            flops=None if one.flops is None else layer.n * one.flops,
+        )
+        return [total, *rows], out
     found = children(layer)
     if found is None:
         return _leaf(layer, spec, dtype, path, depth, flops)

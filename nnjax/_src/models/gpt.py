@@ -5,6 +5,10 @@
 
     block:  h = x + Attention(LayerNorm_1(x)),  y = h + MLP(LayerNorm_2(h))     # causal self-attention, GELU MLP
 
+The blocks are one ``nnjax.stack`` by default (``params["blocks"]["layers"]``: every array with a leading
+``depth`` axis, run by a ``lax.scan`` that compiles one block whatever the depth); ``scan_layers=False`` keeps
+the unrolled form (``params["block_0"]``, ``params["block_1"]``, ...), which older checkpoints hold.
+
 Generation (``generate``) runs the prompt once through the model, keeping every block's keys and values in
 a ``KVCache`` (``gpt_prefill``), then decodes one token per step (``gpt_decode_step``): each step computes
 the new token's query, key and value only and attends over the cached ones, so the prefix is never
@@ -28,6 +32,8 @@ from nnjax._src.errors import LayerError, check_number, is_concrete
 from nnjax._src.models import drop_rate, positive_int
 from nnjax._src.models import run as run_part
 from nnjax._src.normalization import LayerNorm
+from nnjax._src.stack import STACKED, stack
+from nnjax._src.stack import remat as remat_layer
 from nnjax._src.types import Array, DType, Params, PRNGKey, Shape
 
 LN_EPSILON = 1e-5  # GPT-2's layer_norm_epsilon
@@ -41,7 +47,8 @@ class GPTConfig(NamedTuple):
       vocab_size: number of token ids. max_len: the longest sequence (size of the position table).
       hidden: width of the token vectors. depth: number of blocks. num_heads: attention heads per block.
       mlp_dim: hidden size of each block's MLP. dropout_rate: the dropout probability in training.
-      norm_epsilon: the LayerNorms' epsilon.
+      scan_layers: the blocks are one ``nnjax.stack`` (True) or unrolled (False). remat: the blocks'
+      rematerialization policy (``nnjax.remat``), or None. norm_epsilon: the LayerNorms' epsilon.
 
     Example:
       >>> config = nnjax.models.GPT(vocab_size=50, max_len=16, hidden=32, depth=1, num_heads=4, mlp_dim=64).config
@@ -56,6 +63,8 @@ class GPTConfig(NamedTuple):
     num_heads: int
     mlp_dim: int
     dropout_rate: float = 0.0
+    scan_layers: bool = True
+    remat: Any = None
     norm_epsilon: float = LN_EPSILON
 
     @property
@@ -83,7 +92,9 @@ class KVCache(NamedTuple):
     """The keys and values of every block for the positions decoded so far (a pytree: jit/scan carry it).
 
     Attributes:
-      keys: one ``(batch, max_len, num_heads, head_dim)`` array per block, in block order.
+      keys: the stacked model's (``scan_layers=True``): ONE ``(depth, batch, max_len, num_heads, head_dim)``
+        array; the unrolled model's: a tuple of one ``(batch, max_len, num_heads, head_dim)`` array per block.
+        Either way ``keys[i]`` is block ``i``'s and ``len(keys)`` is the depth.
       values: the same, for the values.
 
     Positions at or after the next one to decode hold zeros or stale entries; attention masks them out.
@@ -148,8 +159,43 @@ def _block_init(key: PRNGKey, config: GPTConfig, dtype: DType) -> Params:
     }
 
 
+def _is_stacked(params: Params) -> bool:
+    return "blocks" in params
+
+
 def _depth(params: Params) -> int:
+    if _is_stacked(params):
+        return int(params["blocks"][STACKED]["attention"]["key"]["w"].shape[0])
     return sum(1 for name in params if name.startswith("block_"))
+
+
+def _key_weight_shape(params: Params) -> tuple[int, ...]:
+    """One block's ``attention/key/w`` shape, ``(hidden, num_heads, head_dim)``."""
+    if _is_stacked(params):
+        return tuple(params["blocks"][STACKED]["attention"]["key"]["w"].shape[1:])
+    return tuple(params["block_0"]["attention"]["key"]["w"].shape)
+
+
+def _block(config: GPTConfig, attention: Layer) -> Layer:
+    """One pre-norm causal block as a layer: ``(batch, T, hidden) -> (batch, T, hidden)``, params ``_block_init``'s.
+
+    ``key`` (only when dropout is on) splits in three: attention weights, attention branch, MLP branch.
+    """
+    name = "GPTBlock"
+    rate = config.dropout_rate
+
+    def init(key, input_shape, dtype=jnp.float32):
+        return _block_init(key, config, dtype), {}
+
+    def apply(params, state, h, *, key=None, train=False):
+        k_attention, k_1, k_2 = (None, None, None) if key is None else jax.random.split(key, 3)
+        x_1 = _norm(params["norm_1"], h, config.norm_epsilon)
+        a, _ = run_part(name, "attention", attention, params["attention"], {}, x_1, key=k_attention, train=train)
+        h = h + _dropout(a, rate, k_1)
+        h = h + _dropout(_mlp(params["mlp"], _norm(params["norm_2"], h, config.norm_epsilon)), rate, k_2)
+        return h, state
+
+    return Layer(init, apply, name)
 
 
 def _check_tokens(where: str, tokens: Any, rank: int, vocab_size: int, argument: str = "tokens") -> None:
@@ -171,6 +217,8 @@ def GPT(  # noqa: N802 - layer constructors are CamelCase
     mlp_dim: int,
     dropout_rate: float = 0.0,
     *,
+    scan_layers: bool = True,
+    remat: Any = None,
     norm_epsilon: float = LN_EPSILON,
 ) -> GPTModel:
     """A GPT-2-style decoder-only language model: next-token logits for every position, through the tied embedding.
@@ -180,19 +228,22 @@ def GPT(  # noqa: N802 - layer constructors are CamelCase
         logits = LayerNorm_final(h) @ token_embedding.T                    # embedding_attend
 
     Params: ``{"token_embedding": {"table": (vocab_size, hidden)}, "position_embedding": {"table": (max_len,
-    hidden)}, "block_0": {"norm_1": {"scale", "bias"}, "attention": {"query": {"w": (hidden, num_heads, head_dim),
-    "b": (num_heads, head_dim)}, "key": ..., "value": ..., "out": {"w": (num_heads, head_dim, hidden), "b":
-    (hidden,)}}, "norm_2": {...}, "mlp": {"hidden": {"w": (hidden, mlp_dim), "b"}, "out": {"w": (mlp_dim, hidden),
-    "b"}}}, "block_1": ..., "final_norm": {"scale", "bias"}}``; no state. (``attention`` is
-    ``nnjax.MultiHeadAttention``'s layout.)
+    hidden)}, "blocks": {"layers": BLOCK}, "final_norm": {"scale", "bias"}}`` where ``BLOCK`` is ``{"norm_1":
+    {"scale", "bias"}, "attention": {"query": {"w": (hidden, num_heads, head_dim), "b": (num_heads, head_dim)},
+    "key": ..., "value": ..., "out": {"w": (num_heads, head_dim, hidden), "b": (hidden,)}}, "norm_2": {...},
+    "mlp": {"hidden": {"w": (hidden, mlp_dim), "b"}, "out": {"w": (mlp_dim, hidden), "b"}}}`` with a leading
+    ``depth`` axis on every array (``nnjax.stack``: block ``i`` is index ``i``); no state. With
+    ``scan_layers=False`` the blocks are ``"block_0"``, ``"block_1"``, ... (``BLOCK`` without the leading axis),
+    the layout of checkpoints saved before the blocks were stacked. (``attention`` is
+    ``nnjax.MultiHeadAttention``'s layout.) Both forms draw the same values from the same key.
 
     Porting GPT-2 (Hugging Face names, ``transformer.`` prefix dropped): ``wte``/``wpe`` are the two embedding
-    tables; ``h.{i}.ln_1``, ``ln_2``, ``ln_f`` are ``block_{i}/norm_1``, ``norm_2``, ``final_norm`` (``weight`` ->
-    ``scale``); ``h.{i}.attn.c_attn`` (``weight (hidden, 3 hidden)``, ``bias (3 hidden,)``) splits in three along its
-    last axis into ``query``, ``key``, ``value``, each reshaped to ``(hidden, num_heads, head_dim)`` (bias
-    ``(num_heads, head_dim)``); ``attn.c_proj.weight`` reshapes to ``(num_heads, head_dim, hidden)`` as
-    ``attention/out``; ``mlp.c_fc``/``mlp.c_proj`` are ``mlp/hidden``/``mlp/out``. GPT-2's ``Conv1D`` weights are
-    already ``(in, out)``: nothing is transposed. LayerNorm epsilon is 1e-5, the GELU is the tanh form.
+    tables; ``h.{i}.ln_1``, ``ln_2``, ``ln_f`` are block ``i``'s ``norm_1``, ``norm_2``, and ``final_norm``
+    (``weight`` -> ``scale``); ``h.{i}.attn.c_attn`` (``weight (hidden, 3 hidden)``, ``bias (3 hidden,)``) splits
+    in three along its last axis into ``query``, ``key``, ``value``, each reshaped to ``(hidden, num_heads,
+    head_dim)`` (bias ``(num_heads, head_dim)``); ``attn.c_proj.weight`` reshapes to ``(num_heads, head_dim,
+    hidden)`` as ``attention/out``; ``mlp.c_fc``/``mlp.c_proj`` are ``mlp/hidden``/``mlp/out``. GPT-2's ``Conv1D``
+    weights are already ``(in, out)``: nothing is transposed. LayerNorm epsilon is 1e-5, the GELU is the tanh form.
 
     Args:
       vocab_size: number of token ids.
@@ -203,6 +254,10 @@ def GPT(  # noqa: N802 - layer constructors are CamelCase
       mlp_dim: hidden size of each block's MLP (GPT-2: ``4 * hidden``).
       dropout_rate: dropout on the embeddings, the attention weights and both residual branches of every block,
         in training (``apply(..., key=..., train=True)``).
+      scan_layers: run the blocks as one ``nnjax.stack`` (default: compile time does not grow with depth);
+        False unrolls them (one traced block per layer, the params layout of older checkpoints).
+      remat: a rematerialization policy for every block (``nnjax.remat``'s names, e.g. ``"nothing_saveable"``,
+        or a ``jax.checkpoint_policies`` policy), or None: trade a second forward pass for activation memory.
       norm_epsilon: the LayerNorms' epsilon (GPT-2's 1e-5). The cached decoding functions (``gpt_init_cache``,
         ``generate``) take the default only.
 
@@ -220,8 +275,8 @@ def GPT(  # noqa: N802 - layer constructors are CamelCase
     Example:
       >>> model = nnjax.models.GPT(vocab_size=50, max_len=16, hidden=32, depth=1, num_heads=4, mlp_dim=64)
       >>> params, state = model.init(jax.random.key(0), (16,))
-      >>> sorted(params["block_0"]), params["block_0"]["attention"]["query"]["w"].shape
-      (['attention', 'mlp', 'norm_1', 'norm_2'], (32, 4, 8))
+      >>> sorted(params["blocks"]["layers"]), params["blocks"]["layers"]["attention"]["query"]["w"].shape
+      (['attention', 'mlp', 'norm_1', 'norm_2'], (1, 32, 4, 8))
       >>> model.output_shape((10,))   # logits for each of 10 positions
       (10, 50)
     """
@@ -241,9 +296,16 @@ def GPT(  # noqa: N802 - layer constructors are CamelCase
             f"GPT: argument `num_heads` expected a divisor of hidden={hidden} (each head gets hidden / num_heads "
             f"features), given {num_heads}."
         )
-    config = GPTConfig(vocab_size, max_len, hidden, depth, num_heads, mlp_dim, float(dropout_rate), float(norm_epsilon))
+    if not isinstance(scan_layers, bool):
+        raise TypeError(f"GPT: argument `scan_layers` expected a bool, given {type(scan_layers).__name__}.")
+    config = GPTConfig(vocab_size, max_len, hidden, depth, num_heads, mlp_dim, float(dropout_rate), scan_layers, remat,
+                       float(norm_epsilon))
     embedding = Embedding(vocab_size, hidden, table_init=initializers.normal(INIT_STD))
     attention = MultiHeadAttention(num_heads, causal=True, dropout_rate=dropout_rate)
+    block = _block(config, attention)
+    blocks = stack(block, depth, remat=remat)  # (checks remat, also for the unrolled form)
+    if remat is not None:
+        block = remat_layer(block, remat)
 
     def check_length(argument: str, length: Any) -> None:
         if not isinstance(length, int) or not 1 <= length <= max_len:
@@ -257,13 +319,16 @@ def GPT(  # noqa: N802 - layer constructors are CamelCase
         if not (isinstance(input_shape, tuple) and len(input_shape) == 1):
             raise LayerError(f"{name}: argument `input_shape` expected (T,) for one sequence, given {input_shape!r}.")
         check_length("input_shape", input_shape[0])
-        keys = jax.random.split(key, depth + 2)
+        k_token, k_position, k_blocks = jax.random.split(key, 3)
         params = {
-            "token_embedding": embedding.init(keys[0], input_shape, dtype)[0],
-            "position_embedding": {"table": initializers.normal(INIT_STD)(keys[1], (max_len, hidden), dtype)},
+            "token_embedding": embedding.init(k_token, input_shape, dtype)[0],
+            "position_embedding": {"table": initializers.normal(INIT_STD)(k_position, (max_len, hidden), dtype)},
         }
-        for i in range(depth):
-            params[f"block_{i}"] = _block_init(keys[2 + i], config, dtype)
+        if scan_layers:
+            params["blocks"] = blocks.init(k_blocks, (*input_shape, hidden), dtype)[0]
+        else:  # block i from split(k_blocks, depth)[i], as nnjax.stack draws it: both forms hold the same values
+            for i, k in enumerate(jax.random.split(k_blocks, depth)):
+                params[f"block_{i}"] = _block_init(k, config, dtype)
         params["final_norm"] = _NORM.init(None, (hidden,), dtype)[0]
         return params, {}
 
@@ -276,15 +341,16 @@ def GPT(  # noqa: N802 - layer constructors are CamelCase
                 f"{name}: argument `key` is required when train=True with dropout_rate={dropout_rate}; given None. "
                 f"Hint: apply(params, state, x, key=jax.random.key(seed), train=True), or train=False to evaluate."
             )
-        keys = list(jax.random.split(key, 1 + 3 * depth)) if dropout else [None] * (1 + 3 * depth)
+        _check_form(name, config, params)
+        k_embedding, k_blocks = jax.random.split(key) if dropout else (None, None)
         h = run_part(name, "token_embedding", embedding, params["token_embedding"], {}, x)[0]  # (B, T, hidden)
-        h = _dropout(h + params["position_embedding"]["table"][None, : x.shape[1]], dropout_rate, keys[0])
-        for i in range(depth):
-            block, (k_attention, k_1, k_2) = params[f"block_{i}"], keys[1 + 3 * i : 4 + 3 * i]
-            x_1 = _norm(block["norm_1"], h, norm_epsilon)
-            a, _ = run_part(name, f"block_{i}", attention, block["attention"], {}, x_1, key=k_attention, train=train)
-            h = h + _dropout(a, dropout_rate, k_1)
-            h = h + _dropout(_mlp(block["mlp"], _norm(block["norm_2"], h, norm_epsilon)), dropout_rate, k_2)
+        h = _dropout(h + params["position_embedding"]["table"][None, : x.shape[1]], dropout_rate, k_embedding)
+        if scan_layers:
+            h, _ = run_part(name, "blocks", blocks, params["blocks"], {STACKED: {}}, h, key=k_blocks, train=train)
+        else:  # block i gets split(k_blocks, depth)[i], as in nnjax.stack: both forms draw the same masks
+            block_keys = [None] * depth if k_blocks is None else jax.random.split(k_blocks, depth)
+            for i in range(depth):
+                h, _ = run_part(name, f"block_{i}", block, params[f"block_{i}"], {}, h, key=block_keys[i], train=train)
         return embedding_attend(params["token_embedding"], _norm(params["final_norm"], h, norm_epsilon)), state
 
     model = GPTModel(init, apply, name, jnp.int32, (0, vocab_size))
@@ -321,7 +387,9 @@ def gpt_init_cache(
       dtype: the cache's dtype (the params' dtype is exact; ``bfloat16`` halves the memory).
 
     Returns:
-      ``KVCache(keys, values)``, one ``(batch, max_len, num_heads, head_dim)`` array per block in each.
+      ``KVCache(keys, values)``: for the stacked model (``scan_layers=True``) one ``(depth, batch, max_len,
+      num_heads, head_dim)`` array each; for the unrolled model one ``(batch, max_len, num_heads, head_dim)`` array
+      per block in each.
 
     Raises:
       TypeError: ``model`` is not a GPT model or config; ``batch`` or ``max_len`` is not an int.
@@ -338,10 +406,13 @@ def gpt_init_cache(
     max_len = config.max_len if max_len is None else max_len
     what = f"an int in [1, {config.max_len}] (the model's max_len)"
     check_number(where, "max_len", max_len, low=1, high=config.max_len, integer=True, what=what)
-    return _zeros_cache(config.depth, (batch, max_len, config.num_heads, config.head_dim), dtype)
+    shape = (batch, max_len, config.num_heads, config.head_dim)
+    return _zeros_cache(config.depth, shape, dtype, config.scan_layers)
 
 
-def _zeros_cache(depth: int, shape: Shape, dtype: DType) -> KVCache:
+def _zeros_cache(depth: int, shape: Shape, dtype: DType, stacked: bool) -> KVCache:
+    if stacked:
+        return KVCache(jnp.zeros((depth, *shape), dtype), jnp.zeros((depth, *shape), dtype))
     return KVCache(
         tuple(jnp.zeros(shape, dtype) for _ in range(depth)), tuple(jnp.zeros(shape, dtype) for _ in range(depth))
     )
@@ -349,13 +420,20 @@ def _zeros_cache(depth: int, shape: Shape, dtype: DType) -> KVCache:
 
 def _check_cache(where: str, params: Params, cache: Any, batch: int) -> int:
     """The cache's length, after checking that it fits ``params`` and the batch."""
-    depth = _depth(params)
+    depth, stacked = _depth(params), _is_stacked(params)
     if not isinstance(cache, KVCache) or len(cache.keys) != depth or len(cache.values) != depth:
         given = f"a KVCache of {len(cache.keys)} blocks" if isinstance(cache, KVCache) else type(cache).__name__
         raise LayerError(
             f"{where}: argument `cache` expected a KVCache of {depth} blocks (gpt_init_cache), given {given}."
         )
-    _, n, h = params["block_0"]["attention"]["key"]["w"].shape
+    if isinstance(cache.keys, tuple) == stacked:
+        forms = ("one stacked array", "a tuple of arrays") if stacked else ("a tuple of arrays", "one stacked array")
+        raise LayerError(
+            f"{where}: argument `cache` expected the keys and values as {forms[0]} (the params are of the "
+            f"{'stacked' if stacked else 'unrolled'} form), given {forms[1]}. Hint: gpt_init_cache(model) of the "
+            f"model whose params these are."
+        )
+    _, n, h = _key_weight_shape(params)
     shape = tuple(cache.keys[0].shape)
     if len(shape) != 4 or shape[0] != batch or shape[2:] != (n, h):
         raise LayerError(
@@ -367,17 +445,29 @@ def _check_cache(where: str, params: Params, cache: Any, batch: int) -> int:
 
 def _check_params(where: str, config: GPTConfig, params: Any) -> None:
     found = None
-    if isinstance(params, dict) and "block_0" in params and "token_embedding" in params:
-        found = (
-            tuple(params["token_embedding"]["table"].shape),
-            _depth(params),
-            tuple(params["block_0"]["attention"]["key"]["w"].shape),
-        )
+    if isinstance(params, dict) and ("block_0" in params or "blocks" in params) and "token_embedding" in params:
+        _check_form(where, config, params)
+        found = (tuple(params["token_embedding"]["table"].shape), _depth(params), _key_weight_shape(params))
     expected = ((config.vocab_size, config.hidden), config.depth, (config.hidden, config.num_heads, config.head_dim))
     if found != expected:
         raise LayerError(
             f"{where}: argument `params` expected the params of the model (embedding table, blocks, key weights "
             f"{expected}), given {found if found is not None else type(params).__name__}."
+        )
+
+
+def _check_form(where: str, config: GPTConfig, params: Any) -> None:
+    """Raises a LayerError naming both forms when the params are stacked and the model unrolled, or back."""
+    if not isinstance(params, dict):
+        return
+    stacked, unrolled = "blocks" in params, "block_0" in params
+    if (config.scan_layers and unrolled and not stacked) or (not config.scan_layers and stacked and not unrolled):
+        given, built = ("unrolled", "stacked") if unrolled else ("stacked", "unrolled")
+        raise LayerError(
+            f"{where}: argument `params` expected the {built} form of the blocks "
+            f"({'blocks/layers' if built == 'stacked' else 'block_0, block_1, ...'}), given the {given} form "
+            f"({'block_0, block_1, ...' if given == 'unrolled' else 'blocks/layers'}). Hint: build the model with "
+            f"scan_layers={given == 'stacked'}, the form the params (or checkpoint) were made with."
         )
 
 
@@ -407,21 +497,32 @@ def _cached_forward(params: Params, cache: KVCache, tokens: Array, position: Any
     h = h + lax.dynamic_slice_in_dim(params["position_embedding"]["table"], position, t, axis=0)[None]
     query_positions = position + jnp.arange(t)  # (T,)
     mask = (jnp.arange(length)[None, :] <= query_positions[:, None])[None, None]  # (1, 1, T, L): causal over the cache
-    keys, values = [], []
-    for i in range(len(cache.keys)):
-        block = params[f"block_{i}"]
+
+    def cached_block(h, block, cached_k, cached_v):
         attention = block["attention"]
         x = _norm(block["norm_1"], h)
         q, k, v = _project(attention["query"], x), _project(attention["key"], x), _project(attention["value"], x)
-        all_k = lax.dynamic_update_slice_in_dim(cache.keys[i], k.astype(cache.keys[i].dtype), position, axis=1)
-        all_v = lax.dynamic_update_slice_in_dim(cache.values[i], v.astype(cache.values[i].dtype), position, axis=1)
+        all_k = lax.dynamic_update_slice_in_dim(cached_k, k.astype(cached_k.dtype), position, axis=1)
+        all_v = lax.dynamic_update_slice_in_dim(cached_v, v.astype(cached_v.dtype), position, axis=1)
         heads = reference_attention(q, all_k.astype(q.dtype), all_v.astype(q.dtype), mask)  # (B, T, N, H)
         h = h + jnp.einsum("btnh,nhd->btd", heads, attention["out"]["w"]) + attention["out"]["b"]
         h = h + _mlp(block["mlp"], _norm(block["norm_2"], h))
-        keys.append(all_k)
-        values.append(all_v)
+        return h, (all_k, all_v)
+
+    if _is_stacked(params):  # one block compiled, scanned over the stacked params and cache: (depth, B, L, N, H)
+        h, (keys, values) = lax.scan(
+            lambda h, xs: cached_block(h, *xs), h, (params["blocks"][STACKED], cache.keys, cache.values)
+        )
+        new_cache = KVCache(keys, values)
+    else:
+        keys, values = [], []
+        for i in range(len(cache.keys)):
+            h, (all_k, all_v) = cached_block(h, params[f"block_{i}"], cache.keys[i], cache.values[i])
+            keys.append(all_k)
+            values.append(all_v)
+        new_cache = KVCache(tuple(keys), tuple(values))
     logits = embedding_attend(params["token_embedding"], _norm(params["final_norm"], h))
-    return logits, KVCache(tuple(keys), tuple(values))
+    return logits, new_cache
 
 
 # Compiled once per shape (the position is traced), so eager Python loops over positions run compiled steps.
@@ -509,9 +610,9 @@ def _pick(logits: Array, key: PRNGKey | None, temperature: Array, greedy: bool) 
 
 def _generate(params: Params, prompt: Array, key: PRNGKey | None, temperature: Array, *, steps: int, greedy: bool):
     batch, length = prompt.shape
-    _, n, h = params["block_0"]["attention"]["key"]["w"].shape
+    _, n, h = _key_weight_shape(params)
     dtype = params["token_embedding"]["table"].dtype
-    cache = _zeros_cache(_depth(params), (batch, length + steps, n, h), dtype)
+    cache = _zeros_cache(_depth(params), (batch, length + steps, n, h), dtype, _is_stacked(params))
     keys = None if greedy else jax.random.split(key, steps)  # token i is drawn with keys[i]
     logits, cache = _cached_forward(params, cache, prompt, 0)  # prefill: the prompt, once
     first = _pick(logits[:, -1], None if greedy else keys[0], temperature, greedy)

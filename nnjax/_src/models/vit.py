@@ -3,10 +3,14 @@
     image (batch, H, W, C) --patches--> (batch, N, hidden) --[cls] + positions--> (batch, N + 1, hidden)
       --depth x pre-norm TransformerEncoderBlock--> LayerNorm --class token--> Dense(num_classes)
 
-``N = (H / patch_size) * (W / patch_size)``; the position table is sized at ``init`` from the image size.
+``N = (H / patch_size) * (W / patch_size)``; the position table is sized at ``init`` from the image size. The
+encoder blocks are one ``nnjax.stack`` by default (compiled once, whatever the depth); ``scan_layers=False``
+unrolls them.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import jax.numpy as jnp
 
@@ -19,6 +23,8 @@ from nnjax._src.errors import LayerError, check_rank
 from nnjax._src.models import drop_rate, positive_int, renamed
 from nnjax._src.models import run as run_part
 from nnjax._src.normalization import LayerNorm
+from nnjax._src.stack import remat as remat_layer
+from nnjax._src.stack import stack
 from nnjax._src.types import Shape
 
 
@@ -95,6 +101,8 @@ def ViT(  # noqa: N802 - layer constructors are CamelCase
     num_classes: int,
     dropout_rate: float = 0.0,
     *,
+    scan_layers: bool = True,
+    remat: Any = None,
     norm_epsilon: float = 1e-6,
 ) -> Layer:
     """A Vision Transformer classifier: patch embedding, class token, learned positions, pre-norm encoder.
@@ -106,8 +114,11 @@ def ViT(  # noqa: N802 - layer constructors are CamelCase
 
     Params (from ``serial``): ``{"patch_embedding_0": {"w": (p, p, C, hidden), "b"}, "class_token_1": {"token":
     (hidden,)}, "position_embedding_2": {"table": (N + 1, hidden)}, "dropout_3": {}, "encoder_4":
-    {"transformer_encoder_block_0": ..., ...}, "layer_norm_5": {"scale", "bias"}, "class_token_pool_6": {},
-    "dense_7": {"w": (hidden, num_classes), "b"}}``. No state.
+    {"layers": BLOCK}, "layer_norm_5": {"scale", "bias"}, "class_token_pool_6": {},
+    "dense_7": {"w": (hidden, num_classes), "b"}}``. No state. ``BLOCK`` is a ``TransformerEncoderBlock``'s params
+    with a leading ``depth`` axis on every array (``nnjax.stack``); with ``scan_layers=False`` the encoder is
+    ``{"transformer_encoder_block_0": ..., "transformer_encoder_block_1": ...}`` (a ``serial``), the layout of
+    checkpoints saved before the blocks were stacked.
 
     Args:
       patch_size: side of the square patches; must divide the image's height and width.
@@ -118,6 +129,10 @@ def ViT(  # noqa: N802 - layer constructors are CamelCase
       num_classes: outputs of the head (logits).
       dropout_rate: dropout after the position embedding, on the attention weights and on each residual
         branch, in training (``apply(..., key=..., train=True)``).
+      scan_layers: run the blocks as one ``nnjax.stack`` (default: compile time does not grow with depth);
+        False unrolls them (one traced block per layer).
+      remat: a rematerialization policy for every block (``nnjax.remat``'s names or a
+        ``jax.checkpoint_policies`` policy), or None.
       norm_epsilon: every LayerNorm's epsilon (the blocks' and the final one; default 1e-6, as the paper's
         JAX code; PyTorch's default is 1e-5).
 
@@ -154,13 +169,19 @@ def ViT(  # noqa: N802 - layer constructors are CamelCase
             f"ViT: argument `num_heads` expected a divisor of hidden={hidden} (each head gets hidden / num_heads "
             f"features), given {num_heads}."
         )
-    blocks = [TransformerEncoderBlock(num_heads, mlp_dim, dropout_rate, epsilon=norm_epsilon) for _ in range(depth)]
+    if not isinstance(scan_layers, bool):
+        raise TypeError(f"ViT: argument `scan_layers` expected a bool, given {type(scan_layers).__name__}.")
+    block = TransformerEncoderBlock(num_heads, mlp_dim, dropout_rate, epsilon=norm_epsilon)
+    if scan_layers:
+        encoder = stack(block, depth, remat=remat)
+    else:
+        encoder = serial(*[block if remat is None else renamed(remat_layer(block, remat), block.name)] * depth)
     network = serial(
         _patch_embedding(patch_size, hidden),
         _class_token(),
         _position_embedding(),
         Dropout(dropout_rate),
-        renamed(serial(*blocks), f"Encoder({depth})"),
+        renamed(encoder, f"Encoder({depth})"),
         LayerNorm(epsilon=norm_epsilon),
         stateless(lambda h: h[:, 0], "ClassTokenPool"),  # (B, N + 1, hidden) -> (B, hidden)
         Dense(num_classes),
