@@ -264,10 +264,12 @@ def test_lenet5_learns_the_digits():
     x = images[..., None].astype(np.float32) / 16.0  # (n, 8, 8, 1)
     x_train, y_train, x_test, y_test = nnjax.data.train_test_split(x, labels, test_fraction=0.2, seed=0)
     model = models.LeNet5(padding="SAME")
-    result = nnjax.fit(model, nnjax.losses.softmax_cross_entropy, optax.adam(1e-2), x_train, y_train, epochs=8,
+    result = nnjax.fit(model, nnjax.losses.softmax_cross_entropy, optax.adam(1e-2), x_train, y_train, epochs=14,
                        batch_size=32, progress=False)  # fmt: skip
     accuracy = float(np.mean(np.argmax(nnjax.predict(model, result.train_state, x_test), axis=-1) == y_test))
-    assert accuracy >= 0.93, accuracy  # 360 Adam steps (0.96 measured); chance is 0.1
+    # 630 Adam steps: 0.953-0.975 measured over seeds 0-2 and XLA optimization levels 0 and 2 (8 epochs gave
+    # 0.91-0.96, too close to chance-of-the-seed for a threshold); chance is 0.1
+    assert accuracy >= 0.93, accuracy
 
 
 # ---- summary ------------------------------------------------------------------------------------------
