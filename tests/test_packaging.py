@@ -75,7 +75,8 @@ def test_the_notebooks_install_cell_keeps_colabs_jax():
     spec.loader.exec_module(build)
     assert Requirement(build.INSTALL).name == "nnjax"
     command = re.search(r"subprocess\.run\((\[.*?\]), check=True\)", build.SETUP).group(1)
-    assert '"pip", "install"' in command and build.INSTALL in command
+    assert '"pip", "install"' in command and "package" in command
+    assert f'package = "{build.INSTALL}"' in build.SETUP
     assert not {"-U", "--upgrade", "--force-reinstall", "jax", "jaxlib"} & set(re.findall(r'"([^"]+)"', command))
 
 

@@ -410,10 +410,14 @@ def _remove_partial(path: str, step: int, before: set[threading.Thread], timeout
         if orbax_thread and thread is not threading.current_thread():
             with contextlib.suppress(Exception):  # not started; or (Orbax threads) re-raising their own error
                 thread.join(max(deadline - time.monotonic(), 0.0))
-    with contextlib.suppress(OSError):
-        for name in os.listdir(path):
-            if name.startswith(f"{step}.orbax-checkpoint-tmp"):
+    for _ in range(20):  # a pooled writer thread (not joined above) may still create a file: remove until none
+        with contextlib.suppress(OSError):
+            leftovers = [name for name in os.listdir(path) if name.startswith(f"{step}.orbax-checkpoint-tmp")]
+            if not leftovers:
+                return
+            for name in leftovers:
                 shutil.rmtree(os.path.join(path, name), ignore_errors=True)
+        time.sleep(0.05)
 
 
 def _record_checksum(record: Mapping[str, Any]) -> str:
