@@ -159,6 +159,7 @@ def test_vit_params_and_shapes(scan_layers):
     assert model.output_shape((16, 24, 1)) == (7,)
 
 
+@pytest.mark.slow  # a training run: CI's slow pass (the default suite checks ViT's forms and gradients)
 def test_vit_trains_on_synthetic_cifar():
     x, y = synthetic_cifar(32, seed=1)
     model = tiny_vit(hidden=16, num_heads=2, mlp_dim=32)
@@ -259,6 +260,7 @@ def test_lenet5_classic_and_digits_shapes():
         models.LeNet5(padding="FULL")
 
 
+@pytest.mark.slow  # 630 training steps: CI's slow pass
 def test_lenet5_learns_the_digits():
     images, labels = nnjax.data.load_digits()
     x = images[..., None].astype(np.float32) / 16.0  # (n, 8, 8, 1)
