@@ -28,8 +28,17 @@ def run(x, y, epochs: int, checked: bool) -> tuple[list[float], float]:
     ends = []
     callback = lambda epoch, train_state, logs: ends.append(time.perf_counter())  # noqa: E731
     with nnjax.config.checks(checked), contextlib.redirect_stdout(io.StringIO()):
-        result = nnjax.fit(model, nnjax.losses.softmax_cross_entropy, optax.adam(1e-3), x, y, epochs=epochs,
-                           batch_size=32, progress=False, callbacks=[callback])
+        result = nnjax.fit(
+            model,
+            nnjax.losses.softmax_cross_entropy,
+            optax.adam(1e-3),
+            x,
+            y,
+            epochs=epochs,
+            batch_size=32,
+            progress=False,
+            callbacks=[callback],
+        )
     times = list(np.diff([start, *ends]))
     return times, result.history["loss"][-1]
 

@@ -117,8 +117,8 @@ from nnjax._src.stack import Stacked, remat, stack
 from nnjax._src.step_stats import StepStats
 from nnjax._src.stream import fit_stream, prefetch_to_device
 from nnjax._src.summary import summarize, summary
-from nnjax._src.training_run import training_run
 from nnjax._src.train import TrainState, eval_key, init_train_state, make_eval_step, make_train_step, step_key
+from nnjax._src.training_run import training_run
 
 __version__ = "0.1.0"
 

@@ -37,7 +37,12 @@ def test_the_environment_variable_turns_it_on():
     from nnjax._src.checks import enabled_by_environment
 
     assert [enabled_by_environment({"NNJAX_CHECKS": v}) for v in ("1", "true", "0", "False", "")] == [
-        True, True, False, False, False]
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
     assert not enabled_by_environment({})
 
 
@@ -81,7 +86,8 @@ def test_valid_runs_give_the_unchecked_numbers(checked_mode):
     with nnjax.config.checks(False):
         plain = fit()
     np.testing.assert_allclose(checked.history["loss"], plain.history["loss"], rtol=1e-6)
-    np.testing.assert_allclose(nnjax.predict(MLP, checked.train_state, X), nnjax.predict(MLP, plain.train_state, X),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        nnjax.predict(MLP, checked.train_state, X), nnjax.predict(MLP, plain.train_state, X), rtol=1e-6
+    )
     many = nnjax.fit_many(MLP, XENT, optax.sgd(0.1), X, Y, seeds=[0, 1], epochs=1, batch_size=8, progress=False)
     assert many.history["loss"].shape == (2, 1) and np.isfinite(many.history["loss"]).all()

@@ -64,7 +64,9 @@ MISTAKES: dict[str, Mistake] = {
     # init
     "init: an int input_shape": Mistake(lambda: MLP.init(KEY, 4), TypeError, r"serial\.init.*`input_shape`.*\(4,\)"),
     "init: a Keras (None, 4) input_shape": Mistake(lambda: MLP.init(KEY, (None, 4)), TypeError, r"`input_shape`.*None"),
-    "init: an int seed as the key": Mistake(lambda: nnjax.Dense(3).init(0, (4,)), TypeError, r"Dense\(3\)\.init.*`key`.*jax\.random\.key"),
+    "init: an int seed as the key": Mistake(
+        lambda: nnjax.Dense(3).init(0, (4,)), TypeError, r"Dense\(3\)\.init.*`key`.*jax\.random\.key"
+    ),
     "init: an int dtype": Mistake(lambda: MLP.init(KEY, (4,), 3), TypeError, r"`dtype`.*floating"),
     "init: no input_shape": Mistake(lambda: MLP.init(KEY), TypeError, r"serial\.init.*input_shape"),
     "init_train_state: an int seed": Mistake(
@@ -97,19 +99,25 @@ MISTAKES: dict[str, Mistake] = {
     ),
     "apply: BatchNorm training under vmap over examples": Mistake(
         lambda: jax.vmap(lambda x: BN_MLP.apply(*_params(BN_MLP), x, train=True)[0])(X[:, None]),
-        ValueError, r"BatchNorm.*per-example",
+        ValueError,
+        r"BatchNorm.*per-example",
     ),
     "apply: residual params of a serial": Mistake(
         lambda: nnjax.residual(nnjax.Dense(4)).apply(*_params(nnjax.serial(nnjax.Dense(4))), X),
-        ValueError, r"Residual.*`params`.*body",
+        ValueError,
+        r"Residual.*`params`.*body",
     ),
     # fit
     "fit: an optimizer as a string": Mistake(lambda: _fit(optimizer="adam"), TypeError, r"`optimizer`.*optax\.adam"),
     "fit: an uncalled optimizer factory": Mistake(lambda: _fit(optimizer=optax.adam), TypeError, r"`optimizer`.*call"),
     "fit: a list of layers as the model": Mistake(lambda: _fit(model=[nnjax.Dense(3)]), TypeError, r"`model`.*serial"),
-    "fit: an uncalled layer constructor": Mistake(lambda: _fit(model=nnjax.Dense), TypeError, r"`model`.*Dense\(\.\.\.\)"),
+    "fit: an uncalled layer constructor": Mistake(
+        lambda: _fit(model=nnjax.Dense), TypeError, r"`model`.*Dense\(\.\.\.\)"
+    ),
     "fit: metrics as a list": Mistake(lambda: _fit(metrics=["accuracy"]), TypeError, r"`metrics`.*dict"),
-    "fit: one callback not in a list": Mistake(lambda: _fit(callbacks=lambda *a: False), TypeError, r"`callbacks`.*\[callback\]"),
+    "fit: one callback not in a list": Mistake(
+        lambda: _fit(callbacks=lambda *a: False), TypeError, r"`callbacks`.*\[callback\]"
+    ),
     "fit: params where a train state goes": Mistake(
         lambda: _fit(train_state=_params()[0]), TypeError, r"`train_state`.*params="
     ),
@@ -120,18 +128,25 @@ MISTAKES: dict[str, Mistake] = {
         lambda: _fit(loss=lambda params, x, y: 0.0), TypeError, r"`loss`.*3 required.*objective"
     ),
     "fit: an objective that returns a bare loss": Mistake(
-        lambda: _fit(loss=nnjax.objective(lambda p, s, b, *, key, train: jnp.float32(0.0))), TypeError,
+        lambda: _fit(loss=nnjax.objective(lambda p, s, b, *, key, train: jnp.float32(0.0))),
+        TypeError,
         r"objective.*\(loss, \(new_state, aux\)\)",
     ),
     "fit: NaN targets": Mistake(
         lambda: _fit(model=nnjax.Dense(1), loss=losses.mse, y=np.full((16, 1), np.nan, np.float32)),
-        ValueError, r"`y` holds 16 NaN",
+        ValueError,
+        r"`y` holds 16 NaN",
     ),
     "fit: labels out of range": Mistake(lambda: _fit(y=Y + 3), ValueError, r"`labels`.*\[0, 3\)"),
     "fit: token ids outside the vocabulary": Mistake(
-        lambda: _fit(model=_gpt(20), loss=losses.softmax_cross_entropy, x=np.full((16, 8), 25, np.int32),
-                     y=np.zeros((16, 8), np.int32)),
-        ValueError, r"`x`.*token ids in \[0, 20\)",
+        lambda: _fit(
+            model=_gpt(20),
+            loss=losses.softmax_cross_entropy,
+            x=np.full((16, 8), 25, np.int32),
+            y=np.zeros((16, 8), np.int32),
+        ),
+        ValueError,
+        r"`x`.*token ids in \[0, 20\)",
     ),
     "fit: an empty data set": Mistake(lambda: _fit(x=X[:0], y=Y[:0]), ValueError, r"at least one example"),
     "fit: epochs=True": Mistake(
@@ -145,41 +160,53 @@ MISTAKES: dict[str, Mistake] = {
     ),
     "fit_many: zipped lists of two lengths": Mistake(
         lambda: _fit_many(hyperparams={"learning_rate": [0.1, 0.2], "b1": [0.9]}, grid=False),
-        ValueError, r"`learning_rate` 2, `b1` 1",
+        ValueError,
+        r"`learning_rate` 2, `b1` 1",
     ),
     "fit_many: a string optimizer": Mistake(lambda: _fit_many(optimizer="adam"), TypeError, r"`optimizer`"),
     "fit_stream: a generator as the source": Mistake(
         lambda: nnjax.fit_stream(MLP, XENT, optax.sgd(0.1), (b for b in [(X, Y)]), epochs=1, input_shape=(4,)),
-        TypeError, r"`batches`.*lambda epoch",
+        TypeError,
+        r"`batches`.*lambda epoch",
     ),
     "fit_stream: a string optimizer": Mistake(
         lambda: nnjax.fit_stream(MLP, XENT, "sgd", lambda e: [(X, Y)], epochs=1), TypeError, r"`optimizer`"
     ),
     # steps, inference, transforms
     "make_dp_train_step: a negative clip norm": Mistake(
-        lambda: nnjax.per_example.make_dp_train_step(MLP, XENT, optax.sgd(0.1), l2_norm_clip=-1.0, noise_multiplier=1.0),
-        ValueError, r"`l2_norm_clip`.*positive",
+        lambda: nnjax.per_example.make_dp_train_step(
+            MLP, XENT, optax.sgd(0.1), l2_norm_clip=-1.0, noise_multiplier=1.0
+        ),
+        ValueError,
+        r"`l2_norm_clip`.*positive",
     ),
     "make_dp_train_step: a zero clip norm": Mistake(
         lambda: nnjax.per_example.make_dp_train_step(MLP, XENT, optax.sgd(0.1), l2_norm_clip=0.0, noise_multiplier=1.0),
-        ValueError, r"`l2_norm_clip`.*0",
+        ValueError,
+        r"`l2_norm_clip`.*0",
     ),
     "make_dp_train_step: negative noise": Mistake(
         lambda: nnjax.per_example.make_dp_train_step(MLP, XENT, optax.sgd(0.1), l2_norm_clip=1.0, noise_multiplier=-1),
-        ValueError, r"`noise_multiplier`",
+        ValueError,
+        r"`noise_multiplier`",
     ),
-    "loss: an empty batch": Mistake(lambda: losses.mse(jnp.zeros((0, 2)), jnp.zeros((0, 2))), ValueError, r"mse.*empty"),
+    "loss: an empty batch": Mistake(
+        lambda: losses.mse(jnp.zeros((0, 2)), jnp.zeros((0, 2))), ValueError, r"mse.*empty"
+    ),
     "predict: one unbatched example": Mistake(
         lambda: nnjax.predict(MLP, nnjax.init_train_state(MLP, optax.sgd(0.1), KEY, (4,)), X[0]),
-        ValueError, r"predict: argument `x`.*\(4,\).*\[None\]",
+        ValueError,
+        r"predict: argument `x`.*\(4,\).*\[None\]",
     ),
     "generate: an unbatched prompt": Mistake(
         lambda: nnjax.models.generate(_gpt(), _params(_gpt(), (8,))[0], jnp.ones((4,), jnp.int32), 2),
-        ValueError, r"generate: argument `prompt`.*prompt\[None\]",
+        ValueError,
+        r"generate: argument `prompt`.*prompt\[None\]",
     ),
     "generate: a float prompt": Mistake(
         lambda: nnjax.models.generate(_gpt(), _params(_gpt(), (8,))[0], jnp.ones((1, 4)), 2),
-        TypeError, r"generate: argument `prompt`.*integer",
+        TypeError,
+        r"generate: argument `prompt`.*integer",
     ),
 }
 

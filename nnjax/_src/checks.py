@@ -43,9 +43,11 @@ try:  # a JAX configuration state: part of every jit cache key
     from jax._src import config as _jax_config
 
     _ENABLED = _jax_config.bool_state(
-        "nnjax_checks", enabled_by_environment(),
+        "nnjax_checks",
+        enabled_by_environment(),
         "nnjax's checked mode: value checks inside compiled programs through checkify.",
-        include_in_jit_key=True, include_in_trace_context=True,
+        include_in_jit_key=True,
+        include_in_trace_context=True,
     )
 
     def checks_enabled() -> bool:

@@ -81,7 +81,8 @@ class Layer(_LayerFields):
         cls, init: InitFn, apply: ApplyFn, name: str, input_dtype: DType | None = None,
         input_range: tuple[int, int] | None = None,
     ) -> Layer:
-        return super().__new__(cls, checked_init(init, name), checked_apply(apply, name), name, input_dtype, input_range)
+        init, apply = checked_init(init, name), checked_apply(apply, name)
+        return super().__new__(cls, init, apply, name, input_dtype, input_range)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(

@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from nnjax._src import initializers
+from nnjax._src.checks import check
 from nnjax._src.core import Layer
 from nnjax._src.errors import LayerError, LayerTypeError, check_float_input, is_concrete
-from nnjax._src.checks import check
 from nnjax._src.types import Array, Params, Shape
 
 
@@ -96,16 +96,16 @@ def check_token_ids(layer: str, x: Array, vocab_size: int, argument: str = "x") 
             f"{tuple(jnp.shape(x))}."
         )
     if not is_concrete(x) and np.size(x) > 0:  # traced: checked in the checked mode only
-        check(jnp.all((x >= 0) & (x < vocab_size)),
-              f"{layer}: argument `{argument}` expected token ids in [0, {vocab_size}), given ids in [{{low}}, {{high}}].",
+        expected = f"{layer}: argument `{argument}` expected token ids in [0, {vocab_size}), "
+        check(jnp.all((x >= 0) & (x < vocab_size)), expected + "given ids in [{low}, {high}].",
               low=jnp.min(x), high=jnp.max(x))
     if is_concrete(x) and np.size(x) > 0:
         values = np.asarray(x)
         low, high = int(values.min()), int(values.max())
         if low < 0 or high >= vocab_size:
             raise LayerError(
-                f"{layer}: argument `{argument}` expected token ids in [0, {vocab_size}), given ids in [{low}, {high}]. "
-                f"Hint: make `vocab_size` at least {high + 1}, or check the tokenizer."
+                f"{layer}: argument `{argument}` expected token ids in [0, {vocab_size}), given ids in "
+                f"[{low}, {high}]. Hint: make `vocab_size` at least {high + 1}, or check the tokenizer."
             )
 
 

@@ -420,7 +420,9 @@ def sweep_configs(
     hyperparams = {k: list(np.asarray(v).reshape(-1).tolist()) for k, v in (hyperparams or {}).items()}
     empty = [name for name, values in hyperparams.items() if not values]
     if empty:
-        raise ValueError(f"fit_many: argument `hyperparams` expected at least one value per name, given none for {empty}.")
+        raise ValueError(
+            f"fit_many: argument `hyperparams` expected at least one value per name, given none for {empty}."
+        )
     names = list(hyperparams)
     if grid:
         return [

@@ -15,6 +15,7 @@ import numpy as np
 
 from nnjax._src.checks import check
 
+
 class LayerError(ValueError):
     """A layer got input it cannot use. The message names the layer and its position."""
 

@@ -31,9 +31,14 @@ def check_key(where: str, key: Any, *, optional: bool = False) -> None:
         return
     if dtype == jnp.uint32 and jnp.shape(key)[-1:] == (2,):
         return
-    given = f"{type(key).__name__} {key!r}" if isinstance(key, (int, float, str)) or key is None else (
-        f"{type(key).__name__} of dtype {dtype} and shape {tuple(jnp.shape(key))}" if dtype is not None
-        else type(key).__name__
+    given = (
+        f"{type(key).__name__} {key!r}"
+        if isinstance(key, (int, float, str)) or key is None
+        else (
+            f"{type(key).__name__} of dtype {dtype} and shape {tuple(jnp.shape(key))}"
+            if dtype is not None
+            else type(key).__name__
+        )
     )
     raise TypeError(
         f"{where}: argument `key` expected a PRNG key, given {given}. "
@@ -172,8 +177,10 @@ def check_children(combinator: str, names: Sequence[str], params: Any, state: An
             continue
         if isinstance(tree, Mapping):
             missing, extra = sorted(set(names) - set(tree)), sorted(set(tree) - set(names))
-            given = f"{sorted(tree)}" + (f" (missing {missing}" if missing else " (") + (
-                f"{', ' if missing and extra else ''}unexpected {extra})" if extra else ")"
+            given = (
+                f"{sorted(tree)}"
+                + (f" (missing {missing}" if missing else " (")
+                + (f"{', ' if missing and extra else ''}unexpected {extra})" if extra else ")")
             )
         else:
             given = type(tree).__name__
@@ -182,5 +189,7 @@ def check_children(combinator: str, names: Sequence[str], params: Any, state: An
             if argument == "state"
             else "params come from this model's init; the params of another model do not fit"
         )
-        raise LayerError(f"{combinator}: argument `{argument}` expected a dict with entries {list(names)}, given {given}. "
-                         f"Hint: {hint}.")
+        raise LayerError(
+            f"{combinator}: argument `{argument}` expected a dict with entries {list(names)}, given {given}. "
+            f"Hint: {hint}."
+        )
