@@ -274,3 +274,13 @@ def test_inference_and_step_builders_check_their_arguments():
     train_state = nnjax.init_train_state(MLP, optax.sgd(0.1), KEY, (4,))
     logs = nnjax.evaluate(MLP, train_state, X.tolist(), Y.tolist(), loss=XENT)  # lists are accepted, as in fit
     assert np.isfinite(logs["loss"])
+
+
+
+def test_wrappers_keep_the_vocabulary_bound():
+    """serial, remat and the zoo's renaming pass Embedding's input range on, so fit still checks token ids."""
+    from nnjax._src.models import renamed
+
+    embed = nnjax.Embedding(10, 4)
+    for layer in (nnjax.serial(embed, nnjax.Dense(3)), nnjax.remat(embed), renamed(embed, "Tokens")):
+        assert layer.input_range == (0, 10), layer.name

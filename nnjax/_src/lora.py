@@ -110,7 +110,7 @@ def lora(layer: Layer, rank: int, alpha: float | None = None, *, train_base: boo
     def apply(params, state, x, *, key=None, train=False):
         return layer.apply(merged(params, stop_base=not train_base), state, x, key=key, train=train)
 
-    return Layer(init, apply, name, layer.input_dtype)
+    return Layer(init, apply, name, layer.input_dtype, layer.input_range)
 
 
 def merged(params: Params, *, stop_base: bool = False, path: tuple[str, ...] = ()) -> Params:

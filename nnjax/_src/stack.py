@@ -135,7 +135,7 @@ def remat(layer: Layer, policy: Any = "nothing_saveable", *, prevent_cse: bool =
         except LOCATED_ERRORS as error:
             raise with_location(error, name) from None
 
-    return Layer(layer.init, apply, name, layer.input_dtype)
+    return Layer(layer.init, apply, name, layer.input_dtype, layer.input_range)
 
 
 _remat = remat  # (``stack``'s argument ``remat`` shadows the function)
@@ -253,6 +253,6 @@ def stack(block: Layer, n: int, *, remat: Any = None, unroll: int | bool = 1) ->
             raise with_location(error, "stack") from None
         return y, {STACKED: new_state}
 
-    layer = Stacked(init, apply, name, block.input_dtype)
+    layer = Stacked(init, apply, name, block.input_dtype, block.input_range)
     layer.__dict__.update(block=block, n=n)
     return layer

@@ -12,7 +12,7 @@ from nnjax._src.types import Params, State
 def renamed(layer: Layer, name: str) -> Layer:
     """``layer`` under a new readable name; its functions, its type and attributes (a ``Stacked``'s ``block`` and
     ``n``), and so ``summary``'s view of it, are unchanged."""
-    new = type(layer)(layer.init, layer.apply, name, layer.input_dtype)
+    new = type(layer)(layer.init, layer.apply, name, layer.input_dtype, layer.input_range)
     if hasattr(layer, "__dict__"):
         new.__dict__.update(layer.__dict__)
     return new
