@@ -19,23 +19,11 @@ from typing import Any
 import jax
 import optax
 
+from nnjax._src.errors import leaf_path
 from nnjax._src.objective import Objective
 from nnjax._src.types import Params
 
 Where = str | Sequence[str] | Callable[[str], bool]  # path patterns, or a predicate on a leaf's path
-
-
-def path_str(path: tuple) -> str:
-    """A ``jax.tree_util`` key path as a ``/``-joined string: ``"backbone/dense_0/w"``."""
-    parts = []
-    for entry in path:
-        for attr in ("key", "idx", "name"):
-            if hasattr(entry, attr):
-                parts.append(str(getattr(entry, attr)))
-                break
-        else:
-            parts.append(str(entry))
-    return "/".join(parts)
 
 
 def path_matcher(where: Where, *, what: str = "freeze") -> Callable[[str], bool]:
@@ -63,7 +51,7 @@ def path_matcher(where: Where, *, what: str = "freeze") -> Callable[[str], bool]
 
 def leaf_paths(params: Params) -> list[str]:
     """The ``/``-joined path of every array leaf of ``params``."""
-    return [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+    return [leaf_path(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
 
 
 class FrozenOptimizer(optax.GradientTransformation):
@@ -131,7 +119,7 @@ def freeze(optimizer: optax.GradientTransformation, params: Params, where: Where
 
     def labels(tree: Params) -> Params:
         return jax.tree_util.tree_map_with_path(
-            lambda path, _: "frozen" if frozen(path_str(path)) else "trainable", tree
+            lambda path, _: "frozen" if frozen(leaf_path(path)) else "trainable", tree
         )
 
     tx = optax.multi_transform({"trainable": optimizer, "frozen": optax.set_to_zero()}, labels)
@@ -151,7 +139,7 @@ def stop_frozen_gradients(objective_fn: Objective, frozen: Callable[[str], bool]
 
     def fn(params, state, batch, *, key, train):
         params = jax.tree_util.tree_map_with_path(
-            lambda path, p: jax.lax.stop_gradient(p) if frozen(path_str(path)) else p, params
+            lambda path, p: jax.lax.stop_gradient(p) if frozen(leaf_path(path)) else p, params
         )
         return objective_fn(params, state, batch, key=key, train=train)
 
@@ -166,5 +154,5 @@ def count_frozen(params: Params, where: Where | FrozenOptimizer) -> tuple[int, i
         size = 1
         for d in leaf.shape:
             size *= int(d)
-        counts[bool(frozen(path_str(path)))] += size
+        counts[bool(frozen(leaf_path(path)))] += size
     return counts[0], counts[1]
