@@ -84,7 +84,7 @@ def freeze(optimizer: optax.GradientTransformation, params: Params, where: Where
 
     Args:
       optimizer: any ``optax.GradientTransformation``, for the trainable parameters.
-      params: the model's params (arrays or ``jax.ShapeDtypeStruct``s), to label each leaf by its path.
+      params: the model's params (arrays or ``jax.ShapeDtypeStruct`` values), to label each leaf by its path.
       where: what to freeze: a path pattern (``"backbone/*"``, ``"backbone"``, ``"*/b"``; ``fnmatch``
         rules, matched against each leaf's path and its ancestors' paths), a list of them, or a predicate
         ``path -> bool`` on a leaf's ``/``-joined path (``"backbone/dense_0/w"``).

@@ -165,8 +165,8 @@ def stack(block: Layer, n: int, *, remat: Any = None, unroll: int | bool = 1) ->
         blocks, longer compiles).
 
     Returns:
-      A ``Stacked`` layer (``.block``, ``.n``) named ``"Stack(n, <block's name>)"``: ``x: (batch,
-      *input_shape) -> `` the same shape.
+      A ``Stacked`` layer (``.block``, ``.n``) named ``"Stack(n, <block's name>)"``, mapping
+      ``x: (batch, *input_shape)`` to the same shape.
 
     Raises:
       TypeError: ``block`` is not a ``Layer``; ``n`` or ``unroll`` not an int.
