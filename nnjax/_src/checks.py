@@ -125,6 +125,15 @@ def suspended() -> contextlib.AbstractContextManager:
     return _flag("suspended")
 
 
+def at_top_level() -> bool:
+    """True when no JAX transformation is tracing (nothing to stage into; ``compiler_options`` apply)."""
+    try:
+        from jax._src.core import trace_state_clean  # JAX's own test of it; no public name yet
+    except ImportError:  # an older or newer JAX: compile as part of whatever runs it
+        return False
+    return trace_state_clean()
+
+
 def staging() -> bool:
     """True where a check is staged: the mode is on, inside ``checkify``, and not suspended."""
     return checks_enabled() and getattr(_local, "functionalizing", False) and not getattr(_local, "suspended", False)

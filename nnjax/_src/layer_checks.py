@@ -16,7 +16,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from nnjax._src.checks import all_finite, check, checked, checks_enabled, staging
+from nnjax._src.checks import all_finite, at_top_level, check, checked, checks_enabled, staging
+from nnjax._src.errors import LayerError
 
 _MISSING = object()
 _CHECKED = "__nnjax_checked__"
@@ -153,8 +154,6 @@ def _apply_in_checked_mode(apply: Callable[..., Any], where: str, params: Any, s
     """``apply`` with its input and output checked for NaN/Inf (``nnjax.config.checks``): staged inside a
     functionalized program; functionalized here when called outside any transformation."""
     if not staging():
-        from nnjax._src.train import at_top_level
-
         if not at_top_level():  # inside the caller's own jit: it must be wrapped in `checked` to report
             return apply(params, state, x, **kwargs)
         run = checked(lambda p, s, v: _apply_in_checked_mode(apply, where, p, s, v, kwargs))
@@ -170,8 +169,6 @@ def check_children(combinator: str, names: Sequence[str], params: Any, state: An
 
     Catches params or state of another model, a state of ``{}`` or ``None``, and params and state swapped.
     """
-    from nnjax._src.errors import LayerError
-
     for argument, tree in (("params", params), ("state", state)):
         if isinstance(tree, Mapping) and set(tree) == set(names):
             continue

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from nnjax._src.arguments import check_model, check_optimizer
+from nnjax._src.checks import at_top_level
 from nnjax._src.compile import jit as compile_jit
 from nnjax._src.core import Layer
 from nnjax._src.errors import first_nonfinite
@@ -142,15 +143,6 @@ def init_program(
 
     compiled = jax.jit(build, compiler_options=init_jit_options())
     return lambda key, params, state: (compiled if at_top_level() else build)(key, params, state)
-
-
-def at_top_level() -> bool:
-    """True when no JAX transformation is tracing (``compiler_options`` are for top-level jits only)."""
-    try:
-        from jax._src.core import trace_state_clean  # JAX's own test of it; no public name yet
-    except ImportError:  # an older or newer JAX: compile as part of whatever runs it
-        return False
-    return trace_state_clean()
 
 
 def check_like(name: str, given: Any, expected: Any) -> None:
