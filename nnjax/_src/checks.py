@@ -158,10 +158,19 @@ def _checkify() -> Any:
     return checkify
 
 
-def _raise(error: Any) -> None:
-    message = error.get()
-    if message is not None:
-        raise CheckError(f"checked mode: {message}")
+def _reporting(functional: Callable[..., Any]) -> Callable[..., Any]:
+    """Calls a checkify-functionalized ``functional`` with checks staged, and raises ``CheckError`` for the
+    error it returns (if any); returns its output."""
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with _flag("functionalizing"):
+            error, out = functional(*args, **kwargs)
+        message = error.get()
+        if message is not None:
+            raise CheckError(f"checked mode: {message}")
+        return out
+
+    return run
 
 
 def checked(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -188,16 +197,7 @@ def checked(fn: Callable[..., Any]) -> Callable[..., Any]:
       nnjax._src.checks.CheckError: checked mode: Dense(2).apply: argument `x` holds NaN or Inf...
     """
     checkify = _checkify()
-    functional = checkify.checkify(fn, errors=checkify.user_checks)
-
-    @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        with _flag("functionalizing"):
-            error, out = functional(*args, **kwargs)
-        _raise(error)
-        return out
-
-    return run
+    return functools.wraps(fn)(_reporting(checkify.checkify(fn, errors=checkify.user_checks)))
 
 
 def checked_jit(fn: Callable[..., Any], *, static_argnames: Any = (), **jit_kwargs: Any) -> Callable[..., Any]:
@@ -212,13 +212,7 @@ def checked_jit(fn: Callable[..., Any], *, static_argnames: Any = (), **jit_kwar
         return checkify.checkify(body, errors=checkify.user_checks)(*args, **kwargs)
 
     compiled = jax.jit(functional, static_argnames=static_names, **jit_kwargs)
-
-    @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        with _flag("functionalizing"):
-            error, out = compiled(*args, **kwargs)
-        _raise(error)
-        return out
+    run = functools.wraps(fn)(_reporting(compiled))
 
     def lower(*args: Any, **kwargs: Any) -> Any:  # ahead-of-time lowering, as a jitted function has
         with _flag("functionalizing"):

@@ -322,7 +322,7 @@ class Recorder:
         self.callbacks, self.checkpoints, self.objective = list(callbacks), checkpoints, objective
         self.history: dict[str, list[Any]] = {}
         self.halted_models: set[int] = set()
-        self.warned_nonfinite = nonfinite is not None  # a chosen policy ("halt", "skip") reports on its own
+        self.nonfinite, self.warned_nonfinite = nonfinite, False
 
     def epoch(self, epoch: int, train_state: TrainState, logs: Logs, series: Mapping[str, np.ndarray],
               seconds: float, *, save: bool = True) -> bool:
@@ -345,7 +345,7 @@ class Recorder:
         loss is NaN or Inf."""
         loss = np.asarray(logs.get("loss", 0.0), np.float64)
         bad = np.flatnonzero(~np.isfinite(loss)).tolist()
-        if self.warned_nonfinite or not bad:
+        if self.nonfinite is not None or self.warned_nonfinite or not bad:  # "halt"/"skip" report on their own
             return
         self.warned_nonfinite = True
         which = f"models {bad} have" if self.many else "it has"
