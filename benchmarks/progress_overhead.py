@@ -57,15 +57,14 @@ def boundary_cost(x, y, steps: int, repeats: int) -> tuple[float, float]:
                        order=lambda ts, epoch: epoch_order(ts.key, epoch, n, 32))
     program = engine.epoch_program(plan)
     order = jax.eval_shape(plan.order, train_state, 0)
-    no_order = jax.numpy.zeros(order.shape, order.dtype)
-    carry = engine.EpochCarry(train_state, engine.no_halt(train_state), no_order,
+    carry = engine.EpochCarry(train_state, engine.no_halt(train_state), plan.order(train_state, 0),
                               engine.empty_per_step(plan, train_state, order))
     times: dict[int, list[float]] = {1: [], 8: []}
     for repeat in range(repeats + 1):
         for chunks in (1, 8):
             began = time.perf_counter()
             for start in range(0, steps, steps // chunks):
-                carry = program(carry, np.int32(repeat), np.int32(start), np.int32(start + steps // chunks))
+                carry = program(carry, np.int32(start), np.int32(start + steps // chunks))
                 np.asarray(carry.halted)  # the sync the engine does after each chunk when a bar is shown
             if repeat:  # the first round compiles and warms up
                 times[chunks].append(time.perf_counter() - began)

@@ -51,14 +51,20 @@ def test_python_loop_over_several_gathered_chunks_agrees_with_the_fused_epoch():
     assert int(results[1].train_state.step) == 2 * 50
 
 
-@pytest.mark.parametrize("n, high", [(1, 2**32), (2, 2**32), (500, 2**32), (500, 50), (64, 1)])
-def test_shuffled_indices_equals_a_stable_argsort_with_and_without_ties(n, high):
-    bits = jnp.asarray(np.random.default_rng(n).integers(0, high, n, dtype=np.uint64).astype(np.uint32))
-    got = jax.jit(nnjax_fit.shuffled_indices)(bits)
-    np.testing.assert_array_equal(got, np.argsort(np.asarray(bits), kind="stable"))
+@pytest.mark.parametrize("n, batch", [(100, 16), (7, 7), (1, 1)])
+def test_epoch_order_is_a_stable_argsort_of_the_epochs_random_bits(n, batch):
+    key = jax.random.key_data(jax.random.key(4))
+    bits = np.asarray(jax.random.bits(nnjax_fit.stream_key(key, nnjax_fit.DATA_STREAM, 3), (n,), jnp.uint32))
+    steps = n // batch
+    got = nnjax_fit.epoch_order(key, 3, n, batch)
+    np.testing.assert_array_equal(got, np.argsort(bits, kind="stable")[: steps * batch].reshape(steps, batch))
     assert got.dtype == jnp.int32
-    if n > 1 and high == 2**32:
-        assert len(np.unique(np.asarray(bits))) == n  # the rank path really ran
+
+
+def test_epoch_order_keeps_index_order_among_tied_bits(monkeypatch):
+    tied = jnp.asarray([5, 1, 5, 1, 0, 5], jnp.uint32)
+    monkeypatch.setattr(nnjax_fit.jax.random, "bits", lambda key, shape, dtype: tied)
+    np.testing.assert_array_equal(nnjax_fit.epoch_order(jax.random.key(0), 0, 6, 3), [[4, 1, 3], [0, 2, 5]])
 
 
 def test_epoch_orders_under_lax_map_equal_one_at_a_time():

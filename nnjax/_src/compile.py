@@ -16,7 +16,7 @@ from typing import Any
 import jax
 
 from nnjax._src.checks import checked_jit, checks_enabled
-from nnjax._src.kernels import default_compiler_options, jit_options
+from nnjax._src.kernels import default_compiler_options, jit_options, setup_jit_options
 
 
 def jit(fn: Callable[..., Any], **jit_kwargs: Any) -> Callable[..., Any]:
@@ -52,4 +52,10 @@ def jit(fn: Callable[..., Any], **jit_kwargs: Any) -> Callable[..., Any]:
     return jax.jit(fn, compiler_options=jit_options(), **jit_kwargs)
 
 
-__all__ = ["default_compiler_options", "jit", "jit_options"]
+def setup_jit(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``jax.jit(fn)`` with the XLA options of a setup program (``setup_jit_options``): one that runs once or
+    briefly (initialization, an epoch's data order), so its compile time matters more than its run time."""
+    return jax.jit(fn, compiler_options=setup_jit_options())
+
+
+__all__ = ["default_compiler_options", "jit", "jit_options", "setup_jit"]

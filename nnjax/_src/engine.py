@@ -28,8 +28,10 @@ import numpy as np
 import optax
 
 from nnjax._src.arguments import check_choice, check_int
+from nnjax._src.checks import checks_enabled
 from nnjax._src.checkpoint import check_writable, checkpoint_lock, latest_step, restore_checkpoint, save_checkpoint
 from nnjax._src.compile import jit as compile_jit
+from nnjax._src.compile import setup_jit
 from nnjax._src.errors import NonFiniteError
 from nnjax._src.objective import Objective
 from nnjax._src.step_stats import STEP_PREFIX
@@ -92,7 +94,7 @@ def owned(train_state: TrainState) -> TrainState:
 
 def no_halt(train_state: TrainState) -> Array:
     """The initial ``halted`` flag: False, one per model for ``fit_many``."""
-    return jnp.zeros(np.shape(train_state.step), bool)
+    return jax.device_put(np.zeros(np.shape(train_state.step), bool))
 
 
 # --- fused epochs ------------------------------------------------------------------------------------------
@@ -107,9 +109,12 @@ class EpochCarry(NamedTuple):
     per_step: dict[str, Array]  # name -> (steps, [K,] ...) metrics of each step
 
 
-def run_steps(plan: Plan, carry: EpochCarry, start: Any, stop: Any) -> EpochCarry:
-    """Steps ``start .. stop - 1`` of the epoch in ``carry`` (traceable; Python bounds make a ``scan``)."""
-    step = carried_step(plan)
+def run_steps(
+    plan: Plan, carry: EpochCarry, start: Any, stop: Any, step: Callable[..., Any] | None = None
+) -> EpochCarry:
+    """Steps ``start .. stop - 1`` of the epoch in ``carry`` (traceable; Python bounds make a ``scan``), each
+    by ``step`` (default ``carried_step(plan)``)."""
+    step = carried_step(plan) if step is None else step
 
     def body(i, loop):
         train_state, halted, per_step = loop
@@ -120,22 +125,23 @@ def run_steps(plan: Plan, carry: EpochCarry, start: Any, stop: Any) -> EpochCarr
     return carry._replace(train_state=loop[0], halted=loop[1], per_step=loop[2])
 
 
-def empty_per_step(plan: Plan, train_state: TrainState, order: Any) -> dict[str, Array]:
-    """Zero buffers ``(steps, [K,] ...)`` for each per-step metric, shaped by tracing the step once."""
+def empty_per_step(
+    plan: Plan, train_state: TrainState, order: Any, step: Callable[..., Any] | None = None
+) -> dict[str, Array]:
+    """Zero buffers ``(steps, [K,] ...)`` for each per-step metric, shaped by tracing ``step`` (default
+    ``carried_step(plan)``) once."""
+    step = carried_step(plan) if step is None else step
     batch = jax.eval_shape(lambda ts, o: take(plan.data, o[0]), train_state, order)
-    shapes = jax.eval_shape(carried_step(plan), train_state, no_halt(train_state), batch)[2]
-    return {name: jnp.zeros((plan.steps, *s.shape), s.dtype) for name, s in shapes.items()}
+    shapes = jax.eval_shape(step, train_state, no_halt(train_state), batch)[2]
+    return {name: jax.device_put(np.zeros((plan.steps, *s.shape), s.dtype)) for name, s in shapes.items()}
 
 
-def epoch_program(plan: Plan) -> Callable[[EpochCarry, Any, Any, Any], EpochCarry]:
-    """``(carry, epoch, start, stop) -> carry``, compiled: a chunk of an epoch's steps (the carry donated).
+def epoch_program(plan: Plan, step: Callable[..., Any] | None = None) -> Callable[[EpochCarry, Any, Any], EpochCarry]:
+    """``(carry, start, stop) -> carry``, compiled: steps ``start .. stop - 1`` of the epoch whose order
+    ``carry`` holds (the carry donated). One program serves every chunk size."""
 
-    The chunk that starts at step 0 draws the epoch's order. One program serves every chunk size.
-    """
-
-    def chunk(carry: EpochCarry, epoch: Array, start: Array, stop: Array) -> EpochCarry:
-        order = jax.lax.cond(start == 0, lambda: plan.order(carry.train_state, epoch), lambda: carry.order)
-        return run_steps(plan, carry._replace(order=order), start, stop)
+    def chunk(carry: EpochCarry, start: Array, stop: Array) -> EpochCarry:
+        return run_steps(plan, carry, start, stop, step)
 
     return compile_jit(chunk, donate_argnums=0)
 
@@ -513,23 +519,27 @@ def _train_all(plan: Plan, train_state: TrainState, first_epoch: int, epochs: in
 
 
 def _fused_epochs(plan: Plan, train_state: TrainState, progress: Progress, most: int | None) -> EpochRunner:
-    """Epochs as compiled chunks of steps (``epoch_program``), sized by ``Chunks`` for the progress bar."""
-    program = epoch_program(plan)
+    """Epochs as compiled chunks of steps (``epoch_program``), sized by ``Chunks`` for the progress bar;
+    each epoch's order is drawn by a setup program of its own (compiled for compile time, ``setup_jit``)."""
+    # Traced once, for the buffers' shapes and for the program; the checked mode stages its checks while
+    # tracing the program (checkify), so it traces the step there again.
+    step = carried_step(plan) if checks_enabled() else jax.jit(carried_step(plan))
+    program = epoch_program(plan, step)
+    draw_order = setup_jit(plan.order)
     chunks = Chunks(plan.steps, progress.enabled, most=most)
     order = jax.eval_shape(plan.order, train_state, 0)
-    carry = EpochCarry(train_state, no_halt(train_state), jnp.zeros(order.shape, order.dtype),
-                       empty_per_step(plan, train_state, order))
+    carry = EpochCarry(train_state, no_halt(train_state), order, empty_per_step(plan, train_state, order, step))
     # Compiled before the first epoch, so the bar's first estimate times the steps, not the compiler.
-    program.lower(carry, np.int32(0), np.int32(0), np.int32(0)).compile()
-    buffers = [carry.order, carry.per_step]  # donated to each epoch's first chunk, returned by its last
+    program.lower(carry, np.int32(0), np.int32(0)).compile()
+    per_step_buffers = [carry.per_step]  # donated to each epoch's first chunk, returned by its last
 
     def run_epoch(train_state, halted, epoch, progress):
-        carry = EpochCarry(train_state, halted, *buffers)
+        carry = EpochCarry(train_state, halted, draw_order(train_state, np.int32(epoch)), per_step_buffers[0])
         start = 0
         while start < plan.steps:
             size = chunks.next_size(start)
             began = time.perf_counter()
-            carry = program(carry, np.int32(epoch), np.int32(start), np.int32(start + size))
+            carry = program(carry, np.int32(start), np.int32(start + size))
             start += size
             if chunks.enabled or plan.halt:
                 halted = np.asarray(carry.halted)  # the host sync that times the chunk
@@ -538,7 +548,7 @@ def _fused_epochs(plan: Plan, train_state: TrainState, progress: Progress, most:
                 if plan.halt and np.all(halted):
                     break
         per_step = jax.device_get(carry.per_step)
-        buffers[:] = [carry.order, carry.per_step]
+        per_step_buffers[0] = carry.per_step
 
         def halted_at():
             index = step_count(carry.train_state) - epoch * plan.steps

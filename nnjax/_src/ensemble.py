@@ -582,7 +582,7 @@ def fit_many(
         build_train_step(objective_fn, opt, nonfinite=nonfinite, step_stats=as_step_stats("fit_many", step_stats)),
         many=True,
         halt=nonfinite == "halt",
-        data=jax.tree.map(jnp.asarray, as_data(x, y)),
+        data=jax.device_put(as_data(x, y)),
         order=lambda ts, epoch: jnp.swapaxes(  # (steps, K, batch); lax.map, as vmap would run both cond branches
             jax.lax.map(lambda key: epoch_order(key, epoch, n, batch_size), ts.key), 0, 1),
         steps=steps,

@@ -17,7 +17,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -28,7 +27,7 @@ from nnjax._src.engine import Plan, Progress, Recorder, checkpoints_for, owned, 
 from nnjax._src.inference import make_evaluate_fn
 from nnjax._src.objective import Loss, Metric, Objective, as_objective
 from nnjax._src.step_stats import StepStats, as_step_stats
-from nnjax._src.train import NONFINITE_MODES, TrainState, build_train_step, init_train_state
+from nnjax._src.train import NONFINITE_MODES, TrainState, build_train_step, init_train_state, seeded_train_state
 from nnjax._src.training_data import as_arrays, as_data, check_fit_data, epoch_order
 
 History = dict[str, list[float]]
@@ -208,13 +207,13 @@ def fit(
         restored = resume_from("fit", checkpoints, like, steps)
         train_state = restored[0] if restored is not None else train_state
     if train_state is None:
-        train_state = init_train_state(model, optimizer, jax.random.key(seed), input_shape)
+        train_state = seeded_train_state(model, optimizer, seed, input_shape)
     first_step = int(train_state.step)
     evaluate_fn = make_evaluate_fn(model, loss, metrics)
     plan = Plan(
         build_train_step(objective_fn, optimizer, nonfinite=nonfinite, step_stats=as_step_stats("fit", step_stats)),
         halt=nonfinite == "halt",
-        data=jax.tree.map(jnp.asarray, as_data(x, y)),
+        data=jax.device_put(as_data(x, y)),
         order=lambda ts, epoch: epoch_order(ts.key, epoch, n, batch_size),
         steps=steps,
         validate=None if val is None else lambda ts: evaluate_fn(ts, *val),

@@ -25,7 +25,7 @@ from nnjax._src.fit import Callback, FitResult
 from nnjax._src.inference import make_evaluate_fn
 from nnjax._src.objective import Loss, Metric, Objective, as_objective
 from nnjax._src.step_stats import StepStats, as_step_stats
-from nnjax._src.train import NONFINITE_MODES, Batch, TrainState, build_train_step, init_train_state
+from nnjax._src.train import NONFINITE_MODES, Batch, TrainState, build_train_step, seeded_train_state
 from nnjax._src.training_data import check_validation_data
 
 
@@ -177,7 +177,7 @@ def fit_stream(
     if restored is not None:
         train_state, initial_epoch = restored
     elif train_state is None:
-        train_state = init_train_state(model, optimizer, jax.random.key(seed), input_shape)
+        train_state = seeded_train_state(model, optimizer, seed, input_shape)
     else:
         train_state = owned(train_state)
     evaluate_fn = make_evaluate_fn(model, loss, metrics)

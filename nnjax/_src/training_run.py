@@ -137,7 +137,7 @@ def training_run(
     n = np.shape(x)[0]
     batch_size = min(batch_size, n)
     steps = n // batch_size
-    data = jax.tree.map(jnp.asarray, as_data(x, y))
+    data = jax.device_put(as_data(x, y))
     evaluate_fn = make_evaluate_fn(model, loss, metrics)
 
     def run(hyperparameters: Hyperparameters, key: PRNGKey) -> tuple[TrainState, dict[str, Array]]:
