@@ -44,7 +44,21 @@ def test_other_backends_get_no_options():
 
 def test_unknown_option_falls_back_to_none(monkeypatch):
     monkeypatch.setattr(kernels, "CPU_COMPILER_OPTIONS", {"xla_cpu_no_such_option_nnjax": True})
+    known = kernels._known_cpu_options.__wrapped__()  # probed again: all together fail, then one by one
+    assert "xla_cpu_no_such_option_nnjax" not in known
+    assert known.items() >= kernels.SETUP_CPU_COMPILER_OPTIONS.items()
+    monkeypatch.setattr(kernels, "_known_cpu_options", lambda: known)
     assert kernels.default_compiler_options.__wrapped__("cpu") is None
+
+
+@pytest.mark.skipif(not CPU, reason="the options are for the CPU backend")
+def test_setup_programs_compile_for_compile_time_on_cpu_only():
+    with nnjax.config.kernels("cpu"):
+        assert kernels.setup_jit_options() == {**kernels.CPU_COMPILER_OPTIONS, **kernels.SETUP_CPU_COMPILER_OPTIONS}
+        order = nnjax._src.compile.setup_jit(lambda key: jnp.argsort(jax.random.bits(key, (50,))))
+        np.testing.assert_array_equal(order(jax.random.key(1)), np.argsort(jax.random.bits(jax.random.key(1), (50,))))
+    with nnjax.config.kernels("generic"):
+        assert kernels.setup_jit_options() is None
 
 
 @pytest.mark.skipif(not CPU, reason="the options are for the CPU backend")

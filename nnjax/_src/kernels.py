@@ -346,11 +346,22 @@ def default_compiler_options(backend: str | None = None) -> dict[str, Any] | Non
     backend = jax.default_backend() if backend is None else backend
     if backend != "cpu":
         return None
-    return dict(CPU_COMPILER_OPTIONS) if _accepted(CPU_COMPILER_OPTIONS) else None
+    known = _known_cpu_options()
+    return dict(CPU_COMPILER_OPTIONS) if CPU_COMPILER_OPTIONS.items() <= known.items() else None
+
+
+@functools.cache
+def _known_cpu_options() -> dict[str, Any]:
+    """``CPU_COMPILER_OPTIONS`` and ``SETUP_CPU_COMPILER_OPTIONS`` less those this XLA rejects: one scalar
+    program compiled on JAX's default backend when it accepts them all (each on its own otherwise)."""
+    every = {**CPU_COMPILER_OPTIONS, **SETUP_CPU_COMPILER_OPTIONS}
+    if _accepted(every):
+        return every
+    return {name: value for name, value in every.items() if _accepted({name: value})}
 
 
 def _accepted(options: dict[str, Any]) -> bool:
-    """Whether this XLA compiles with ``options`` (a scalar program on JAX's default backend)."""
+    """Whether this XLA compiles with ``options``."""
     try:
         jax.jit(jnp.negative, compiler_options=options).lower(np.float32(0)).compile()
     except Exception:  # noqa: BLE001 - any rejection means this XLA does not know an option
@@ -376,19 +387,14 @@ SETUP_CPU_COMPILER_OPTIONS: dict[str, Any] = {
 }
 
 
-@functools.cache
-def _known_setup_options() -> dict[str, Any]:
-    """``SETUP_CPU_COMPILER_OPTIONS`` less those this XLA rejects (checked once)."""
-    if _accepted(SETUP_CPU_COMPILER_OPTIONS):
-        return dict(SETUP_CPU_COMPILER_OPTIONS)
-    return {name: value for name, value in SETUP_CPU_COMPILER_OPTIONS.items() if _accepted({name: value})}
-
-
 def setup_jit_options() -> dict[str, Any] | None:
     """The ``compiler_options`` of nnjax's setup programs (``init_train_state``, each fused epoch's data
     order): ``jit_options()`` plus ``SETUP_CPU_COMPILER_OPTIONS`` in the CPU form, on the CPU backend."""
     options = jit_options()
-    return options if options is None else {**options, **_known_setup_options()}
+    if options is None:
+        return None
+    known = _known_cpu_options()
+    return {**options, **{name: value for name, value in SETUP_CPU_COMPILER_OPTIONS.items() if name in known}}
 
 
 __all__ = [

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from nnjax._src.checks import all_finite, check
+from nnjax._src.checks import all_finite, check, staging
 from nnjax._src.core import Layer
 from nnjax._src.types import Array, Params, PRNGKey, State
 
@@ -230,8 +230,9 @@ def value_and_grad(
 
     out, grads = jax.value_and_grad(fn, has_aux=True)(params)
     check_aux(repr(objective_fn), out[1][1])
-    check(jnp.isfinite(out[0]), f"{objective_fn!r}: the loss is NaN or Inf (the layers' outputs are finite).")
-    check(all_finite(grads), f"{objective_fn!r}: the gradient holds NaN or Inf (the loss is finite).")
+    if staging():  # the checked mode only: the predicates are not traced into ordinary programs
+        check(jnp.isfinite(out[0]), f"{objective_fn!r}: the loss is NaN or Inf (the layers' outputs are finite).")
+        check(all_finite(grads), f"{objective_fn!r}: the gradient holds NaN or Inf (the loss is finite).")
     return out, grads
 
 
