@@ -14,7 +14,8 @@ and the host-counted train step (1.07-1.10x on the tiny step only: tuning for di
 | ``max_pool``       | ``lax.reduce_window`` (max)           | reshape + first-maximum ``window_max``        |
 | ``rnn_input``      | ``x @ w_x`` hoisted out of the scan   | the projection inside the scan, step by step  |
 | ``rnn_layout``     | batch-major scan state ``(batch, h)`` | feature-major state ``(h, batch)``            |
-| ``compiler_options`` | XLA's defaults                      | XLA:CPU convolutions instead of YNNPACK's     |
+| ``compiler_options`` | XLA's defaults                      | XLA:CPU convolutions instead of YNNPACK's;    |
+|                      |                                     | setup programs compiled for compile time      |
 
 Forward mode (``jax.jvp``, ``jax.jacfwd``) works through every generic form; under the CPU forms it
 works but for ``conv`` (a custom VJP), which raises ``ForwardModeError`` naming the layer and the switch.
@@ -379,8 +380,9 @@ def jit_options() -> dict[str, Any] | None:
 # per epoch, a sort). On XLA:CPU their compilation is most of their time (each random draw is a threefry
 # hash of ~20 rounds), so they are compiled for compile time: without LLVM's optimizations and with XLA's
 # classic loop emitters instead of its MLIR fusion emitters (2-3x faster to compile, slower to run).
-# Measured on a 2-core CPU: the README MLP's init 0.35 -> 0.15 s of XLA compilation; the digits epoch order
-# 0.20 -> 0.13 s, run time 0.4 -> 0.5 ms per epoch (60,000 examples: 13 -> 17 ms).
+# Measured on a 2-core CPU, XLA compilation with XLA's defaults -> without LLVM's optimizations -> both
+# options: the README MLP's init 0.82 -> 0.29 -> 0.13 s; the digits epoch order 0.23 s -> 0.08 s (both),
+# its run time 0.4 ms per epoch either way (60,000 examples: 13.3 -> 15.7 ms).
 SETUP_CPU_COMPILER_OPTIONS: dict[str, Any] = {
     "xla_backend_optimization_level": 0,
     "xla_cpu_use_fusion_emitters": False,
