@@ -213,3 +213,23 @@ def test_initialization_compiles_a_bounded_number_of_programs_whatever_the_depth
         assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), ts.params, again.params))
         assert len(ts.params) == 2 * depth + 1 and ts.params["dense_0"]["w"].shape == (7, 24 + depth)
     assert counts == {2: 1, 20: 1}, counts  # op by op, every parameter shape was a compilation of its own
+
+
+def test_compiled_initialization_gives_the_layers_own_values_op_by_op():
+    """init_train_state's one program (a setup program, compiled for compile time) draws what model.init
+    draws op by op with XLA's default options, key for key."""
+    model = nnjax.serial(nnjax.Conv(4, (3, 3)), nnjax.BatchNorm(), nnjax.Relu(), nnjax.Flatten(), nnjax.Dense(3))
+    key = jax.random.key(7)
+    ts = nnjax.init_train_state(model, optax.adam(1e-3), key, (6, 6, 2))
+    init_key, train_key = jax.random.split(key)
+    params, state = model.init(init_key, (6, 6, 2))
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), (ts.params, ts.state), (params, state)))
+    np.testing.assert_array_equal(ts.key, jax.random.key_data(train_key))
+
+
+@pytest.mark.parametrize("seed", [0, -3, 2**31 - 1, 2**40 + 5])
+def test_a_seeded_state_equals_one_from_the_seeds_key(seed):
+    model = nnjax.serial(nnjax.Dense(5), nnjax.Relu(), nnjax.Dense(2))
+    seeded = nnjax._src.train.seeded_train_state(model, optax.sgd(0.1), seed, (3,))  # the key made inside
+    keyed = nnjax.init_train_state(model, optax.sgd(0.1), jax.random.key(seed), (3,))
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), seeded, keyed))

@@ -43,7 +43,7 @@ from nnjax._src.inference import make_evaluate_fn, make_predict_fn
 from nnjax._src.objective import Loss, Metric, Objective, as_objective
 from nnjax._src.step_stats import StepStats, as_step_stats
 from nnjax._src.train import NONFINITE_MODES, Batch, TrainState, build_train_step, init_train_state, make_train_step
-from nnjax._src.training_data import as_arrays, as_data, check_fit_data, epoch_order
+from nnjax._src.training_data import as_arrays, check_fit_data, device_data, epoch_order
 from nnjax._src.types import Array, DType, PRNGKey, Shape
 
 OptimizerFn = Callable[..., optax.GradientTransformation]  # (**hyperparams) -> optimizer, e.g. optax.adam
@@ -582,7 +582,7 @@ def fit_many(
         build_train_step(objective_fn, opt, nonfinite=nonfinite, step_stats=as_step_stats("fit_many", step_stats)),
         many=True,
         halt=nonfinite == "halt",
-        data=jax.device_put(as_data(x, y)),
+        data=device_data(x, y),
         order=lambda ts, epoch: jnp.swapaxes(  # (steps, K, batch); lax.map, as vmap would run both cond branches
             jax.lax.map(lambda key: epoch_order(key, epoch, n, batch_size), ts.key), 0, 1),
         steps=steps,

@@ -28,7 +28,7 @@ from nnjax._src.inference import make_evaluate_fn
 from nnjax._src.objective import Loss, Metric, Objective, as_objective
 from nnjax._src.step_stats import StepStats, as_step_stats
 from nnjax._src.train import NONFINITE_MODES, TrainState, build_train_step, init_train_state, seeded_train_state
-from nnjax._src.training_data import as_arrays, as_data, check_fit_data, epoch_order
+from nnjax._src.training_data import as_arrays, check_fit_data, device_data, epoch_order
 
 History = dict[str, list[float]]
 Callback = Callable[[int, TrainState, dict[str, float]], Any]  # (epoch, train_state, logs) -> True to stop
@@ -213,7 +213,7 @@ def fit(
     plan = Plan(
         build_train_step(objective_fn, optimizer, nonfinite=nonfinite, step_stats=as_step_stats("fit", step_stats)),
         halt=nonfinite == "halt",
-        data=jax.device_put(as_data(x, y)),
+        data=device_data(x, y),
         order=lambda ts, epoch: epoch_order(ts.key, epoch, n, batch_size),
         steps=steps,
         validate=None if val is None else lambda ts: evaluate_fn(ts, *val),

@@ -15,7 +15,7 @@ and the host-counted train step (1.07-1.10x on the tiny step only: tuning for di
 | ``rnn_input``      | ``x @ w_x`` hoisted out of the scan   | the projection inside the scan, step by step  |
 | ``rnn_layout``     | batch-major scan state ``(batch, h)`` | feature-major state ``(h, batch)``            |
 | ``compiler_options`` | XLA's defaults                      | XLA:CPU convolutions instead of YNNPACK's;    |
-|                      |                                     | setup programs compiled for compile time      |
+|                      |                                     | setup programs without LLVM's optimizations   |
 
 Forward mode (``jax.jvp``, ``jax.jacfwd``) works through every generic form; under the CPU forms it
 works but for ``conv`` (a custom VJP), which raises ``ForwardModeError`` naming the layer and the switch.
@@ -378,15 +378,13 @@ def jit_options() -> dict[str, Any] | None:
 
 # Setup programs run once or briefly: initialization (once per model) and each epoch's data order (once
 # per epoch, a sort). On XLA:CPU their compilation is most of their time (each random draw is a threefry
-# hash of ~20 rounds), so they are compiled for compile time: without LLVM's optimizations and with XLA's
-# classic loop emitters instead of its MLIR fusion emitters (2-3x faster to compile, slower to run).
-# Measured on a 2-core CPU, XLA compilation with XLA's defaults -> without LLVM's optimizations -> both
-# options: the README MLP's init 0.82 -> 0.29 -> 0.13 s; the digits epoch order 0.23 s -> 0.08 s (both),
-# its run time 0.4 ms per epoch either way (60,000 examples: 13.3 -> 15.7 ms).
-SETUP_CPU_COMPILER_OPTIONS: dict[str, Any] = {
-    "xla_backend_optimization_level": 0,
-    "xla_cpu_use_fusion_emitters": False,
-}
+# hash of ~20 rounds for LLVM to optimize), so they are compiled without LLVM's optimizations. Measured on
+# a 2-core CPU, XLA compilation: the README MLP's init 0.82 -> 0.29 s; the digits epoch order 0.23 ->
+# 0.13 s, its run time 0.4 ms per epoch either way (60,000 examples: 13.3 -> 16.7 ms). (XLA:CPU's classic
+# loop emitters, `xla_cpu_use_fusion_emitters=False`, would halve these again, but in jaxlib 0.10.2 they
+# miscompile the gradient of a convolution, BatchNorm, ReLU and max pool stack: not for code we do not
+# write ourselves, such as a model's `init`.)
+SETUP_CPU_COMPILER_OPTIONS: dict[str, Any] = {"xla_backend_optimization_level": 0}
 
 
 def setup_jit_options() -> dict[str, Any] | None:

@@ -135,6 +135,12 @@ def as_data(x: Any, y: Any) -> Any:
     return x if y is None else (x, y)
 
 
+def device_data(x: Any, y: Any) -> Any:
+    """``as_data(x, y)`` on the device: device arrays kept, others (NumPy, array-likes) copied over by
+    ``jax.device_put`` (``jnp.asarray`` would compile a program per shape to do it)."""
+    return jax.tree.map(lambda a: a if isinstance(a, jax.Array) else jax.device_put(np.asarray(a)), as_data(x, y))
+
+
 def take(data: Any, idx: Array) -> Any:
     """The batch ``data[idx]`` of every leaf: ``(x[idx], y[idx])`` for ``(x, y)``."""
     return jax.tree.map(lambda a: a[idx], data)

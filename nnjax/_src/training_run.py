@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -26,7 +25,7 @@ from nnjax._src.engine import Plan, differentiable_run
 from nnjax._src.inference import make_evaluate_fn
 from nnjax._src.objective import Loss, Metric, Objective, as_objective
 from nnjax._src.train import TrainState, build_train_step, init_train_state
-from nnjax._src.training_data import as_data, check_fit_data, epoch_order
+from nnjax._src.training_data import check_fit_data, device_data, epoch_order
 from nnjax._src.types import Array, DType, PRNGKey
 
 Hyperparameters = Mapping[str, Any]
@@ -137,7 +136,7 @@ def training_run(
     n = np.shape(x)[0]
     batch_size = min(batch_size, n)
     steps = n // batch_size
-    data = jax.device_put(as_data(x, y))
+    data = device_data(x, y)
     evaluate_fn = make_evaluate_fn(model, loss, metrics)
 
     def run(hyperparameters: Hyperparameters, key: PRNGKey) -> tuple[TrainState, dict[str, Array]]:
