@@ -397,6 +397,26 @@ def test_a_second_writer_is_refused_and_the_lock_goes_with_its_holder(tmp_path, 
     assert checkpoint_steps(tmp_path) == [1]
 
 
+def test_a_writer_refused_before_the_holder_wrote_its_record_still_names_the_holder(tmp_path):
+    """The race of two runs starting together: the holder takes the lock, then writes who it is."""
+    late = HOLDER.replace("os.ftruncate(fd, 0)", 'print("locked", flush=True); time.sleep(0.1); os.ftruncate(fd, 0)')
+    process = subprocess.Popen([sys.executable, "-c", late, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "locked"  # locked, its record not yet written
+        with pytest.raises(CheckpointLockedError, match=rf"\(pid {process.pid} on elsewhere") as caught:
+            save_checkpoint(tmp_path, _state(1))
+        assert caught.value.holder["pid"] == process.pid
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_released_lock_leaves_no_record_behind(tmp_path):
+    with checkpoint_lock(tmp_path):
+        assert json.loads((tmp_path / ".nnjax-writer.lock").read_text())["pid"] == os.getpid()
+    assert (tmp_path / ".nnjax-writer.lock").read_text() == ""  # a later refusal never names a gone writer
+
+
 def test_fit_holds_the_lock_for_the_whole_run_and_releases_it(tmp_path):
     probe = textwrap.dedent(
         """

@@ -216,6 +216,11 @@ def _acquire(path: str, where: str, step: int | None) -> None:
                 _held[path] = [None, 1]
                 return
             holder = _holder(fd)
+            for _ in range(50):  # the holder writes its record just after taking the lock: wait up to 0.5 s
+                if holder:
+                    break
+                time.sleep(0.01)
+                holder = _holder(fd)
             os.close(fd)
             who = (
                 (
@@ -255,6 +260,8 @@ def _release(path: str) -> None:
         if entry[1] == 0:
             del _held[path]
             if entry[0] is not None:
+                with contextlib.suppress(OSError):  # no stale record for the next process refused
+                    os.ftruncate(entry[0], 0)
                 os.close(entry[0])  # closing the descriptor drops the flock; the file stays (unlinking would race)
 
 
