@@ -411,10 +411,27 @@ def test_a_writer_refused_before_the_holder_wrote_its_record_still_names_the_hol
         process.wait()
 
 
-def test_a_released_lock_leaves_no_record_behind(tmp_path):
+def test_a_released_lock_leaves_no_record_and_a_momentary_holder_is_waited_for(tmp_path):
     with checkpoint_lock(tmp_path):
         assert json.loads((tmp_path / ".nnjax-writer.lock").read_text())["pid"] == os.getpid()
     assert (tmp_path / ".nnjax-writer.lock").read_text() == ""  # a later refusal never names a gone writer
+    brief = textwrap.dedent(
+        """
+        import fcntl, os, sys, time
+        fd = os.open(os.path.join(sys.argv[1], ".nnjax-writer.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        print("locked", flush=True)
+        time.sleep(0.2)
+        """
+    )
+    process = subprocess.Popen([sys.executable, "-c", brief, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "locked"  # held 0.2 s, with no record written
+        save_checkpoint(tmp_path, _state(1))  # waits for the lock instead of refusing without a name
+        assert checkpoint_steps(tmp_path) == [1]
+    finally:
+        process.kill()
+        process.wait()
 
 
 def test_fit_holds_the_lock_for_the_whole_run_and_releases_it(tmp_path):

@@ -189,6 +189,25 @@ def _holder(fd: int) -> dict[str, Any]:
         return {}
 
 
+def _lock_or_holder(fd: int, patience: float = 0.5) -> dict[str, Any] | None:
+    """Takes the flock on ``fd`` (None) or returns the holder's record. A holder writes its record just after
+    taking the lock and empties it when it lets go, so an empty record means one of those moments: try again
+    for up to ``patience`` seconds (the lock may come free, or the record be written). Raises the OSError of
+    a file system without locks."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return None
+        except OSError as error:
+            if error.errno not in (errno_codes.EWOULDBLOCK, errno_codes.EAGAIN, errno_codes.EACCES):
+                raise
+        holder = _holder(fd)
+        if holder or time.monotonic() > deadline:
+            return holder
+        time.sleep(0.01)
+
+
 def _acquire(path: str, where: str, step: int | None) -> None:
     """Takes the directory's writer lock (re-entrant in this process); raises ``CheckpointLockedError``."""
     with _held_guard:
@@ -204,23 +223,17 @@ def _acquire(path: str, where: str, step: int | None) -> None:
         except OSError as error:
             raise _write_error(where, path, step, error, f"opening the writer lock {_LOCK_FILE}") from error
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            if error.errno not in (errno_codes.EWOULDBLOCK, errno_codes.EAGAIN, errno_codes.EACCES):
-                os.close(fd)  # e.g. ENOLCK: a network file system without locking; go on unguarded
-                warnings.warn(
-                    f"{where}: {path} cannot be locked ({error}); a second writer would not be detected.",
-                    RuntimeWarning,
-                    stacklevel=4,
-                )
-                _held[path] = [None, 1]
-                return
-            holder = _holder(fd)
-            for _ in range(50):  # the holder writes its record just after taking the lock: wait up to 0.5 s
-                if holder:
-                    break
-                time.sleep(0.01)
-                holder = _holder(fd)
+            holder = _lock_or_holder(fd)
+        except OSError as error:  # e.g. ENOLCK: a network file system without locking; go on unguarded
+            os.close(fd)
+            warnings.warn(
+                f"{where}: {path} cannot be locked ({error}); a second writer would not be detected.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            _held[path] = [None, 1]
+            return
+        if holder is not None:
             os.close(fd)
             who = (
                 (
@@ -238,7 +251,7 @@ def _acquire(path: str, where: str, step: int | None) -> None:
                 directory=path,
                 step=step,
                 holder=holder,
-            ) from None
+            )
         record = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -260,7 +273,7 @@ def _release(path: str) -> None:
         if entry[1] == 0:
             del _held[path]
             if entry[0] is not None:
-                with contextlib.suppress(OSError):  # no stale record for the next process refused
+                with contextlib.suppress(OSError):  # no stale record: a refused writer names only a holder
                     os.ftruncate(entry[0], 0)
                 os.close(entry[0])  # closing the descriptor drops the flock; the file stays (unlinking would race)
 
