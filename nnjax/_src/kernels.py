@@ -382,8 +382,8 @@ def jit_options() -> dict[str, Any] | None:
 # a 2-core CPU, XLA compilation: the README MLP's init 0.82 -> 0.29 s; the digits epoch order 0.23 ->
 # 0.13 s, its run time 0.4 ms per epoch either way (60,000 examples: 13.3 -> 16.7 ms). (XLA:CPU's classic
 # loop emitters, `xla_cpu_use_fusion_emitters=False`, would halve these again, but in jaxlib 0.10.2 they
-# miscompile the gradient of a convolution, BatchNorm, ReLU and max pool stack: not for code we do not
-# write ourselves, such as a model's `init`.)
+# miscompile the gradient of a convolution, BatchNorm, ReLU and max pool stack, found by
+# tests/test_torch_reference.py: nnjax does not use them.)
 SETUP_CPU_COMPILER_OPTIONS: dict[str, Any] = {"xla_backend_optimization_level": 0}
 
 
