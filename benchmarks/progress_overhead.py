@@ -55,10 +55,11 @@ def boundary_cost(x, y, steps: int, repeats: int) -> tuple[float, float]:
     plan = engine.Plan(nnjax.make_train_step(model, nnjax.losses.softmax_cross_entropy, opt, jit=False),
                        data=(jax.numpy.asarray(x[:n]), jax.numpy.asarray(y[:n])), steps=steps,
                        order=lambda ts, epoch: epoch_order(ts.key, epoch, n, 32))
-    program = engine.epoch_program(plan)
+    step = engine.carried_step(plan)
+    program = engine.epoch_program(plan, step)
     order = jax.eval_shape(plan.order, train_state, 0)
     carry = engine.EpochCarry(train_state, engine.no_halt(train_state), plan.order(train_state, 0),
-                              engine.empty_per_step(plan, train_state, order))
+                              engine.empty_per_step(plan, step, train_state, order))
     times: dict[int, list[float]] = {1: [], 8: []}
     for repeat in range(repeats + 1):
         for chunks in (1, 8):

@@ -264,10 +264,10 @@ def _plan(many=False):
 
 def test_the_fused_epoch_and_the_fused_run_hold_no_host_callback():
     plan, ts = _plan()
-    order = jax.eval_shape(plan.order, ts, 0)
+    order, step = jax.eval_shape(plan.order, ts, 0), engine.carried_step(plan)
     carry = engine.EpochCarry(ts, engine.no_halt(ts), jnp.zeros(order.shape, order.dtype),
-                              engine.empty_per_step(plan, ts, order))
-    epoch_text = engine.epoch_program(plan).lower(carry, np.int32(0), np.int32(4)).as_text()
+                              engine.empty_per_step(plan, step, ts, order))
+    epoch_text = engine.epoch_program(plan, step).lower(carry, np.int32(0), np.int32(4)).as_text()
     order_text = jax.jit(plan.order).lower(ts, np.int32(0)).as_text()  # each fused epoch's order program
     run_text = engine.run_program(plan).lower(ts, engine.no_halt(ts), jnp.arange(0, 3)).as_text()
     with_callback = jax.jit(lambda v: jax.debug.callback(print, v) or v).lower(1.0).as_text()

@@ -28,8 +28,8 @@ import numpy as np
 import optax
 
 from nnjax._src.arguments import check_choice, check_int
-from nnjax._src.checks import checks_enabled
 from nnjax._src.checkpoint import check_writable, checkpoint_lock, latest_step, restore_checkpoint, save_checkpoint
+from nnjax._src.checks import at_top_level, checks_enabled
 from nnjax._src.compile import jit as compile_jit
 from nnjax._src.compile import setup_jit
 from nnjax._src.errors import NonFiniteError
@@ -92,9 +92,15 @@ def owned(train_state: TrainState) -> TrainState:
     return jax.tree.map(jnp.copy, train_state)
 
 
+def zeros(shape: tuple[int, ...], dtype: Any) -> Array:
+    """Zeros: copied to the device at top level (``jnp.zeros`` there compiles a program per shape),
+    staged with ``jnp.zeros`` under a trace (not baked into the program as a constant)."""
+    return jax.device_put(np.zeros(shape, dtype)) if at_top_level() else jnp.zeros(shape, dtype)
+
+
 def no_halt(train_state: TrainState) -> Array:
     """The initial ``halted`` flag: False, one per model for ``fit_many``."""
-    return jax.device_put(np.zeros(np.shape(train_state.step), bool))
+    return zeros(np.shape(train_state.step), bool)
 
 
 # --- fused epochs ------------------------------------------------------------------------------------------
@@ -109,12 +115,9 @@ class EpochCarry(NamedTuple):
     per_step: dict[str, Array]  # name -> (steps, [K,] ...) metrics of each step
 
 
-def run_steps(
-    plan: Plan, carry: EpochCarry, start: Any, stop: Any, step: Callable[..., Any] | None = None
-) -> EpochCarry:
-    """Steps ``start .. stop - 1`` of the epoch in ``carry`` (traceable; Python bounds make a ``scan``), each
-    by ``step`` (default ``carried_step(plan)``)."""
-    step = carried_step(plan) if step is None else step
+def run_steps(plan: Plan, step: Callable[..., Any], carry: EpochCarry, start: Any, stop: Any) -> EpochCarry:
+    """Steps ``start .. stop - 1`` of the epoch in ``carry``, each by ``step`` (``carried_step(plan)``);
+    traceable (Python bounds make a ``scan``)."""
 
     def body(i, loop):
         train_state, halted, per_step = loop
@@ -125,23 +128,19 @@ def run_steps(
     return carry._replace(train_state=loop[0], halted=loop[1], per_step=loop[2])
 
 
-def empty_per_step(
-    plan: Plan, train_state: TrainState, order: Any, step: Callable[..., Any] | None = None
-) -> dict[str, Array]:
-    """Zero buffers ``(steps, [K,] ...)`` for each per-step metric, shaped by tracing ``step`` (default
-    ``carried_step(plan)``) once."""
-    step = carried_step(plan) if step is None else step
+def empty_per_step(plan: Plan, step: Callable[..., Any], train_state: TrainState, order: Any) -> dict[str, Array]:
+    """Zero buffers ``(steps, [K,] ...)`` for each per-step metric of ``step``, shaped by tracing it once."""
     batch = jax.eval_shape(lambda ts, o: take(plan.data, o[0]), train_state, order)
     shapes = jax.eval_shape(step, train_state, no_halt(train_state), batch)[2]
-    return {name: jax.device_put(np.zeros((plan.steps, *s.shape), s.dtype)) for name, s in shapes.items()}
+    return {name: zeros((plan.steps, *s.shape), s.dtype) for name, s in shapes.items()}
 
 
-def epoch_program(plan: Plan, step: Callable[..., Any] | None = None) -> Callable[[EpochCarry, Any, Any], EpochCarry]:
+def epoch_program(plan: Plan, step: Callable[..., Any]) -> Callable[[EpochCarry, Any, Any], EpochCarry]:
     """``(carry, start, stop) -> carry``, compiled: steps ``start .. stop - 1`` of the epoch whose order
-    ``carry`` holds (the carry donated). One program serves every chunk size."""
+    ``carry`` holds, each by ``step`` (the carry donated). One program serves every chunk size."""
 
     def chunk(carry: EpochCarry, start: Array, stop: Array) -> EpochCarry:
-        return run_steps(plan, carry, start, stop, step)
+        return run_steps(plan, step, carry, start, stop)
 
     return compile_jit(chunk, donate_argnums=0)
 
@@ -150,11 +149,13 @@ def run_program(plan: Plan) -> Callable[..., tuple[TrainState, Array, dict[str, 
     """``(train_state, halted, epochs) -> (train_state, halted, per_step, validation)``, compiled: the
     whole run as one ``lax.scan`` over ``epochs``; ``per_step`` and ``validation`` gain a leading epoch axis."""
 
+    step = carried_step(plan)
+
     def run(train_state: TrainState, halted: Array, epochs: Array):
         def one_epoch(loop, epoch):
             order = plan.order(loop[0], epoch)
-            carry = EpochCarry(*loop, order, empty_per_step(plan, loop[0], order))
-            carry = run_steps(plan, carry, 0, plan.steps)
+            carry = EpochCarry(*loop, order, empty_per_step(plan, step, loop[0], order))
+            carry = run_steps(plan, step, carry, 0, plan.steps)
             validation = plan.validate(carry.train_state) if plan.validate is not None else {}
             return (carry.train_state, carry.halted), (carry.per_step, validation)
 
@@ -172,10 +173,12 @@ def differentiable_run(plan: Plan, *, remat: bool = True) -> Callable[..., tuple
     an epoch's steps, so memory grows with the number of epochs, not of steps. No halting (``plan.halt``
     must be False)."""
 
+    step = carried_step(plan)
+
     def one_epoch(train_state, epoch):
         order = plan.order(train_state, epoch)
-        carry = EpochCarry(train_state, no_halt(train_state), order, empty_per_step(plan, train_state, order))
-        carry = run_steps(plan, carry, 0, plan.steps)
+        carry = EpochCarry(train_state, no_halt(train_state), order, empty_per_step(plan, step, train_state, order))
+        carry = run_steps(plan, step, carry, 0, plan.steps)
         validation = plan.validate(carry.train_state) if plan.validate is not None else {}
         return carry.train_state, (carry.per_step, validation)
 
@@ -528,13 +531,14 @@ def _fused_epochs(plan: Plan, train_state: TrainState, progress: Progress, most:
     draw_order = setup_jit(plan.order)
     chunks = Chunks(plan.steps, progress.enabled, most=most)
     order = jax.eval_shape(plan.order, train_state, 0)
-    carry = EpochCarry(train_state, no_halt(train_state), order, empty_per_step(plan, train_state, order, step))
+    carry = EpochCarry(train_state, no_halt(train_state), order, empty_per_step(plan, step, train_state, order))
     # Compiled before the first epoch, so the bar's first estimate times the steps, not the compiler.
     program.lower(carry, np.int32(0), np.int32(0)).compile()
-    per_step_buffers = [carry.per_step]  # donated to each epoch's first chunk, returned by its last
+    buffers = carry.per_step  # donated to each epoch's first chunk, returned by its last
 
     def run_epoch(train_state, halted, epoch, progress):
-        carry = EpochCarry(train_state, halted, draw_order(train_state, np.int32(epoch)), per_step_buffers[0])
+        nonlocal buffers
+        carry = EpochCarry(train_state, halted, draw_order(train_state, np.int32(epoch)), buffers)
         start = 0
         while start < plan.steps:
             size = chunks.next_size(start)
@@ -548,7 +552,7 @@ def _fused_epochs(plan: Plan, train_state: TrainState, progress: Progress, most:
                 if plan.halt and np.all(halted):
                     break
         per_step = jax.device_get(carry.per_step)
-        per_step_buffers[0] = carry.per_step
+        buffers = carry.per_step
 
         def halted_at():
             index = step_count(carry.train_state) - epoch * plan.steps

@@ -117,9 +117,7 @@ def init_train_state(
         expected_params, expected_state = jax.eval_shape(lambda k: model.init(k, input_shape, dtype), key)
         check_like("params", params, expected_params)
         check_like("state", state, expected_state)
-    shape_leaves, shape_def = jax.tree.flatten(input_shape)
-    program = init_program(model, optimizer, shape_def, tuple(shape_leaves), jnp.dtype(dtype))
-    return program(key, params, state)
+    return initialize(model, optimizer, key, input_shape, dtype, params, state)
 
 
 def seeded_train_state(
@@ -132,9 +130,16 @@ def seeded_train_state(
     check_model("init_train_state", model)
     check_optimizer("init_train_state", optimizer)
     check_input_shape("init_train_state", input_shape)
+    return initialize(model, optimizer, np.int32(seed), input_shape, jnp.float32)
+
+
+def initialize(
+    model: Layer, optimizer: optax.GradientTransformation, key: PRNGKey | Array, input_shape: Shape, dtype: DType,
+    params: Params | None = None, state: State | None = None,
+) -> TrainState:
+    """Runs ``init_program`` for these arguments (``key``: a key, or an int32 seed); the arguments are checked."""
     shape_leaves, shape_def = jax.tree.flatten(input_shape)
-    program = init_program(model, optimizer, shape_def, tuple(shape_leaves), jnp.dtype(jnp.float32))
-    return program(np.int32(seed), None, None)
+    return init_program(model, optimizer, shape_def, tuple(shape_leaves), jnp.dtype(dtype))(key, params, state)
 
 
 @functools.lru_cache(maxsize=64)
