@@ -137,7 +137,7 @@ def test_gradients_of_a_network_in_float64(x64):
     params, state = model.init(jax.random.key(0), (3,), jnp.float64)
     x = jax.random.normal(jax.random.key(1), (5, 3), jnp.float64)
     assert x.dtype == jnp.float64 and params["dense_0"]["w"].dtype == jnp.float64
-    check_grads(lambda p, x: jnp.sum(model.apply(p, state, x)[0] ** 2), (params, x), order=2)
+    check_grads(jax.jit(lambda p, x: jnp.sum(model.apply(p, state, x)[0] ** 2)), (params, x), order=2)
 
 
 # Errors: name the layer, its position, the argument, expected and given.

@@ -155,7 +155,7 @@ def _bytes(tree):
     return [np.asarray(leaf).tobytes() for leaf in jax.tree.leaves(tree)]
 
 
-@pytest.mark.parametrize("fused", ["epoch", False])
+@pytest.mark.parametrize("fused", ["epoch", pytest.param(False, marks=pytest.mark.slow)])  # the loop: CI's slow pass
 def test_resume_in_process_is_bit_identical(tmp_path, fused):
     full = _fit(epochs=3, fused=fused)
     first = _fit(epochs=1, fused=fused, checkpoint_dir=tmp_path, resume=True)

@@ -89,6 +89,7 @@ def test_eight_simulated_devices_data_parallel_and_fsdp_equal_one_device(tmp_pat
     assert "divisible by the 8 devices" in str(d["indivisible_error"])
 
 
+@pytest.mark.slow  # two processes that each start JAX and compile: CI's slow pass
 def test_two_process_distributed_run_on_loopback_equals_one_process(tmp_path):
     assert jax.config.jax_cpu_collectives_implementation in ("gloo", "none")  # gloo is the one the worker sets
     port, outs = _free_port(), [tmp_path / f"p{i}.npz" for i in range(2)]

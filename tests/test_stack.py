@@ -89,7 +89,7 @@ def test_finite_difference_gradients(x64):
     layer = nnjax.stack(nnjax.residual(nnjax.Dense(5), nnjax.Tanh(), nnjax.Dense(3)), 2)
     params, state = layer.init(jax.random.key(0), (3,), jnp.float64)
     x = _data((4, 3))
-    check_grads(lambda p, x: layer.apply(p, state, x)[0], (params, x), order=2, modes=["rev"])
+    check_grads(jax.jit(lambda p, x: layer.apply(p, state, x)[0]), (params, x), order=2, modes=["rev"])
 
 
 def test_vmap_over_an_ensemble_of_stacked_models_equals_a_loop(x64):

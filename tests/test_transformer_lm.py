@@ -15,6 +15,7 @@ spec.loader.exec_module(transformer_lm)
 TINY = {"length": 4, "d_model": 32, "num_layers": 1, "mlp_dim": 64, "num_train": 2048, "num_test": 256, "steps": 192}
 
 
+@pytest.mark.slow  # 192 training steps: CI's slow pass (the default suite checks the task and the models' shapes)
 def test_tiny_reversal_is_learned():
     result = transformer_lm.train_and_evaluate({**TINY, "verbose": False})
     assert result["greedy_token_accuracy"] >= 0.95, result  # chance is 0.1
