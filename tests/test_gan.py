@@ -76,6 +76,7 @@ def test_real_data_scores_perfectly_and_mmd_separates_distributions():
     assert gan.mmd2(real[:1000], other * 0.5) > 0.1
 
 
+@pytest.mark.slow  # 80 GAN steps in two chunk programs: CI's slow pass
 def test_fused_chunks_equal_one_longer_chunk():
     config = gan.GANConfig(**TINY)
     one = gan.make_train_chunk(config, 40)(gan.init_state(config))[0]

@@ -92,6 +92,7 @@ def trained_resnet20():
     return model, initial_state, train_state, losses, x
 
 
+@pytest.mark.slow  # 8 steps of ResNet-20 (its train step compiles in about 6 s): CI's slow pass
 def test_resnet20_trains_on_synthetic_cifar(trained_resnet20):
     _, initial_state, train_state, losses, _ = trained_resnet20
     assert losses[-1] < 0.5 * losses[0], losses
@@ -101,6 +102,7 @@ def test_resnet20_trains_on_synthetic_cifar(trained_resnet20):
     assert set(block) == {"norm_1", "norm_2", "shortcut"} and set(block["shortcut"]["norm"]) == {"mean", "var"}
 
 
+@pytest.mark.slow  # needs the trained ResNet-20 above
 def test_batchnorm_statistics_are_used_not_updated_in_evaluation(trained_resnet20):
     model, _, train_state, _, x = trained_resnet20
     params, state = train_state.params, train_state.state

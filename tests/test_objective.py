@@ -127,6 +127,7 @@ def test_fit_many_seed_i_equals_fit_seed_i_for_an_objective():
         np.testing.assert_allclose(many.history["reconstruction"][i], one.history["reconstruction"], rtol=1e-4)
 
 
+@pytest.mark.slow  # three fits: CI's slow pass (tests/test_resume_crash.py resumes bit-identically by default)
 def test_resume_from_a_checkpoint_of_named_parts_ends_bit_identical(tmp_path):
     args = dict(input_shape=VAE_SHAPES, batch_size=16, progress=False)
     full = nnjax.fit(VAE, gaussian_elbo, optax.adam(3e-3), X, epochs=4, **args)
