@@ -230,14 +230,16 @@ def test_block_dropout():
 
 ENCODER_SHAPE = {"x": (3, 4), "mask": (3,)}
 DECODER_SHAPE = {"x": (3, 4), "context": (2, 4)}
+MHA_SHAPE = {"x": (3, 4), "context": (2, 3), "mask": (3, 2)}
 
 
 @pytest.mark.parametrize(
     "layer, input_shape, order",
     [
-        (MultiHeadAttention(2, use_rope=True), {"x": (3, 4), "context": (2, 3), "mask": (3, 2)}, 2),
+        (MultiHeadAttention(2, use_rope=True), MHA_SHAPE, 1),
         (TransformerEncoderBlock(2, 6), ENCODER_SHAPE, 1),
         (TransformerDecoderBlock(2, 6, cross_attention=True, use_rope=True), DECODER_SHAPE, 1),
+        pytest.param(MultiHeadAttention(2, use_rope=True), MHA_SHAPE, 2, marks=pytest.mark.slow),
         pytest.param(TransformerEncoderBlock(2, 6), ENCODER_SHAPE, 2, marks=pytest.mark.slow),
         pytest.param(
             TransformerDecoderBlock(2, 6, cross_attention=True, use_rope=True), DECODER_SHAPE, 2, marks=pytest.mark.slow
@@ -246,8 +248,8 @@ DECODER_SHAPE = {"x": (3, 4), "context": (2, 4)}
     ids=lambda v: getattr(v, "name", None),
 )
 def test_gradients_float64(x64, layer, input_shape, order):
-    """Reverse-mode gradients against finite differences. Compiling is the cost: a block's second order
-    check (about 10 s) runs with the slow tests; forward mode would double it."""
+    """Reverse-mode gradients against finite differences. Compiling is the cost: the second order checks
+    (4-10 s each) run with the slow tests; forward mode would double them."""
     params, state = layer.init(KEY, input_shape, jnp.float64)
     inputs = {name: normal(2, *shape, dtype=np.float64) for name, shape in input_shape.items()}
     if "mask" in inputs:

@@ -176,7 +176,7 @@ def test_fit_many_skip_and_halt_are_per_model():
     assert halt.history["loss"].shape == (2, 1)  # every model halted: the run ends after that epoch
 
 
-@pytest.mark.parametrize("fused", ["epoch", "all"])
+@pytest.mark.parametrize("fused", ["epoch", pytest.param("all", marks=pytest.mark.slow)])  # "all": CI's slow pass
 def test_fit_many_checkpoints_and_resumes_exactly(tmp_path, fused):
     kwargs = dict(seeds=[0, 1], hyperparams={"learning_rate": [0.05, 0.1]}, batch_size=16, fused=fused, **QUIET)
     whole = nnjax.fit_many(MODEL, LOSS, optax.sgd, X, Y, epochs=3, **kwargs)

@@ -116,6 +116,7 @@ def test_fit_trains_a_vae_of_named_parts_with_aux_in_the_history_in_every_mode()
             np.testing.assert_allclose(other.history[name], history[name], rtol=1e-5)
 
 
+@pytest.mark.slow  # fit_many and a fit per seed: CI's slow pass (tests/test_ensemble.py checks the same by default)
 def test_fit_many_seed_i_equals_fit_seed_i_for_an_objective():
     many = nnjax.fit_many(VAE, gaussian_elbo, optax.adam(3e-3), X, input_shape=VAE_SHAPES, seeds=[0, 1],
                           epochs=2, batch_size=32, progress=False)

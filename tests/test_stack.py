@@ -106,7 +106,9 @@ def test_vmap_over_an_ensemble_of_stacked_models_equals_a_loop(x64):
         _close(_take(new_states, m), new_m)
 
 
-@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize(  # the default suite: none and the strictest; CI's slow pass: the others too
+    "policy", [p if p in (None, "nothing_saveable") else pytest.param(p, marks=pytest.mark.slow) for p in POLICIES]
+)
 def test_remat_gradients_equal_the_plain_ones(x64, policy):
     block = _block()
     stacked = nnjax.stack(block, N)
