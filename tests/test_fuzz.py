@@ -111,7 +111,7 @@ def _expect_error(fn, *names_and_shapes):
 
 
 # Each fuzz body runs twice: a few derandomized cases in the default suite (each new shape is an eager
-# compile: cases cost suite time), and five times as many, the same first ones included, in CI's slow pass.
+# compile: cases cost suite time), and five times as many, drawn from another seed, in CI's slow pass.
 @settings(max_examples=80, **SETTINGS)
 @given(st.data())
 def test_layers(data):

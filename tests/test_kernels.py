@@ -105,17 +105,18 @@ def test_normalization_forms_agree(x64, layer, train):
 CELLS = [nnjax.SimpleRNNCell(5), nnjax.LSTMCell(5), nnjax.GRUCell(5)]
 
 
-def _recurrent_grid():
+def _recurrent_grid() -> list:
     """Every cell x mask x wrapper: the default suite runs six of the eighteen, which pair each cell with
     each mask setting and each mask setting with each wrapper; CI's slow pass runs the other twelve."""
     covering = {(0, False, "rnn"), (0, True, "reverse_last"), (1, False, "reverse_last"),
                 (1, True, "bidirectional"), (2, False, "bidirectional"), (2, True, "rnn")}
-    for i, cell in enumerate(CELLS):
-        for masked in (False, True):
-            for wrap in ("rnn", "reverse_last", "bidirectional"):
-                marks = () if (i, masked, wrap) in covering else pytest.mark.slow
-                name = f"{type(cell).__name__}-{'masked' if masked else 'full'}-{wrap}"
-                yield pytest.param(cell, masked, wrap, marks=marks, id=name)
+    return [
+        pytest.param(cell, masked, wrap, marks=() if (i, masked, wrap) in covering else pytest.mark.slow,
+                     id=f"{type(cell).__name__}-{'masked' if masked else 'full'}-{wrap}")
+        for i, cell in enumerate(CELLS)
+        for masked in (False, True)
+        for wrap in ("rnn", "reverse_last", "bidirectional")
+    ]
 
 
 @pytest.mark.parametrize(("cell", "masked", "wrap"), _recurrent_grid())
