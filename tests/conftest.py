@@ -4,6 +4,7 @@
 with int32 step counts, which strict mode rejects.)
 """
 
+import gc
 import os
 
 # Tests compile hundreds of small programs and run each a few times: compilation is most of the suite's
@@ -15,8 +16,6 @@ import os
 # gradient that tests/test_torch_reference.py checks against PyTorch: the suite compiles as users do.
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
-
-import gc  # noqa: E402
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

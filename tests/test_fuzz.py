@@ -110,19 +110,20 @@ def _expect_error(fn, *names_and_shapes):
     return message
 
 
-# Each fuzz body runs twice: a few derandomized cases in the default suite (each new shape is an eager
-# compile: cases cost suite time), and five times as many, drawn from another seed, in CI's slow pass.
-@settings(max_examples=80, **SETTINGS)
-@given(st.data())
-def test_layers(data):
-    _fuzz_a_layer(data)
+def _cases(default: int) -> list:
+    """A fuzz test's case counts: ``default`` derandomized cases in the default suite (each new shape is an
+    eager compile: cases cost suite time), five times as many in CI's slow pass."""
+    return [default, pytest.param(5 * default, marks=pytest.mark.slow)]
 
 
-@pytest.mark.slow
-@settings(max_examples=400, **SETTINGS)
-@given(st.data())
-def test_layers_many(data):
-    _fuzz_a_layer(data)
+def _fuzz(body: Callable[[Any], None], cases: int) -> None:
+    """Runs ``body(data)`` on ``cases`` hypothesis draws."""
+    settings(max_examples=cases, **SETTINGS)(given(st.data())(body))()
+
+
+@pytest.mark.parametrize("cases", _cases(80))
+def test_layers(cases):
+    _fuzz(_fuzz_a_layer, cases)
 
 
 def _fuzz_a_layer(data):
@@ -324,30 +325,14 @@ def _fuzz_functions(data, table, family, name_of):
     _expect_error(call, *needles)
 
 
-@settings(max_examples=60, **SETTINGS)
-@given(st.data())
-def test_losses(data):
-    _fuzz_functions(data, LOSSES, "losses", lambda n: n)
+@pytest.mark.parametrize("cases", _cases(60))
+def test_losses(cases):
+    _fuzz(lambda data: _fuzz_functions(data, LOSSES, "losses", lambda n: n), cases)
 
 
-@pytest.mark.slow
-@settings(max_examples=300, **SETTINGS)
-@given(st.data())
-def test_losses_many(data):
-    _fuzz_functions(data, LOSSES, "losses", lambda n: n)
-
-
-@settings(max_examples=60, **SETTINGS)
-@given(st.data())
-def test_metrics(data):
-    _fuzz_functions(data, METRICS, "metrics", lambda n: n)
-
-
-@pytest.mark.slow
-@settings(max_examples=300, **SETTINGS)
-@given(st.data())
-def test_metrics_many(data):
-    _fuzz_functions(data, METRICS, "metrics", lambda n: n)
+@pytest.mark.parametrize("cases", _cases(60))
+def test_metrics(cases):
+    _fuzz(lambda data: _fuzz_functions(data, METRICS, "metrics", lambda n: n), cases)
 
 
 def test_r2_score_constant_targets_is_not_silently_nan():
