@@ -39,10 +39,14 @@ thread per core can be many times slower than with one thread (its threads wait 
 slices): time on a quiet machine.
 
 Each run is a fresh process (the script re-invokes itself with ``--tool NAME --seed S``, printing one JSON
-line), so every run pays its library's start-up and compilation: "train wall time" is the time of the
-training call (``nnjax.fit``, ``MLPClassifier.fit``, ``model.fit``, the torch loop), compilation included,
-excluding imports, data loading and the final test evaluation; "first epoch" is the time from the
-start of that call to the end of the first epoch (for JAX tools: most of it is compilation). Seeds 0..runs-1
+line), so every run pays its library's start-up and compilation. "train call" is the time of the
+training call (``nnjax.fit``, ``MLPClassifier.fit``, ``model.fit``, the torch loop); "setup + train" adds
+the time to create the model's weights and optimizer before it (``keras.Sequential`` with its ``Input``
+and ``model.compile``; the torch modules, their initialization and ``torch.optim.Adam``), which
+``nnjax.fit`` and ``MLPClassifier.fit`` do inside their training call: the same work in every tool.
+Both include compilation and exclude imports, data loading and the final test evaluation; "first
+epoch" is the time from the start of the training call to the end of the first epoch (for JAX tools:
+most of it is compilation). Seeds 0..runs-1
 seed initialization, data order and dropout; the split stays the same. Medians [min-max] over the runs.
 
 Cold and warm: each (tool, seed) runs twice, in two fresh processes one after the other, each tool as it
@@ -203,6 +207,7 @@ def _run_nnjax(model, optimizer, x_train, data, seed, epochs, config, cnn=False)
         "test_accuracy": accuracy(logits, data["y_test"]),
         "train_seconds": seconds,
         "first_epoch_seconds": epoch_ends[0] - start if epoch_ends else None,
+        "setup_seconds": 0.0,  # fit creates the weights and the optimizer state: the training call holds it
         "params": int(sum(leaf.size for leaf in jax.tree.leaves(train_state.params))),
         "versions": {k: version(k) for k in ("nnjax", "jax", "jaxlib", "optax")},
         "backend": jax.default_backend(),
@@ -240,6 +245,7 @@ def run_sklearn_mlp(data, seed: int, epochs: int, threads: int) -> dict[str, Any
         "test_accuracy": accuracy(classifier.predict(data["x_test"]), data["y_test"]),
         "train_seconds": seconds,
         "first_epoch_seconds": epoch_ends[0] - start if epoch_ends else None,
+        "setup_seconds": 0.0,  # MLPClassifier.fit creates the weights: the training call holds it
         "params": int(params),
         "versions": {"scikit-learn": version("scikit-learn"), "numpy": np.__version__},
         "backend": f"NumPy BLAS, {plural(threads, 'thread')}",
@@ -253,6 +259,7 @@ def run_keras_mlp(data, seed: int, epochs: int, threads: int) -> dict[str, Any]:
     if keras.backend.backend() != "jax":
         raise RuntimeError(f"Keras backend is {keras.backend.backend()!r}, expected 'jax' (KERAS_BACKEND=jax)")
     keras.utils.set_random_seed(seed)
+    setup_start = time.perf_counter()  # Keras creates the weights here (the Input gives their shapes)
     model = keras.Sequential(
         [
             keras.Input((64,)),
@@ -265,6 +272,7 @@ def run_keras_mlp(data, seed: int, epochs: int, threads: int) -> dict[str, Any]:
         optimizer=keras.optimizers.Adam(MLP["learning_rate"], beta_1=0.9, beta_2=0.999, epsilon=1e-8),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
+    setup_seconds = time.perf_counter() - setup_start
     epoch_ends: list[float] = []
 
     class EpochTimes(keras.callbacks.Callback):
@@ -284,6 +292,7 @@ def run_keras_mlp(data, seed: int, epochs: int, threads: int) -> dict[str, Any]:
         "test_accuracy": accuracy(logits, data["y_test"]),
         "train_seconds": seconds,
         "first_epoch_seconds": epoch_ends[0] - start if epoch_ends else None,
+        "setup_seconds": setup_seconds,
         "params": int(sum(math.prod(w.shape) for w in model.trainable_weights)),
         "versions": {"keras": version("keras"), "jax": version("jax"), "jaxlib": version("jaxlib")},
         "backend": f"keras {keras.backend.backend()} on {jax.default_backend()}",
@@ -300,6 +309,7 @@ def run_torch_cnn(data, seed: int, epochs: int, threads: int) -> dict[str, Any]:
     def conv(c_in, c_out):
         return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out, eps=1e-5, momentum=0.1), nn.ReLU()]
 
+    setup_start = time.perf_counter()
     model = nn.Sequential(
         *conv(1, 32),
         *conv(32, 32), nn.MaxPool2d(2),  # (8, 8) -> (4, 4)
@@ -313,16 +323,18 @@ def run_torch_cnn(data, seed: int, epochs: int, threads: int) -> dict[str, Any]:
             nn.init.xavier_uniform_(module.weight)
             nn.init.zeros_(module.bias)
 
-    x_train = torch.from_numpy(np.ascontiguousarray(images(data["x_train"]).transpose(0, 3, 1, 2)))
-    y_train = torch.from_numpy(data["y_train"].astype(np.int64))
-    x_test = torch.from_numpy(np.ascontiguousarray(images(data["x_test"]).transpose(0, 3, 1, 2)))
     batch_size = CNN["batch_size"]
-    steps_per_epoch = len(x_train) // batch_size  # the last partial batch is dropped, as nnjax.fit does
+    steps_per_epoch = len(data["x_train"]) // batch_size  # the last partial batch is dropped, as nnjax.fit does
     total = max(epochs * steps_per_epoch, 1)
     optimizer = torch.optim.Adam(model.parameters(), lr=CNN["learning_rate"], betas=(0.9, 0.999), eps=1e-8)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, total))
     generator = torch.Generator().manual_seed(seed)
     loss_fn = nn.CrossEntropyLoss()
+    setup_seconds = time.perf_counter() - setup_start
+
+    x_train = torch.from_numpy(np.ascontiguousarray(images(data["x_train"]).transpose(0, 3, 1, 2)))
+    y_train = torch.from_numpy(data["y_train"].astype(np.int64))
+    x_test = torch.from_numpy(np.ascontiguousarray(images(data["x_test"]).transpose(0, 3, 1, 2)))
 
     epoch_ends: list[float] = []
     start = time.perf_counter()
@@ -345,6 +357,7 @@ def run_torch_cnn(data, seed: int, epochs: int, threads: int) -> dict[str, Any]:
         "test_accuracy": accuracy(logits, data["y_test"]),
         "train_seconds": seconds,
         "first_epoch_seconds": epoch_ends[0] - start if epoch_ends else None,
+        "setup_seconds": setup_seconds,
         "params": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
         "versions": {"torch": torch.__version__, "numpy": np.__version__},
         "backend": f"cpu, {plural(threads, 'thread')}",
@@ -394,6 +407,7 @@ def child(args: argparse.Namespace) -> int:
         else:
             data = make_data()
         out.update(tool.run(data, args.seed, epochs, cores()))
+        out["total_seconds"] = out["setup_seconds"] + out["train_seconds"]
     except ModuleNotFoundError as e:
         out["error"] = f"not installed ({e.name or e})"
     except Exception as e:  # reported in the table, not a crash
@@ -451,13 +465,24 @@ def spread(values: list[float], fmt: str) -> str:
     return f"{format(median, fmt)} [{format(min(values), fmt)}-{format(max(values), fmt)}]"
 
 
+TIMES = (  # (column, the run's field): the warm run's field is "warm_" + field
+    ("setup + train", "total_seconds"),
+    ("train call", "train_seconds"),
+    ("first epoch", "first_epoch_seconds"),
+)
+
+
+def times(runs: list[dict], field: str) -> list[float]:
+    return [r[field] for r in runs if r.get(field) is not None]
+
+
 def table(task: str, tools: list[Tool], results: dict[str, list[dict]], epochs: dict[str, int]) -> list[str]:
+    columns = " | ".join(f"{name} cold, median s [min-max] | warm" for name, _ in TIMES)
     lines = [
         f"### {TASK_TITLES[task]}, {epochs[task]} epochs",
         "",
-        "| tool | test accuracy median [min-max] | train wall time cold, median s [min-max] | warm "
-        "| first epoch cold, median s | warm | params | runs | versions |",
-        "|---|---|---|---|---|---|---:|---:|---|",
+        f"| tool | test accuracy median [min-max] | {columns} | params | runs | versions |",
+        "|---|---|" + "---|---|" * len(TIMES) + "---:|---:|---|",
     ]
     for tool in tools:
         runs = results.get(tool.name, [])
@@ -465,21 +490,40 @@ def table(task: str, tools: list[Tool], results: dict[str, list[dict]], epochs: 
         errors = sorted({r["error"] for r in runs if "error" in r})
         if not ok:
             reason = errors[0] if errors else "not run"
-            lines.append(f"| {tool.label} (`{tool.name}`) | {reason} | — | — | — | — | — | 0 | — |")
+            lines.append(f"| {tool.label} (`{tool.name}`) | {reason} |" + " — | —" * len(TIMES) + " | — | 0 | — |")
             continue
-        firsts = [r["first_epoch_seconds"] for r in ok if r.get("first_epoch_seconds") is not None]
-        warm = [r["warm_train_seconds"] for r in ok if r.get("warm_train_seconds") is not None]
-        warm_firsts = [r["warm_first_epoch_seconds"] for r in ok if r.get("warm_first_epoch_seconds") is not None]
         versions = ", ".join(f"{k} {v}" for k, v in ok[0]["versions"].items())
         if ok[0].get("backend"):
             versions += f"; {ok[0]['backend']}"
         note = f" ({len(runs) - len(ok)} failed: {errors[0]})" if errors else ""
+        cells = " | ".join(
+            f"{spread(times(ok, field), '.2f')} | {spread(times(ok, 'warm_' + field), '.2f')}" for _, field in TIMES
+        )
         lines.append(
             f"| {tool.label} (`{tool.name}`) | {spread([r['test_accuracy'] for r in ok], '.4f')}{note} "
-            f"| {spread([r['train_seconds'] for r in ok], '.2f')} | {spread(warm, '.2f')} "
-            f"| {spread(firsts, '.2f')} | {spread(warm_firsts, '.2f')} | {ok[0]['params']:,} | {len(ok)} | {versions} |"
+            f"| {cells} | {ok[0]['params']:,} | {len(ok)} | {versions} |"
         )
+    lines += ratios(tools, results)
     return lines
+
+
+def ratios(tools: list[Tool], results: dict[str, list[dict]]) -> list[str]:
+    """One line per other tool of the task: nnjax's median times over that tool's (below 1: nnjax is faster)."""
+    ok = {tool.name: [r for r in results.get(tool.name, []) if "error" not in r] for tool in tools}
+    ours = [r for name, runs in ok.items() if name.startswith("nnjax_") for r in runs]
+    lines = []
+    for tool in tools:
+        theirs = ok[tool.name]
+        if tool.name.startswith("nnjax_") or not ours or not theirs:
+            continue
+        parts = []
+        for name, field in TIMES[:2]:
+            for when, key in (("cold", field), ("warm", "warm_" + field)):
+                a, b = times(ours, key), times(theirs, key)
+                if a and b:
+                    parts.append(f"{name} {when} {statistics.median(a) / statistics.median(b):.2f}x")
+        lines.append(f"- nnjax / {tool.label}, medians: {', '.join(parts)}")
+    return ["", *lines] if lines else []
 
 
 def machine() -> str:
@@ -507,8 +551,10 @@ def report(args, tools, results, epochs, load_start: str, started: str) -> str:
         f"at end {loadavg()}",
         f"- {args.runs} runs per tool (seeds 0-{args.runs - 1}), each in a fresh process; one split for all "
         f"(stratified 80/20, seed {SPLIT_SEED}: 1,437 train / 360 test images, pixels / 16)",
-        "- train wall time: the training call, compilation included (imports, data loading and the final "
-        "test evaluation excluded); first epoch: from the start of that call to the end of epoch 1",
+        "- setup + train: creating the model's weights and optimizer, then the training call; train call: the "
+        "training call alone; both with compilation, without imports, data loading and the final test "
+        "evaluation (nnjax's and scikit-learn's training calls create the weights themselves: their setup is "
+        "0); first epoch: from the start of the training call to the end of epoch 1",
         "- cold: a fresh process with an empty compilation cache; warm: a second fresh process, nnjax's "
         "persistent compilation cache kept from the cold run (the other tools keep nothing across processes)",
     ]
@@ -590,11 +636,10 @@ def main(argv: list[str] | None = None) -> str | int:
             finally:
                 slots.put(slot)
             if "error" not in result and "error" not in warm:
-                result["warm_train_seconds"] = warm["train_seconds"]
-                result["warm_first_epoch_seconds"] = warm.get("first_epoch_seconds")
+                result.update({f"warm_{field}": warm.get(field) for _, field in TIMES})
             shown = result.get("error") or (
-                f"test accuracy {result['test_accuracy']:.4f}, train {result['train_seconds']:.2f}s cold, "
-                f"{result.get('warm_train_seconds', float('nan')):.2f}s warm"
+                f"test accuracy {result['test_accuracy']:.4f}, setup + train {result['total_seconds']:.2f}s cold, "
+                f"{result.get('warm_total_seconds', float('nan')):.2f}s warm"
             )
             print(f"{tool.name} seed {seed}: {shown}", file=sys.stderr, flush=True)
             return result

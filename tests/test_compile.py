@@ -4,6 +4,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import jaxlib.version
 import numpy as np
 import optax
 import pytest
@@ -42,8 +43,16 @@ def test_other_backends_get_no_options():
     assert nnjax.default_compiler_options("tpu") is None
 
 
+@pytest.mark.skipif(not CPU, reason="the options are for the CPU backend")
+def test_a_jaxlib_listed_as_accepting_the_options_compiles_with_them():
+    if jaxlib.version.__version__ not in kernels.ACCEPTING_JAXLIBS:
+        pytest.skip(f"jaxlib {jaxlib.version.__version__} is not listed: nnjax asks its XLA at start")
+    assert kernels._accepted({**kernels.CPU_COMPILER_OPTIONS, **kernels.SETUP_CPU_COMPILER_OPTIONS})
+
+
 def test_unknown_option_falls_back_to_none(monkeypatch):
     monkeypatch.setattr(kernels, "CPU_COMPILER_OPTIONS", {"xla_cpu_no_such_option_nnjax": True})
+    monkeypatch.setattr(kernels, "ACCEPTING_JAXLIBS", frozenset())  # asked, whatever the jaxlib
     known = kernels._known_cpu_options.__wrapped__()  # probed again: all together fail, then one by one
     assert "xla_cpu_no_such_option_nnjax" not in known
     assert known.items() >= kernels.SETUP_CPU_COMPILER_OPTIONS.items()

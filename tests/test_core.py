@@ -84,6 +84,22 @@ def test_dense_matches_numpy():
     np.testing.assert_allclose(y, x @ np.asarray(params["w"]) + np.asarray(params["b"]), rtol=1e-5, atol=1e-6)
 
 
+def test_dense_and_conv_draw_weights_from_their_key_and_split_it_only_for_a_random_bias():
+    key = jax.random.key(3)
+    glorot = nnjax.initializers.glorot_uniform()
+    dense, _ = nnjax.Dense(4).init(key, (3,))  # zero biases draw nothing: the weights get the key itself
+    np.testing.assert_array_equal(dense["w"], glorot(key, (3, 4)))
+    np.testing.assert_array_equal(dense["b"], np.zeros(4))
+    conv, _ = nnjax.Conv(2, (3, 3), use_bias=False).init(key, (5, 5, 1))
+    np.testing.assert_array_equal(conv["w"], glorot(key, (3, 3, 1, 2)))
+    w_key, b_key = jax.random.split(key)  # two random initializers: one key each
+    dense, _ = nnjax.Dense(4, b_init="normal").init(key, (3,))
+    np.testing.assert_array_equal(dense["w"], glorot(w_key, (3, 4)))
+    np.testing.assert_array_equal(dense["b"], nnjax.initializers.normal()(b_key, (4,)))
+    jaxpr = str(jax.make_jaxpr(lambda k: nnjax.Dense(4).init(k, (3,)))(key))
+    assert "random_split" not in jaxpr and jaxpr.count("random_bits") == 1  # one threefry hash to compile
+
+
 def test_the_source_texts_neuron_fires():
     # inputs (0.5, 0.6), weights (0.5, 0.7), bias 0: 0.25 + 0.42 = 0.67 >= threshold 0.5 -> 1
     neuron = nnjax.serial(nnjax.Dense(1), nnjax.Step(threshold=0.5))

@@ -107,7 +107,7 @@ def test_fit_trains_a_vae_of_named_parts_with_aux_in_the_history_in_every_mode()
     history = runs[0].history
     assert list(history) == ["loss", "kl", "reconstruction", "val_loss", "val_kl", "val_reconstruction"]
     np.testing.assert_allclose(np.add(history["kl"], history["reconstruction"]), history["loss"], rtol=1e-5)
-    assert history["loss"][-1] < 0.8 * history["loss"][0]  # it learns
+    assert np.all(np.diff(history["val_loss"]) < 0)  # it learns: the held-out ELBO loss falls every epoch
     assert sorted(runs[0].train_state.params) == ["decoder", "encoder"]
     assert runs[0].train_state.params["encoder"]["dense_2"]["w"].shape == (16, 4)
     for other in runs[1:]:  # the three execution modes give the same run

@@ -20,8 +20,11 @@ NEEDS = {
     "nnjax_cnn": ("jax", "optax"),
     "torch_cnn": ("torch",),
 }
-# tool | accuracy | train cold | warm | first epoch cold | warm | params | ...
-ROW = re.compile(r"^\| .*\(`(?P<tool>\w+)`\) \| (?P<accuracy>[^|]+) \|(?:[^|]*\|){4} (?P<params>[\d,]+) \|")
+# tool | accuracy | setup + train cold | warm | train call cold | warm | first epoch cold | warm | params | ...
+ROW = re.compile(
+    r"^\| .*\(`(?P<tool>\w+)`\) \| (?P<accuracy>[^|]+) \| (?P<total>[^|]+) \|[^|]*\| (?P<train>[^|]+) \|"
+    r"(?:[^|]*\|){3} (?P<params>[\d,]+) \|"
+)
 
 
 def test_every_importable_tool_trains_above_chance(tmp_path):
@@ -39,6 +42,11 @@ def test_every_importable_tool_trains_above_chance(tmp_path):
     for tool, row in rows.items():
         accuracy = float(row["accuracy"].split()[0])  # a number, not "not installed" or "failed: ..."
         assert accuracy > 0.3, (tool, text)
+        total, train = float(row["total"].split()[0]), float(row["train"].split()[0])
+        assert total >= train > 0, (tool, text)  # setup + train holds the training call
+    others = [tool for tool in tools if not tool.startswith("nnjax")]
+    ratios = re.findall(r"^- nnjax / .+, medians: setup \+ train cold \d+\.\d\dx, setup \+ train warm", text, re.M)
+    assert len(ratios) == len(others), text  # nnjax's medians over each other tool's, a line each
     for task in ("mlp", "cnn"):  # the same model in every tool: the same number of trainable parameters
         counts = {row["params"] for tool, row in rows.items() if tool.endswith(task)}
         assert len(counts) <= 1, (task, counts, text)

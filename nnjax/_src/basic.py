@@ -29,7 +29,8 @@ def Dense(  # noqa: N802 - layer constructors are CamelCase, as in stax
       features: number of output neurons.
       use_bias: add the bias ``b``.
       w_init, b_init: initializer functions or names (see ``nnjax.initializers``); default Glorot-uniform
-        weights and zero biases.
+        weights and zero biases. ``w`` is drawn from the layer's key, which is split in two (``w``, ``b``)
+        only when ``b_init`` draws random numbers too (not ``zeros``/``ones``).
 
     Returns:
       A ``Layer`` whose ``apply`` maps ``x: (batch, ..., in_features)`` float to ``y: (batch, ..., features)``
@@ -56,7 +57,7 @@ def Dense(  # noqa: N802 - layer constructors are CamelCase, as in stax
     def init(key, input_shape: Shape, dtype=jnp.float32):
         if len(input_shape) < 1:
             raise LayerError(f"{name}: argument `input_shape` expected at least one axis (features), given {input_shape}.")
-        w_key, b_key = jax.random.split(key)
+        w_key, b_key = initializers.keys_for(key, w_fn, b_fn if use_bias else initializers.zeros)
         params = {"w": w_fn(w_key, (input_shape[-1], features), dtype)}
         if use_bias:
             params["b"] = b_fn(b_key, (features,), dtype)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -142,7 +141,7 @@ def _conv_layer(
 
 
 def _params(key, kernel_size, in_channels, groups, features, w_fn, b_fn, use_bias, dtype):
-    w_key, b_key = jax.random.split(key)
+    w_key, b_key = initializers.keys_for(key, w_fn, b_fn if use_bias else initializers.zeros)
     params = {"w": w_fn(w_key, (*kernel_size, in_channels // groups, features), dtype)}
     if use_bias:
         params["b"] = b_fn(b_key, (features,), dtype)
@@ -194,7 +193,8 @@ def Conv(  # noqa: N802 - layer constructors are CamelCase, as in stax
       groups: feature groups; ``groups = in_channels`` is a depthwise convolution. Both
         ``in_channels`` and ``features`` must be divisible by it.
       use_bias: add the bias ``b``.
-      w_init, b_init: initializer functions or names (see ``nnjax.initializers``).
+      w_init, b_init: initializer functions or names (see ``nnjax.initializers``); the key is split as
+        ``Dense`` splits it (only for a random ``b_init``).
 
     Returns:
       A ``Layer`` whose ``apply`` maps ``x: (batch, *spatial, in_channels)`` float to

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import jax
 from jax.nn import initializers as jinit
 
 Initializer = Callable[..., object]
@@ -78,3 +79,18 @@ def get(initializer: str | Initializer, where: str = "initializer") -> Initializ
         return _BY_NAME[initializer]()
     known = ", ".join(sorted([*_BY_NAME, *_PLAIN]))
     raise ValueError(f"{where}: unknown initializer {initializer!r}; expected a function or one of: {known}.")
+
+
+KEYLESS: tuple[Initializer, ...] = (zeros, ones)  # initializers that draw no random numbers
+
+
+def keys_for(key: jax.Array, *inits: Initializer) -> list[jax.Array]:
+    """One key for each of a layer's initializers: ``key`` itself when at most one of them draws random
+    numbers (``zeros`` and ``ones`` draw none), else ``jax.random.split(key, len(inits))``.
+
+    Every split is a threefry hash in the layer's initialization program; on XLA:CPU each one compiled
+    is about ten kernels (~0.03 s), so a ``Dense`` with zero biases initializes from its key unsplit.
+    """
+    if sum(init not in KEYLESS for init in inits) <= 1:
+        return [key] * len(inits)
+    return list(jax.random.split(key, len(inits)))

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jaxlib import version as jaxlib_version
 
 from nnjax._src.config import use_cpu_form
 from nnjax._src.errors import ForwardModeError
@@ -351,12 +352,18 @@ def default_compiler_options(backend: str | None = None) -> dict[str, Any] | Non
     return dict(CPU_COMPILER_OPTIONS) if CPU_COMPILER_OPTIONS.items() <= known.items() else None
 
 
+# jaxlib releases whose XLA:CPU accepts every option here (tests/test_compile.py compiles with them on the
+# release it runs on): they are not asked again at each start, which costs a cold process 0.05-0.1 s.
+ACCEPTING_JAXLIBS = frozenset({"0.10.2"})
+
+
 @functools.cache
 def _known_cpu_options() -> dict[str, Any]:
-    """``CPU_COMPILER_OPTIONS`` and ``SETUP_CPU_COMPILER_OPTIONS`` less those this XLA rejects: one scalar
-    program compiled on JAX's default backend when it accepts them all (each on its own otherwise)."""
+    """``CPU_COMPILER_OPTIONS`` and ``SETUP_CPU_COMPILER_OPTIONS`` less those this XLA rejects: all of them
+    on a jaxlib of ``ACCEPTING_JAXLIBS``; otherwise asked by compiling one scalar program on JAX's default
+    backend with them all (each on its own when that fails)."""
     every = {**CPU_COMPILER_OPTIONS, **SETUP_CPU_COMPILER_OPTIONS}
-    if _accepted(every):
+    if jaxlib_version.__version__ in ACCEPTING_JAXLIBS or _accepted(every):
         return every
     return {name: value for name, value in every.items() if _accepted({name: value})}
 
