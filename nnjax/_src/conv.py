@@ -141,7 +141,7 @@ def _conv_layer(
 
 
 def _params(key, kernel_size, in_channels, groups, features, w_fn, b_fn, use_bias, dtype):
-    w_key, b_key = initializers.keys_for(key, w_fn, b_fn if use_bias else initializers.zeros)
+    w_key, b_key = initializers.keys_for(key, w_fn, b_fn) if use_bias else (key, None)
     params = {"w": w_fn(w_key, (*kernel_size, in_channels // groups, features), dtype)}
     if use_bias:
         params["b"] = b_fn(b_key, (features,), dtype)
