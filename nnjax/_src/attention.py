@@ -140,6 +140,41 @@ def _projection_init(key: PRNGKey, in_features: int, out_shape: tuple[int, ...],
     return params
 
 
+def _check_attention_args(
+    name: str, num_heads: Any, head_dim: Any, out_features: Any, dropout_rate: Any, implementation: Any,
+    use_rope: bool,
+) -> None:
+    """``MultiHeadAttention``'s constructor arguments, checked when it is built (ValueError otherwise)."""
+    for argument, value in (("num_heads", num_heads), ("head_dim", head_dim), ("out_features", out_features)):
+        if (value is not None or argument == "num_heads") and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name}: argument `{argument}` expected a positive int, given {value!r}.")
+    if not 0.0 <= dropout_rate < 1.0:
+        raise ValueError(
+            f"{name}: argument `dropout_rate` expected a drop probability in [0, 1), given {dropout_rate!r}."
+        )
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"{name}: argument `implementation` expected one of {IMPLEMENTATIONS}, given {implementation!r}."
+        )
+    if use_rope and head_dim is not None and head_dim % 2:
+        raise ValueError(f"{name}: argument `head_dim` expected an even size for use_rope=True, given {head_dim}.")
+
+
+def _attend(
+    q: Array, k: Array, v: Array, mask: Array | None, causal: bool, implementation: str | None,
+    dropout_rate: float, dropout_key: PRNGKey | None,
+) -> Array:
+    """The heads ``(B, T, N, H)`` of projected ``q: (B, T, N, H)``, ``k, v: (B, S, N, H)``: JAX's
+    ``dot_product_attention``, or ``reference_attention`` when asked for, with dropout, or in float64."""
+    if implementation != "reference" and dropout_rate == 0.0 and q.dtype != jnp.float64:
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, implementation=implementation)
+    if causal:
+        t, s = q.shape[1], k.shape[1]
+        causal_mask = jnp.tril(jnp.ones((t, s), bool))[None, None]  # (1, 1, T, S)
+        mask = causal_mask if mask is None else mask & causal_mask
+    return reference_attention(q, k, v, mask, dropout_rate=dropout_rate, dropout_key=dropout_key)
+
+
 def MultiHeadAttention(  # noqa: N802 - layer constructors are CamelCase, as in stax
     num_heads: int,
     head_dim: int | None = None,
@@ -199,19 +234,7 @@ def MultiHeadAttention(  # noqa: N802 - layer constructors are CamelCase, as in 
       (2, 4, 8)
     """
     name = f"MultiHeadAttention({num_heads})"
-    for argument, value in (("num_heads", num_heads), ("head_dim", head_dim), ("out_features", out_features)):
-        if (value is not None or argument == "num_heads") and (not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name}: argument `{argument}` expected a positive int, given {value!r}.")
-    if not 0.0 <= dropout_rate < 1.0:
-        raise ValueError(
-            f"{name}: argument `dropout_rate` expected a drop probability in [0, 1), given {dropout_rate!r}."
-        )
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(
-            f"{name}: argument `implementation` expected one of {IMPLEMENTATIONS}, given {implementation!r}."
-        )
-    if use_rope and head_dim is not None and head_dim % 2:
-        raise ValueError(f"{name}: argument `head_dim` expected an even size for use_rope=True, given {head_dim}.")
+    _check_attention_args(name, num_heads, head_dim, out_features, dropout_rate, implementation, use_rope)
     allowed = ("x", "context", "mask")
 
     def init(key, input_shape: Shape, dtype=jnp.float32):
@@ -269,13 +292,7 @@ def MultiHeadAttention(  # noqa: N802 - layer constructors are CamelCase, as in 
         q, k, v = project(params["query"], queries), project(params["key"], context), project(params["value"], context)
         if use_rope:
             q, k = apply_rope(q, jnp.arange(t)), apply_rope(k, jnp.arange(s))
-        if implementation == "reference" or dropout or q.dtype == jnp.float64:
-            if causal:
-                causal_mask = jnp.tril(jnp.ones((t, s), bool))[None, None]  # (1, 1, T, S)
-                mask = causal_mask if mask is None else mask & causal_mask
-            heads = reference_attention(q, k, v, mask, dropout_rate=dropout_rate if dropout else 0.0, dropout_key=key)
-        else:
-            heads = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, implementation=implementation)
+        heads = _attend(q, k, v, mask, causal, implementation, dropout_rate if dropout else 0.0, key)
         y = jnp.einsum("btnh,nhd->btd", heads, params["out"]["w"])  # (B, T, out_features)
         return (y + params["out"]["b"][None, None] if use_bias else y), state
 

@@ -56,12 +56,11 @@ def Dense(  # noqa: N802 - layer constructors are CamelCase, as in stax
 
     def init(key, input_shape: Shape, dtype=jnp.float32):
         if len(input_shape) < 1:
-            raise LayerError(f"{name}: argument `input_shape` expected at least one axis (features), given {input_shape}.")
-        w_key, b_key = initializers.keys_for(key, w_fn, b_fn) if use_bias else (key, None)
-        params = {"w": w_fn(w_key, (input_shape[-1], features), dtype)}
-        if use_bias:
-            params["b"] = b_fn(b_key, (features,), dtype)
-        return params, {}
+            raise LayerError(
+                f"{name}: argument `input_shape` expected at least one axis (features), given {input_shape}."
+            )
+        w_shape = (input_shape[-1], features)
+        return initializers.weight_and_bias(key, w_fn, w_shape, b_fn, (features,), dtype, use_bias), {}
 
     def apply(params, state, x, *, key=None, train=False):
         check_float_input(name, x)

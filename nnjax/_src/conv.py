@@ -141,11 +141,8 @@ def _conv_layer(
 
 
 def _params(key, kernel_size, in_channels, groups, features, w_fn, b_fn, use_bias, dtype):
-    w_key, b_key = initializers.keys_for(key, w_fn, b_fn) if use_bias else (key, None)
-    params = {"w": w_fn(w_key, (*kernel_size, in_channels // groups, features), dtype)}
-    if use_bias:
-        params["b"] = b_fn(b_key, (features,), dtype)
-    return params
+    w_shape = (*kernel_size, in_channels // groups, features)
+    return initializers.weight_and_bias(key, w_fn, w_shape, b_fn, (features,), dtype, use_bias)
 
 
 def _check_size(name: str, x: Array, kernel: tuple[int, ...], strides, padding) -> None:

@@ -84,13 +84,17 @@ def get(initializer: str | Initializer, where: str = "initializer") -> Initializ
 KEYLESS: tuple[Initializer, ...] = (zeros, ones)  # initializers that draw no random numbers
 
 
-def keys_for(key: jax.Array, *inits: Initializer) -> list[jax.Array]:
-    """One key for each of a layer's initializers: ``key`` itself when at most one of them draws random
-    numbers (``zeros`` and ``ones`` draw none), else ``jax.random.split(key, len(inits))``.
+def weight_and_bias(
+    key: jax.Array, w_fn: Initializer, w_shape: tuple[int, ...], b_fn: Initializer, b_shape: tuple[int, ...],
+    dtype: object, use_bias: bool,
+) -> dict[str, jax.Array]:
+    """``{"w": (*w_shape), "b": (*b_shape)}`` (no ``"b"`` without ``use_bias``) for ``Dense`` and ``Conv``.
 
-    Every split is a threefry hash in the layer's initialization program; on XLA:CPU each one compiled
-    is about ten kernels (~0.03 s), so a ``Dense`` with zero biases initializes from its key unsplit.
+    ``key`` is split in two, one half each, only when both initializers draw random numbers (``zeros``
+    and ``ones`` draw none); otherwise both get ``key`` itself. Every split is a threefry hash in the
+    initialization program, about ten XLA:CPU kernels (~0.03 s) once compiled.
     """
-    if sum(init not in KEYLESS for init in inits) <= 1:
-        return [key] * len(inits)
-    return list(jax.random.split(key, len(inits)))
+    if not use_bias:
+        return {"w": w_fn(key, w_shape, dtype)}
+    w_key, b_key = (key, key) if w_fn in KEYLESS or b_fn in KEYLESS else jax.random.split(key)
+    return {"w": w_fn(w_key, w_shape, dtype), "b": b_fn(b_key, b_shape, dtype)}
