@@ -13,8 +13,8 @@ import nnjax
 # second touch. glibc's default serves such a block with fresh mmap pages each time (one fault per 4 KiB page).
 SCRIPT = """
 import ctypes, resource, sys
-import nnjax
-if sys.argv[1] == "keep":
+if sys.argv[1] == "keep":  # glibc's default needs no nnjax (nor JAX's import time)
+    import nnjax
     assert nnjax.keep_freed_memory() is True
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]

@@ -18,19 +18,23 @@ jax.monitoring.register_event_listener(count)
 import nnjax
 print(jax.config.jax_compilation_cache_dir)            # an import changes nothing
 print(nnjax.config.compilation_cache(sys.argv[1]))
-x = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
-y = (x[:, 0] > 0).astype(np.int32)
-model = nnjax.serial(nnjax.Dense(8), nnjax.Relu(), nnjax.Dense(2))
-nnjax.fit(model, nnjax.losses.softmax_cross_entropy, optax.adam(1e-2), x, y, epochs=2, batch_size=16,
-          validation_data=(x, y), progress=False)
+if sys.argv[2] == "fit":
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int32)
+    model = nnjax.serial(nnjax.Dense(8), nnjax.Relu(), nnjax.Dense(2))
+    nnjax.fit(model, nnjax.losses.softmax_cross_entropy, optax.adam(1e-2), x, y, epochs=2, batch_size=16,
+              validation_data=(x, y), progress=False)
+else:  # one small program: enough to show where the cache is, or that it is off
+    jax.jit(jax.numpy.sin)(np.float32(1.0)).block_until_ready()
 print(counts["hits"], counts["misses"])
 """
 
 
-def _probe(directory, **env):
+def _probe(directory, work="fit", **env):
     environ = {k: v for k, v in os.environ.items() if k != "NNJAX_COMPILATION_CACHE"} | env
-    out = subprocess.run([sys.executable, "-c", PROBE, str(directory)], capture_output=True, text=True, check=True,
-                         env=environ).stdout.split("\n")
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, str(directory), work], capture_output=True, text=True, check=True, env=environ
+    ).stdout.split("\n")
     return out[0], out[1], tuple(int(v) for v in out[2].split())
 
 
@@ -44,9 +48,9 @@ def test_a_second_process_loads_every_program_and_compiles_none(tmp_path):
 
 def test_the_environment_names_the_directory_or_keeps_the_cache_off(tmp_path):
     other = tmp_path / "from_env"
-    _, used, _ = _probe(tmp_path / "given", NNJAX_COMPILATION_CACHE=str(other))
+    _, used, _ = _probe(tmp_path / "given", "sin", NNJAX_COMPILATION_CACHE=str(other))
     assert used == str(other) and os.listdir(other) and not (tmp_path / "given").exists()
-    _, used, (hits, misses) = _probe(tmp_path / "off", NNJAX_COMPILATION_CACHE="0")
+    _, used, (hits, misses) = _probe(tmp_path / "off", "sin", NNJAX_COMPILATION_CACHE="0")
     assert used == "None" and hits == misses == 0 and not (tmp_path / "off").exists()
 
 

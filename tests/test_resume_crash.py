@@ -29,7 +29,8 @@ STEPS_PER_EPOCH = 1797 // 32
 
 def _run_worker(directory, out, *, kill_after_epoch=None, delay=0.0, kill_at=None):
     """Runs the worker; kills it ``delay`` s after it announces ``kill_after_epoch`` or ``kill_at`` s after start."""
-    env = dict(os.environ, PYTHONPATH=str(WORKER.parent.parent), XLA_FLAGS="--xla_cpu_multi_thread_eigen=false")
+    xla_flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen=false".strip()  # + the suite's
+    env = dict(os.environ, PYTHONPATH=str(WORKER.parent.parent), XLA_FLAGS=xla_flags)
     proc = subprocess.Popen(
         [sys.executable, str(WORKER), str(directory), str(out), str(EPOCHS)],
         stdout=subprocess.PIPE,
