@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -45,6 +44,28 @@ def _close(a, b, atol=1e-5):
     jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, atol=atol, rtol=1e-5), a, b)
 
 
+SWEEP_LRS = [0.3, 0.03]
+
+
+@pytest.fixture(scope="module")
+def sweep(data):
+    """2 seeds x 2 learning rates of plain SGD, trained once for the tests that only read it (the K=4 sweep's
+    programs are also those of the other K=4 SGD sweeps here: loaded from the compilation cache)."""
+    x, y, _, _ = data
+    return fit_many(
+        _model(),
+        LOSS,
+        optax.sgd,
+        x,
+        y,
+        seeds=[0, 1],
+        hyperparams={"learning_rate": SWEEP_LRS},
+        epochs=EPOCHS,
+        batch_size=BATCH,
+        progress=False,
+    )
+
+
 def test_four_vmapped_seeds_equal_four_sequential_fits(data):
     x, y, xv, yv = data
     model = _model(dropout=0.2)  # dropout keys must also follow each model's own key
@@ -83,25 +104,13 @@ def test_four_vmapped_seeds_equal_four_sequential_fits(data):
         for name, values in one.history.items():
             np.testing.assert_allclose(many.history[name][i], values, rtol=1e-5, atol=1e-6, err_msg=name)
     # the four models really differ (different seeds)
-    w = many.train_states.params["dense_0"]["w"]
-    assert float(jnp.abs(w[0] - w[1]).max()) > 1e-3
+    w = np.asarray(many.train_states.params["dense_0"]["w"])
+    assert float(np.abs(w[0] - w[1]).max()) > 1e-3
 
 
-def test_seeds_by_learning_rates_sweep_equals_sequential_runs(data):
+def test_seeds_by_learning_rates_sweep_equals_sequential_runs(data, sweep):
     x, y, _, _ = data
-    model, lrs = _model(), [0.3, 0.03]
-    many = fit_many(
-        model,
-        LOSS,
-        optax.sgd,
-        x,
-        y,
-        seeds=[0, 1],
-        hyperparams={"learning_rate": lrs},
-        epochs=EPOCHS,
-        batch_size=BATCH,
-        progress=False,
-    )
+    model, lrs, many = _model(), SWEEP_LRS, sweep
     assert many.configs == [{"seed": s, "learning_rate": lr} for s in (0, 1) for lr in lrs]
     assert many.history["loss"].shape == (4, EPOCHS)
     np.testing.assert_allclose(
@@ -200,13 +209,14 @@ def test_nan_models_are_never_best():
 
 def test_stack_and_unstack_round_trip_and_init_many_equals_init_train_state():
     model, opt = _model(), optax.adam(1e-3)
-    states = [nnjax.init_train_state(model, opt, jax.random.key(s), (4,)) for s in (5, 6, 7)]
+    # K=4 as in test_four_vmapped_seeds_...: init_many's op-by-op programs are that fit_many's (same shapes)
+    states = [nnjax.init_train_state(model, opt, jax.random.key(s), (4,)) for s in (5, 6, 7, 8)]
     stacked = stack_train_states(states)
-    assert stacked.params["dense_0"]["w"].shape == (3, 4, 8) and stacked.key.shape == (3, 2)  # raw key data per model
-    _close(init_many(model, opt, [5, 6, 7], (4,)).params, stacked.params)
-    for a, b in zip(unstack(stacked), states):
+    assert stacked.params["dense_0"]["w"].shape == (4, 4, 8) and stacked.key.shape == (4, 2)  # raw key data per model
+    _close(init_many(model, opt, [5, 6, 7, 8], (4,)).params, stacked.params)
+    for a, b in zip(unstack(stacked), states, strict=True):
         _close(a.params, b.params)
-        assert jnp.array_equal(a.key, b.key)
+        assert np.array_equal(a.key, b.key)
     with pytest.raises(TypeError, match="factory"):
         init_many(model, optax.adam, [0, 1], (4,))
     with pytest.raises(ValueError, match="one value per model"):
@@ -227,18 +237,19 @@ def test_sweep_configs_grid_and_zip():
 
 def test_many_step_equals_per_model_steps_and_does_not_recompile(data):
     x, y, _, _ = data
-    model = _model()
-    ts = init_many(model, optax.sgd, [0, 1, 2], (4,), hyperparams={"learning_rate": [0.1, 0.2, 0.3]})
+    model, lrs = _model(), [0.1, 0.2, 0.3, 0.4]  # K=4: init_many's op-by-op programs are the SGD sweeps'
+    ts = init_many(model, optax.sgd, [0, 1, 2, 3], (4,), hyperparams={"learning_rate": lrs})
     singles = unstack(ts)
     step = make_many_step(model, LOSS, optax.inject_hyperparams(optax.sgd)(learning_rate=0.1), shared_batch=True)
-    xb, yb = jnp.asarray(x[:BATCH]), jnp.asarray(y[:BATCH])
+    xb, yb = jax.device_put(x[:BATCH]), jax.device_put(y[:BATCH])
     ts, metrics = step(ts, (xb, yb))
-    assert metrics["loss"].shape == (3,)
-    for i, (single, lr) in enumerate(zip(singles, [0.1, 0.2, 0.3])):
+    assert metrics["loss"].shape == (4,)
+    stacked = jax.tree.map(np.asarray, ts.params)  # sliced in NumPy: no eager programs
+    for i, (single, lr) in enumerate(zip(singles, lrs, strict=True)):
         new, _ = nnjax.make_train_step(model, LOSS, optax.inject_hyperparams(optax.sgd)(learning_rate=lr))(
             single, (xb, yb)
         )
-        _close(jax.tree.map(lambda a, i=i: a[i], ts.params), new.params)
+        _close(jax.tree.map(lambda a, i=i: a[i], stacked), new.params)
     with jax.log_compiles():
         import logging
 
@@ -253,11 +264,11 @@ def test_many_step_equals_per_model_steps_and_does_not_recompile(data):
     assert not [r for r in records if "Compiling" in r.getMessage()]
 
 
-def test_ensemble_predict_shapes(data):
+def test_ensemble_predict_shapes(data, sweep):
     x, y, _, _ = data
-    many = fit_many(_model(), LOSS, optax.adam(1e-2), x, y, seeds=[0, 1], epochs=1, batch_size=BATCH, progress=False)
+    many = sweep  # 4 trained models (fit_many without hyperparameters is test_four_vmapped_seeds_...'s)
     preds = ensemble_predict(_model(), many.train_states, x[:10])
-    assert preds.shape == (2, 10, 2)
+    assert preds.shape == (4, 10, 2)
     np.testing.assert_allclose(preds[1], nnjax.predict(_model(), many.best(1), x[:10]), atol=1e-6)
 
 
@@ -280,7 +291,7 @@ def test_aggregate_over_seeds_per_setting(data):
         optax.sgd,
         x,
         y,
-        seeds=[0, 1, 2],
+        seeds=[0, 1],  # K=4: the programs of test_best_model_is_chosen_by_a_validation_metric's second sweep
         hyperparams={"learning_rate": lrs},
         validation_data=(xv, yv),
         epochs=EPOCHS,
@@ -289,7 +300,7 @@ def test_aggregate_over_seeds_per_setting(data):
     )
     summary = many.aggregate()
     assert summary.settings == [{"learning_rate": 0.3}, {"learning_rate": 0.003}]
-    assert summary.models == [[0, 2, 4], [1, 3, 5]] and summary.select == "val_loss"
+    assert summary.models == [[0, 2], [1, 3]] and summary.select == "val_loss"
     for name, values in many.history.items():
         values = np.asarray(values, np.float64)
         for s, members in enumerate(summary.models):

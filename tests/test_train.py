@@ -15,7 +15,13 @@ MODEL = nnjax.serial(nnjax.Dense(16), nnjax.Relu(), nnjax.Dropout(0.1), nnjax.De
 
 def _batch(n=32, seed=0):
     rng = np.random.default_rng(seed)
-    return jnp.asarray(rng.normal(size=(n, 5)), jnp.float32), jnp.asarray(rng.integers(0, 3, n), jnp.int32)
+    x, y = rng.normal(size=(n, 5)).astype(np.float32), rng.integers(0, 3, n).astype(np.int32)
+    return jax.device_put(x), jax.device_put(y)  # no program (jnp.asarray(..., dtype) compiles one per shape)
+
+
+def _equal(a, b):
+    """Leaf by leaf bitwise equality of two trees, in NumPy (eager jnp compiles a program per leaf shape)."""
+    return jax.tree.all(jax.tree.map(lambda u, v: np.array_equal(np.asarray(u), np.asarray(v)), a, b))
 
 
 DETERMINISTIC = nnjax.serial(nnjax.Dense(16), nnjax.Relu(), nnjax.Dense(3))
@@ -57,10 +63,12 @@ def test_step_whose_key_use_depends_on_the_batch_shape_equals_the_plain_step():
 
     model = nnjax.serial(nnjax.Dense(3), nnjax.Layer(init, apply, "NoisyAt16"))
     optimizer = optax.sgd(0.1)
-    plain = nnjax.make_train_step(model, losses.softmax_cross_entropy, optimizer, jit=False)
+    # The plain step compiled by jax.jit for reference (op by op, each operation of each batch shape was a
+    # program of its own); nnjax's jitted step passes the key, donates and splits the state its own way.
+    plain = jax.jit(nnjax.make_train_step(model, losses.softmax_cross_entropy, optimizer, jit=False))
     jitted = nnjax.make_train_step(model, losses.softmax_cross_entropy, optimizer)
-    expected = got = nnjax.init_train_state(model, optimizer, jax.random.key(0), (5,))
-    expected = jax.tree.map(jnp.copy, expected)
+    got = nnjax.init_train_state(model, optimizer, jax.random.key(0), (5,))
+    expected = nnjax.init_train_state(model, optimizer, jax.random.key(0), (5,))  # other arrays: `got` is donated
     for n in (32, 16, 16, 32):
         batch = _batch(n=n, seed=n)
         expected, expected_logs = plain(expected, batch)
@@ -73,10 +81,11 @@ def test_step_whose_key_use_depends_on_the_batch_shape_equals_the_plain_step():
 def test_jitted_step_with_and_without_state_arrays_equals_the_plain_step():
     x, y = _batch()
     optimizer = optax.sgd(0.1)
-    stateless = nnjax.serial(nnjax.Dense(4), nnjax.Relu(), nnjax.Dense(3))
+    stateless = MODEL  # its initialization and jitted step are test_training_randomness_...'s programs (cache hits)
     stateful = nnjax.serial(nnjax.Dense(4), nnjax.BatchNorm(), nnjax.Relu(), nnjax.Dense(3))
     for model in (stateless, stateful):
-        plain = nnjax.make_train_step(model, losses.softmax_cross_entropy, optimizer, jit=False)
+        # the plain step compiled by jax.jit for reference (op by op, each operation was a program of its own)
+        plain = jax.jit(nnjax.make_train_step(model, losses.softmax_cross_entropy, optimizer, jit=False))
         jitted = nnjax.make_train_step(model, losses.softmax_cross_entropy, optimizer)
         expected = nnjax.init_train_state(model, optimizer, jax.random.key(0), (5,))
         got = nnjax.init_train_state(model, optimizer, jax.random.key(0), (5,))
@@ -101,13 +110,18 @@ def test_step_equals_hand_written_jax():
         logits = jnp.tanh(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
         return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(len(y)), y])
 
-    step = nnjax.make_train_step(model, losses.softmax_cross_entropy, optimizer, jit=False)
+    @jax.jit  # the hand-written step as one program (op by op, each operation was a program of its own)
+    def raw_step(raw, raw_opt, x, y):
+        loss, grads = jax.value_and_grad(raw_loss)(raw, x, y)
+        updates, raw_opt = optimizer.update(grads, raw_opt, raw)
+        return loss, optax.apply_updates(raw, updates), raw_opt
+
+    # the plain step compiled by jax.jit (op by op, each of its dozens of operations was a program of its own)
+    step = jax.jit(nnjax.make_train_step(model, losses.softmax_cross_entropy, optimizer, jit=False))
     for seed in range(3):
         x, y = _batch(seed=seed)
         train_state, logs = step(train_state, (x, y))
-        loss, grads = jax.value_and_grad(raw_loss)(raw, x, y)
-        updates, raw_opt = optimizer.update(grads, raw_opt, raw)
-        raw = optax.apply_updates(raw, updates)
+        loss, raw, raw_opt = raw_step(raw, raw_opt, x, y)
         np.testing.assert_allclose(logs["loss"], loss, rtol=1e-6)
     np.testing.assert_allclose(train_state.params["dense_0"]["w"], raw["w1"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(train_state.params["dense_2"]["b"], raw["b2"], rtol=1e-5, atol=1e-6)
@@ -117,7 +131,8 @@ def test_vmapped_seeds_equal_sequential_runs():
     optimizer = optax.adam(1e-2)
     step = nnjax.make_train_step(MODEL, losses.softmax_cross_entropy, optimizer, jit=False)
     keys = jax.random.split(jax.random.key(42), 4)
-    stacked = jax.vmap(lambda k: nnjax.init_train_state(MODEL, optimizer, k, (5,)))(keys)
+    # jitted: op by op, each initializer operation under vmap was a program of its own
+    stacked = jax.jit(jax.vmap(lambda k: nnjax.init_train_state(MODEL, optimizer, k, (5,))))(keys)
     many_step = jax.jit(jax.vmap(step, in_axes=(0, None)))
     one_step = jax.jit(step)
     singles = [nnjax.init_train_state(MODEL, optimizer, k, (5,)) for k in keys]
@@ -127,25 +142,30 @@ def test_vmapped_seeds_equal_sequential_runs():
         results = [one_step(s, batch) for s in singles]
         singles = [r[0] for r in results]
         np.testing.assert_allclose(many_logs["loss"], [r[1]["loss"] for r in results], rtol=1e-5)
+    stacked_params = jax.tree.map(np.asarray, stacked.params)  # models sliced in NumPy: no eager programs
     for i, single in enumerate(singles):
-        for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(jax.tree.map(lambda l: l[i], stacked.params))):
+        model_i = jax.tree.map(lambda leaf, i=i: leaf[i], stacked_params)
+        for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(model_i), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     # different seeds really are different models
-    assert not np.allclose(stacked.params["dense_0"]["w"][0], stacked.params["dense_0"]["w"][1])
+    assert not np.allclose(stacked_params["dense_0"]["w"][0], stacked_params["dense_0"]["w"][1])
 
 
 def test_steps_fuse_under_scan_and_match_the_jitted_loop():
-    optimizer = optax.sgd(0.05)
+    optimizer = optax.adam(1e-2)  # test_vmapped_seeds_equal_sequential_runs's: the same jax.jit(step) program
     step = nnjax.make_train_step(MODEL, losses.softmax_cross_entropy, optimizer, jit=False)
     state = nnjax.init_train_state(MODEL, optimizer, jax.random.key(0), (5,))
-    xs, ys = zip(*[_batch(seed=s) for s in range(4)])
-    fused_state, fused_logs = jax.jit(lambda s: jax.lax.scan(step, s, (jnp.stack(xs), jnp.stack(ys))))(state)
+    xs, ys = zip(*[_batch(seed=s) for s in range(4)], strict=True)
+    xs, ys = np.stack(xs), np.stack(ys)  # stacked in NumPy: no eager programs
+    fused_state, fused_logs = jax.jit(lambda s: jax.lax.scan(step, s, (xs, ys)))(state)
     loop_state = nnjax.init_train_state(MODEL, optimizer, jax.random.key(0), (5,))
     jitted = jax.jit(step)
-    for x, y in zip(xs, ys):
-        loop_state, logs = jitted(loop_state, (x, y))
+    for x, y in zip(xs, ys, strict=True):
+        loop_state, logs = jitted(loop_state, (jax.device_put(x), jax.device_put(y)))
     np.testing.assert_allclose(fused_logs["loss"][-1], logs["loss"], rtol=1e-5)
-    np.testing.assert_allclose(fused_state.params["dense_3"]["w"], loop_state.params["dense_3"]["w"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        fused_state.params["dense_3"]["w"], loop_state.params["dense_3"]["w"], rtol=1e-5, atol=1e-6
+    )
 
 
 def test_eval_step_is_inference_mode():
@@ -155,8 +175,8 @@ def test_eval_step_is_inference_mode():
     x, y = _batch()
     a, b = eval_step(train_state, (x, y)), eval_step(train_state, (x, y))
     assert float(a["loss"]) == float(b["loss"])  # no dropout: deterministic
-    logits, _ = MODEL.apply(train_state.params, train_state.state, x)
-    np.testing.assert_allclose(a["accuracy"], metrics.accuracy(logits, y))
+    inference_accuracy = jax.jit(lambda p, s, x, y: metrics.accuracy(MODEL.apply(p, s, x)[0], y))  # not op by op
+    np.testing.assert_allclose(a["accuracy"], inference_accuracy(train_state.params, train_state.state, x, y))
 
 
 def test_training_randomness_comes_from_the_state_key():
@@ -199,18 +219,19 @@ def test_initialization_compiles_a_bounded_number_of_programs_whatever_the_depth
             programs.append(duration)
 
     jax.monitoring.register_event_duration_secs_listener(on_duration)
-    keys = {depth: jax.random.key(depth) for depth in (2, 20)}
-    nnjax.init_train_state(nnjax.Dense(1), optax.adam(1e-3), keys[2], (1,))  # the process's one-time programs
+    keys = {depth: jax.random.key(depth) for depth in (2, 20)}  # 20: the depth the target names
+    optimizer = optax.adam(1e-3)
+    nnjax.init_train_state(nnjax.Dense(1), optimizer, keys[2], (1,))  # the process's one-time programs
     counts = {}
     for depth in (2, 20):
         layers = [layer for _ in range(depth) for layer in (nnjax.Dense(24 + depth), nnjax.Relu())]
         model = nnjax.serial(*layers, nnjax.Dense(3))  # shapes no earlier test compiled
         before = len(programs)
-        ts = nnjax.init_train_state(model, optax.adam(1e-3), keys[depth], (7,))
+        ts = nnjax.init_train_state(model, optimizer, keys[depth], (7,))
         jax.block_until_ready(ts)
         counts[depth] = len(programs) - before
-        again = nnjax.init_train_state(model, optax.adam(1e-3), keys[depth], (7,))
-        assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), ts.params, again.params))
+        again = nnjax.init_train_state(model, optimizer, keys[depth], (7,))
+        assert _equal(ts.params, again.params)
         assert len(ts.params) == 2 * depth + 1 and ts.params["dense_0"]["w"].shape == (7, 24 + depth)
     assert counts == {2: 1, 20: 1}, counts  # op by op, every parameter shape was a compilation of its own
 
@@ -223,7 +244,7 @@ def test_compiled_initialization_gives_the_layers_own_values_op_by_op():
     ts = nnjax.init_train_state(model, optax.adam(1e-3), key, (6, 6, 2))
     init_key, train_key = jax.random.split(key)
     params, state = model.init(init_key, (6, 6, 2))
-    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), (ts.params, ts.state), (params, state)))
+    assert _equal((ts.params, ts.state), (params, state))
     np.testing.assert_array_equal(ts.key, jax.random.key_data(train_key))
 
 
@@ -232,4 +253,4 @@ def test_a_seeded_state_equals_one_from_the_seeds_key(seed):
     model = nnjax.serial(nnjax.Dense(5), nnjax.Relu(), nnjax.Dense(2))
     seeded = nnjax._src.train.seeded_train_state(model, optax.sgd(0.1), seed, (3,))  # the key made inside
     keyed = nnjax.init_train_state(model, optax.sgd(0.1), jax.random.key(seed), (3,))
-    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), seeded, keyed))
+    assert _equal(seeded, keyed)

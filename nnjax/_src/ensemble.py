@@ -36,7 +36,9 @@ from nnjax._src.arguments import (
     check_train_state,
     check_training_arguments,
 )
+from nnjax._src.checks import at_top_level
 from nnjax._src.compile import jit as compile_jit
+from nnjax._src.compile import setup_jit
 from nnjax._src.core import Layer
 from nnjax._src.engine import Plan, Progress, Recorder, checkpoints_for, owned, resume_from, step_count, train
 from nnjax._src.inference import make_evaluate_fn, make_predict_fn
@@ -203,7 +205,7 @@ def init_many(
                 "init_many: argument `optimizer` is a factory but no `hyperparams` were given. Hint: pass an "
                 "optimizer (`optax.adam(1e-3)`) or hyperparams (`hyperparams={'learning_rate': [...]}`)."
             )
-        return jax.vmap(lambda k: init_train_state(model, optimizer, k, input_shape, dtype))(keys)
+        return _init_stacked(lambda k: init_train_state(model, optimizer, k, input_shape, dtype), keys)
     if isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(
             "init_many: `hyperparams` need an optimizer factory such as `optax.adam` (called with them), "
@@ -215,7 +217,15 @@ def init_many(
         raise ValueError(
             f"init_many: expected one value per model ({keys.shape[0]}) for each hyperparameter, given {sizes}."
         )
-    return jax.vmap(lambda k, h: init_train_state(model, injected(optimizer, h), k, input_shape, dtype))(keys, hp)
+    return _init_stacked(lambda k, h: init_train_state(model, injected(optimizer, h), k, input_shape, dtype), keys, hp)
+
+
+def _init_stacked(init_one: Callable[..., TrainState], *per_model: Any) -> TrainState:
+    """``jax.vmap(init_one)(*per_model)``: K train states stacked, as ONE compiled program at top level (op by op,
+    each random draw, slice and broadcast of K models was a compilation of its own: 15-30 of them); under a
+    transformation, traced into the caller's program."""
+    stacked = jax.vmap(init_one)
+    return (setup_jit(stacked) if at_top_level() else stacked)(*per_model)
 
 
 def make_many_step(
