@@ -236,6 +236,28 @@ def test_initialization_compiles_a_bounded_number_of_programs_whatever_the_depth
     assert counts == {2: 1, 20: 1}, counts  # op by op, every parameter shape was a compilation of its own
 
 
+def test_eager_vmap_of_initialization_compiles_one_batched_program_whatever_the_depth():
+    """The README's ``jax.vmap(lambda k: init_train_state(...))(keys)``: one program compiled batched (with the
+    setup options), and vmap's broadcasts of the unbatched leaves; before, each operation of each model shape."""
+    programs = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, duration, **kwargs: programs.append(event == "/jax/core/compile/backend_compile_duration")
+    )
+    optimizer = optax.adam(1e-3)
+    keys = jax.random.split(jax.random.key(3), 4)
+    counts = {}
+    for depth, width in ((2, 13), (6, 14)):  # widths no earlier test compiled
+        model = nnjax.serial(*[layer for _ in range(depth) for layer in (nnjax.Dense(width), nnjax.Relu())])
+        before = sum(programs)
+        stacked = jax.vmap(lambda k, model=model: nnjax.init_train_state(model, optimizer, k, (5,)))(keys)
+        jax.block_until_ready(stacked)
+        counts[depth] = sum(programs) - before
+        one = nnjax.init_train_state(model, optimizer, keys[2], (5,))
+        for name in ("dense_0", f"dense_{2 * depth - 2}"):
+            np.testing.assert_array_equal(np.asarray(stacked.params[name]["w"])[2], np.asarray(one.params[name]["w"]))
+    assert counts[6] <= counts[2] <= 6, counts  # op by op: two or more per layer, growing with the depth
+
+
 def test_compiled_initialization_gives_the_layers_own_values_op_by_op():
     """init_train_state's one program (a setup program, compiled for compile time) draws what model.init
     draws op by op with XLA's default options, key for key."""

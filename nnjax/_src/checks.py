@@ -134,6 +134,22 @@ def at_top_level() -> bool:
     return trace_state_clean()
 
 
+def compiles_on_its_own() -> bool:
+    """True when a ``jax.jit`` called here compiles as a program of its own, so its ``compiler_options``
+    apply: at top level, or under eager ``jax.vmap`` only (a vmapped jit call is compiled, batched, by
+    itself). False inside a staging trace (``jax.jit``, ``eval_shape``, ``scan``, ``grad``...), where a
+    nested jit is part of the caller's program and JAX refuses ``compiler_options`` on it."""
+    try:  # JAX's trace stack; no public name yet
+        from jax._src.core import EvalTrace, trace_ctx
+        from jax._src.interpreters.batching import BatchTrace
+    except ImportError:  # an older or newer JAX: compile as part of whatever runs it
+        return False
+    trace = trace_ctx.trace
+    while isinstance(trace, BatchTrace):
+        trace = trace.parent_trace
+    return isinstance(trace, EvalTrace)
+
+
 def staging() -> bool:
     """True where a check is staged: the mode is on, inside ``checkify``, and not suspended."""
     return checks_enabled() and getattr(_local, "functionalizing", False) and not getattr(_local, "suspended", False)

@@ -36,7 +36,7 @@ from nnjax._src.arguments import (
     check_train_state,
     check_training_arguments,
 )
-from nnjax._src.checks import at_top_level
+from nnjax._src.checks import compiles_on_its_own
 from nnjax._src.compile import jit as compile_jit
 from nnjax._src.compile import setup_jit
 from nnjax._src.core import Layer
@@ -225,7 +225,7 @@ def _init_stacked(init_one: Callable[..., TrainState], *per_model: Any) -> Train
     each random draw, slice and broadcast of K models was a compilation of its own: 15-30 of them); under a
     transformation, traced into the caller's program."""
     stacked = jax.vmap(init_one)
-    return (setup_jit(stacked) if at_top_level() else stacked)(*per_model)
+    return (setup_jit(stacked) if compiles_on_its_own() else stacked)(*per_model)
 
 
 def make_many_step(
