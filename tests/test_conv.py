@@ -93,9 +93,28 @@ def _data(shape, seed=0):
     return np.random.RandomState(seed).standard_normal(shape).astype(np.float32)
 
 
+def _init(layer, input_shape, dtype=np.float32, seed=1):
+    """``layer.init``'s parameters and state (empty for these layers), traced for their shapes, the parameters'
+    values from NumPy: eager ``init`` compiles a random-number program for every new weight shape (~0.3 s
+    each). Any values serve the tests that use this; ``init`` itself runs in test_params_dtype_and_initializers
+    and (vmapped) in test_jit_vmap_over_models_and_serial."""
+    shapes, state = jax.eval_shape(lambda: layer.init(jax.random.key(0), input_shape, dtype))
+    assert not jax.tree.leaves(state)
+    rs = np.random.RandomState(seed)
+    return jax.tree.map(lambda s: (0.5 * rs.standard_normal(s.shape)).astype(s.dtype), shapes), state
+
+
+def _param_names(layer, input_shape):
+    """The names of ``layer.init``'s top-level parameters, in their order, from tracing it: no programs to
+    compile (and ``jax.eval_shape``'s own result would have its dict keys sorted)."""
+    names = []
+    jax.eval_shape(lambda: names.extend(layer.init(jax.random.key(0), input_shape)[0]))
+    return names
+
+
 def _run(layer, x, seed=1):
-    params, state = layer.init(jax.random.key(seed), x.shape[1:])
-    y, _ = jax.jit(layer.apply)(params, state, jnp.asarray(x))
+    params, state = _init(layer, x.shape[1:], seed=seed)
+    y, _ = jax.jit(layer.apply)(params, state, x)
     return params, np.asarray(y)
 
 
@@ -128,10 +147,8 @@ def test_conv_matches_numpy_loop(case):
     n = len(spatial)
     layer = Conv(features, kernel, strides=strides, padding=padding, dilation=dilation, groups=groups)
     x = _data((2, *spatial, cin))
-    params, _ = layer.init(jax.random.key(1), x.shape[1:])
+    params, y = _run(layer, x)
     assert params["w"].shape == (*kernel, cin // groups, features) and params["b"].shape == (features,)
-    params = {"w": params["w"], "b": jnp.asarray(_data((features,), 3))}
-    y = np.asarray(jax.jit(layer.apply)(params, {}, jnp.asarray(x))[0])
     expected = np_conv(x, np.asarray(params["w"], np.float64), _tuple(strides, n), padding, _tuple(dilation, n), groups)
     expected = expected + np.asarray(params["b"])
     assert y.shape == expected.shape
@@ -164,6 +181,7 @@ def test_conv_transpose_matches_numpy_scatter(case):
     expected = np_conv_transpose(
         x, np.asarray(params["w"], np.float64), _tuple(strides, n), padding, _tuple(dilation, n), groups
     )
+    expected = expected + params["b"]  # non-zero biases (init's are zeros)
     assert y.shape == expected.shape
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
     assert layer.output_shape(x.shape[1:]) == y.shape[1:]
@@ -174,13 +192,18 @@ def test_conv_transpose_is_the_gradient_of_conv(strides):
     # VALID conv from 3 * strides + 3 pixels; its input-gradient is the transposed conv with w's last axes swapped.
     conv = Conv(5, (3, 3), strides=strides, padding="VALID", use_bias=False)
     size = 3 * strides + 3
-    x = jnp.asarray(_data((2, size, size, 4)))
-    params, _ = conv.init(jax.random.key(0), x.shape[1:])
-    y, vjp = jax.vjp(lambda x: conv.apply(params, {}, x)[0], x)
-    cotangent = jnp.asarray(_data(y.shape, 5))
+    x = _data((2, size, size, 4))
+    params, _ = _init(conv, x.shape[1:])
+    cotangent = _data((2, *conv.output_shape(x.shape[1:])), 5)
     transpose = ConvTranspose(4, (3, 3), strides=strides, padding="VALID", use_bias=False)
-    out, _ = transpose.apply({"w": jnp.swapaxes(params["w"], -1, -2)}, {}, cotangent)
-    np.testing.assert_allclose(out, vjp(cotangent)[0], rtol=1e-5, atol=1e-5)
+
+    @jax.jit  # one program for both sides (instead of a dozen eager ones)
+    def both(x, cotangent):
+        _, vjp = jax.vjp(lambda x: conv.apply(params, {}, x)[0], x)
+        return transpose.apply({"w": jnp.swapaxes(params["w"], -1, -2)}, {}, cotangent)[0], vjp(cotangent)[0]
+
+    out, gradient = both(x, cotangent)
+    np.testing.assert_allclose(out, gradient, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -194,9 +217,8 @@ def test_conv_transpose_is_the_gradient_of_conv(strides):
     ids=str,
 )
 def test_gradients_order_2_float64(x64, layer, shape):
-    params, state = layer.init(jax.random.key(0), shape, jnp.float64)
-    params = jax.tree.map(lambda p: p + 0.1 * jnp.asarray(_data(p.shape, 7), jnp.float64), params)
-    x = jnp.asarray(_data((2, *shape), 2), jnp.float64)
+    params, state = _init(layer, shape, np.float64, seed=7)  # NumPy arrays: check_grads's steps are NumPy ops
+    x = _data((2, *shape), 2).astype(np.float64)
     check_grads(jax.jit(lambda p, x: layer.apply(p, state, x)[0]), (params, x), order=2, modes=("rev",))
 
 
@@ -214,18 +236,18 @@ def test_jit_vmap_over_models_and_serial():
     model = serial(Conv(4, 3), MaxPool(2), ConvTranspose(2, (2, 2), strides=2), Flatten(), Dense(3))
     shape = (8, 8, 1)
     x = jnp.asarray(_data((5, *shape)))
-    params, state = model.init(jax.random.key(0), shape)
-    assert list(params) == ["conv_0", "max_pool_1", "conv_transpose_2", "flatten_3", "dense_4"]
+    assert _param_names(model, shape) == ["conv_0", "max_pool_1", "conv_transpose_2", "flatten_3", "dense_4"]
+    params, state = _init(model, shape)
     y, _ = model.apply(params, state, x)
     y_jit, _ = jax.jit(model.apply)(params, state, x)
     np.testing.assert_allclose(y, y_jit, rtol=1e-5, atol=1e-6)
     assert model.output_shape(shape) == y.shape[1:] == (3,)
 
-    keys = jax.random.split(jax.random.key(1), 3)
-    ps, ss = jax.jit(jax.vmap(lambda k: model.init(k, shape)))(keys)
+    ps, ss = jax.jit(lambda key: jax.vmap(lambda k: model.init(k, shape))(jax.random.split(key, 3)))(jax.random.key(1))
     ys, _ = jax.jit(jax.vmap(lambda p, s: model.apply(p, s, x)))(ps, ss)
     assert ys.shape == (3, 5, 3)
-    one = jax.tree.map(lambda a: a[2], ps)
+    ys = np.asarray(ys)
+    one = jax.tree.map(lambda a: np.asarray(a)[2], ps)
     np.testing.assert_allclose(ys[2], jax.jit(model.apply)(one, state, x)[0], rtol=1e-4, atol=1e-5)
     assert not np.allclose(ys[0], ys[2])
 
@@ -244,8 +266,10 @@ def test_output_shape_formula(kernel, strides, padding, dilation):
         lo, hi = _pads(size, eff, s[axis], padding if isinstance(padding, str) else padding[axis])
         expected.append(math.ceil(size / s[axis]) if padding == "SAME" else (size + lo + hi - eff) // s[axis] + 1)
     assert layer.output_shape(shape) == (*expected, 2)
-    params, state = layer.init(jax.random.key(0), shape)
-    assert layer.apply(params, state, jnp.zeros((1, *shape)))[0].shape[1:] == (*expected, 2)
+    # apply's shape by tracing init and apply (a shape property: no programs to compile)
+    x = jax.ShapeDtypeStruct((1, *shape), jnp.float32)
+    y = jax.eval_shape(lambda x: layer.apply(*layer.init(jax.random.key(0), shape), x)[0], x)
+    assert y.shape[1:] == (*expected, 2)
 
 
 # ---- errors ------------------------------------------------------------------------------------
@@ -253,36 +277,36 @@ def test_output_shape_formula(kernel, strides, padding, dilation):
 
 def test_wrong_channel_count_names_layer_and_shapes():
     layer = Conv(8, (3, 3))
-    params, state = layer.init(jax.random.key(0), (28, 28, 1))
+    params, state = _init(layer, (28, 28, 1))
     with pytest.raises(
         LayerError, match=r"Conv\(8, \(3, 3\)\): argument `x` expected shape \(batch, H, W, 1\), given \(2, 28, 28, 3\)"
     ):
-        layer.apply(params, state, jnp.zeros((2, 28, 28, 3)))
-    params3, _ = layer.init(jax.random.key(0), (28, 28, 3))
+        layer.apply(params, state, np.zeros((2, 28, 28, 3)))
+    params3, _ = _init(layer, (28, 28, 3))
     with pytest.raises(LayerError, match=r"channels-last; move the channel axis last, e.g. `jnp.moveaxis\(x, 1, -1\)`"):
-        layer.apply(params3, state, jnp.zeros((2, 3, 28, 28)))  # NCHW data
+        layer.apply(params3, state, np.zeros((2, 3, 28, 28)))  # NCHW data
 
 
 def test_missing_axis_hints():
     layer = Conv(8, 3)
-    params, state = layer.init(jax.random.key(0), (28, 28, 1))
+    params, state = _init(layer, (28, 28, 1))
     with pytest.raises(LayerError, match=r"rank 4\), given \(2, 28, 28\)\. Hint: add the channel axis"):
-        layer.apply(params, state, jnp.zeros((2, 28, 28)))
-    params, state = layer.init(jax.random.key(0), (28, 28, 3))
+        layer.apply(params, state, np.zeros((2, 28, 28)))
+    params, state = _init(layer, (28, 28, 3))
     with pytest.raises(LayerError, match=r"add the batch axis"):
-        layer.apply(params, state, jnp.zeros((28, 28, 3)))
+        layer.apply(params, state, np.zeros((28, 28, 3)))
     with pytest.raises(LayerError, match=r"input_shape` expected 2 spatial axes and channels.*given \(28, 28\)"):
         layer.init(jax.random.key(0), (28, 28))
 
 
 def test_integer_pixels_get_a_scaling_hint():
     layer = Conv(4, 3)
-    params, state = layer.init(jax.random.key(0), (8, 8, 1))
+    params, state = _init(layer, (8, 8, 1))
     with pytest.raises(
         LayerTypeError,
         match=r"Conv\(4, \(3, 3\)\): argument `x` expected a floating-point array, given dtype uint8.*255",
     ):
-        layer.apply(params, state, jnp.zeros((2, 8, 8, 1), jnp.uint8))
+        layer.apply(params, state, np.zeros((2, 8, 8, 1), np.uint8))
 
 
 def test_bad_groups_and_arguments():
@@ -317,13 +341,13 @@ def test_errors_inside_serial_name_the_position():
     with pytest.raises(LayerError, match=r"^serial\[1\] > Conv\(6, \(3, 3\)\): in_channels \(=4.*by `groups` \(=3\)"):
         model.init(jax.random.key(0), (8, 8, 1))
     model = serial(Conv(4, 3), MaxPool(2), Conv(8, 3))
-    params, state = model.init(jax.random.key(0), (8, 8, 1))
+    params, state = _init(model, (8, 8, 1))
     with pytest.raises(
         LayerError, match=r"^serial\[0\] > Conv\(4, \(3, 3\)\): argument `x` expected shape \(batch, H, W, 1\)"
     ):
-        model.apply(params, state, jnp.zeros((2, 8, 8, 2)))
+        model.apply(params, state, np.zeros((2, 8, 8, 2)))
     with pytest.raises(LayerTypeError, match=r"^serial\[0\] > Conv\(4, \(3, 3\)\).*uint8"):
-        model.apply(params, state, jnp.zeros((2, 8, 8, 1), jnp.uint8))
+        model.apply(params, state, np.zeros((2, 8, 8, 1), np.uint8))
 
 
 # ---- the CPU gradient formulation ---------------------------------------------------------------
@@ -342,8 +366,8 @@ def test_errors_inside_serial_name_the_position():
 )
 def test_canonical_vjp_matches_jax_conv_gradient(x64, kwargs, spatial):
     layer = Conv(3, **kwargs)
-    params, _ = layer.init(jax.random.key(0), (*spatial, 2), jnp.float64)
-    x = jnp.asarray(_data((2, *spatial, 2)), jnp.float64)
+    params, _ = _init(layer, (*spatial, 2), np.float64)
+    x = _data((2, *spatial, 2)).astype(np.float64)
     loss = jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.sin(layer.apply(p, {}, x)[0])), argnums=(0, 1)))
     with nnjax.config.kernels("cpu"):
         fast = loss(params, x)
@@ -354,10 +378,10 @@ def test_canonical_vjp_matches_jax_conv_gradient(x64, kwargs, spatial):
 
 @pytest.mark.parametrize("mode", ["cpu", "generic"])
 def test_canonical_vjp_is_the_cpu_form_without_groups_only(mode):
-    x = jnp.zeros((1, 6, 6, 2))
+    x = np.zeros((1, 6, 6, 2), np.float32)
     for layer, expected in [(Conv(2, 3), mode == "cpu"), (Conv(2, 3, groups=2), False)]:
-        params, state = layer.init(jax.random.key(0), x.shape[1:])
+        params, _ = _init(layer, x.shape[1:])
         with nnjax.config.kernels(mode):
-            jaxpr = jax.make_jaxpr(lambda x, layer=layer, params=params, state=state: layer.apply(params, state, x)[0])(x)
+            jaxpr = jax.make_jaxpr(lambda x, layer=layer, params=params: layer.apply(params, {}, x)[0])(x)
         names = {e.primitive.name for e in jaxpr.eqns}
         assert ("custom_vjp_call" in names or "custom_vjp_call_jaxpr" in names) == expected, names

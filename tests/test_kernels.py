@@ -3,6 +3,7 @@ family with a backend-specific form, the layers applied inside a ``lax.scan`` in
 fused epoch); forward mode works through the generic forms everywhere; and the switch itself
 (``nnjax.config.kernels``, ``NNJAX_KERNELS``)."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -19,18 +20,28 @@ MODES = ("cpu", "generic")
 
 
 def _data(shape, seed=0, integers=False):
+    """float64 NumPy data (NumPy edits and slices compile nothing); the tests enable float64 in JAX."""
     rs = np.random.RandomState(seed)
     x = rs.randint(0, 3, shape) if integers else rs.standard_normal(shape)  # integers: many ties
-    return jnp.asarray(x, jnp.float64)
+    return x.astype(np.float64)
 
 
-def _value_and_grads(layer, x, *, train=False, in_scan=False):
-    """``jit`` of the value and the gradients (params and input) of a smooth scalar of the layer's output;
-    ``x`` an array or ``{"x": array, "mask": ...}`` (differentiated in the array); ``in_scan``: the layer
-    applied twice inside a ``lax.scan`` (as in a fused epoch)."""
-    extra = {k: v for k, v in x.items() if k != "x"} if isinstance(x, dict) else None
-    array = x["x"] if isinstance(x, dict) else x
-    params, state = layer.init(jax.random.key(0), array.shape[1:], jnp.float64)
+def _init(layer, input_shape, seed=3):
+    """``layer.init``'s float64 parameters and state, traced for their shapes, their values from NumPy: eager
+    ``init`` compiles a random-number program for every new weight shape (0.2-0.5 s each). The forms must
+    agree for any values; state (BatchNorm's running mean and variance) positive."""
+    params, state = jax.eval_shape(lambda: layer.init(jax.random.key(0), input_shape, jnp.float64))
+    rs = np.random.RandomState(seed)
+    return (
+        jax.tree.map(lambda s: 0.5 * rs.standard_normal(s.shape), params),
+        jax.tree.map(lambda s: 0.5 + rs.random_sample(s.shape), state),
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("layer", "train", "in_scan"))
+def _jit_value_and_grads(params, state, array, extra, *, layer, train, in_scan):
+    """One jitted function for every test: a case's program (one per layer, shape and kernel choice) is
+    traced and compiled once, then reused (the ``ties`` cases of the pool tests)."""
 
     def loss(params, array):
         def once(scale):
@@ -44,7 +55,17 @@ def _value_and_grads(layer, x, *, train=False, in_scan=False):
         total, _ = jax.lax.scan(lambda c, scale: (c + once(scale), None), 0.0, jnp.array([1.0, 0.5]))
         return total
 
-    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, array)
+    return jax.value_and_grad(loss, argnums=(0, 1))(params, array)
+
+
+def _value_and_grads(layer, x, *, train=False, in_scan=False):
+    """``jit`` of the value and the gradients (params and input) of a smooth scalar of the layer's output;
+    ``x`` an array or ``{"x": array, "mask": ...}`` (differentiated in the array); ``in_scan``: the layer
+    applied twice inside a ``lax.scan`` (as in a fused epoch)."""
+    extra = {k: v for k, v in x.items() if k != "x"} if isinstance(x, dict) else None
+    array = x["x"] if isinstance(x, dict) else x
+    params, state = _init(layer, array.shape[1:])
+    return _jit_value_and_grads(params, state, array, extra, layer=layer, train=train, in_scan=in_scan)
 
 
 def _assert_agree(layer, x, **kwargs):
@@ -128,7 +149,7 @@ def test_recurrent_forms_agree_masked_and_bidirectional_in_scan_and_jit(x64, cel
     }[wrap]()
     x = _data((3, 6, 4))
     if masked:
-        x = {"x": x, "mask": nnjax.sequence_mask(jnp.array([6, 2, 4]), 6)}
+        x = {"x": x, "mask": nnjax.sequence_mask(np.array([6, 2, 4]), 6)}
     _assert_agree(layer, x, in_scan=True)
 
 
@@ -163,24 +184,25 @@ def test_forward_mode_works_through_every_layer_under_the_generic_kernels(x64, l
     """``jax.jvp`` against ``jax.vjp``: <u, J t> == <J^T u, t> for random t and u, under the generic kernels;
     the same JVP under the CPU kernels, or ForwardModeError where the CPU form has none."""
     x, t = _data(shape), _data(shape, seed=1)
-    params, state = layer.init(jax.random.key(0), shape[1:], jnp.float64)
+    params, state = _init(layer, shape[1:])
 
     def f(x):
         return layer.apply(params, state, x)[0]
 
+    u = _data(jax.eval_shape(f, x).shape, seed=2)
+    # The JVP and the VJP as one program; under the CPU kernels the same function traces again, and where a
+    # layer's forms are the same, the program is the same and comes from the compilation cache.
+    jvp_and_vjp = jax.jit(lambda x, t, u: (jax.jvp(f, (x,), (t,))[1], jax.vjp(f, x)[1](u)[0]))
     with nnjax.config.kernels("generic"):
-        y, jt = jax.jit(lambda x, t: jax.jvp(f, (x,), (t,)))(x, t)
-        u = _data(y.shape, seed=2)
-        (jtu,) = jax.jit(lambda x, u: jax.vjp(f, x)[1](u))(x, u)
-    np.testing.assert_allclose(jnp.vdot(u, jt), jnp.vdot(jtu, t), rtol=1e-10)
+        jt, jtu = map(np.asarray, jvp_and_vjp(x, t, u))
+    np.testing.assert_allclose(np.vdot(u, jt), np.vdot(jtu, t), rtol=1e-10)
     with nnjax.config.kernels("cpu"):
         if layer is CANONICAL_CONV:
             match = r"Conv\(2, \(3, 3\)\): forward-mode .*kernels\('generic'\)"
             with pytest.raises(nnjax.ForwardModeError, match=match):
                 jax.jvp(f, (x,), (t,))
         else:
-            np.testing.assert_allclose(jax.jit(lambda x, t: jax.jvp(f, (x,), (t,))[1])(x, t), jt, rtol=1e-9,
-                                       atol=1e-12)
+            np.testing.assert_allclose(jvp_and_vjp(x, t, u)[0], jt, rtol=1e-9, atol=1e-12)
 
 
 def test_the_switch_resolves_nests_and_keys_jit_caches():

@@ -49,6 +49,14 @@ def _data(shape, seed=0):
     return np.random.RandomState(seed).standard_normal(shape).astype(np.float32)
 
 
+def _param_names(layer, input_shape):
+    """The names of ``layer.init``'s top-level parameters, in their order, from tracing it: no programs to
+    compile (and ``jax.eval_shape``'s own result would have its dict keys sorted)."""
+    names = []
+    jax.eval_shape(lambda: names.extend(layer.init(jax.random.key(0), input_shape)[0]))
+    return names
+
+
 @pytest.fixture
 def reduce_window_path():
     """Forces the lax.reduce_window formulation (the generic kernels, used off CPU)."""
@@ -94,7 +102,7 @@ def _primitives(fn, x):
 
 
 def test_cpu_kernels_reshape_non_overlapping_windows_and_generic_ones_never():
-    x = jnp.zeros((2, 8, 8, 3))
+    x = np.zeros((2, 8, 8, 3), np.float32)
     with nnjax.config.kernels("cpu"):
         assert "reduce_window_max" not in _primitives(lambda x: MaxPool(2).apply({}, {}, x)[0], x)
         assert "reduce_window_sum" in _primitives(lambda x: AvgPool(2).apply({}, {}, x)[0], x)  # one form for all
@@ -143,15 +151,16 @@ def test_max_pool_ties_route_to_the_first_maximum_on_both_paths(spatial, window)
     assert np.count_nonzero(np.asarray(fast)) == g.size  # one winner per window, ties or not
     # by hand: a 2x2 window [[1, 1], [0, 1]] sends its cotangent to its top-left cell only
     one = kernels.window_max
-    d = jax.grad(lambda v: one(v.reshape(1, 2, 2), (1, 2))[0])(jnp.array([1.0, 1.0, 0.0, 1.0]))
+    d = jax.jit(jax.grad(lambda v: one(v.reshape(1, 2, 2), (1, 2))[0]))(np.array([1.0, 1.0, 0.0, 1.0], np.float32))
     np.testing.assert_array_equal(d, [1.0, 0.0, 0.0, 0.0])
 
 
 @pytest.mark.parametrize("mode", ["cpu", "generic"])
 def test_global_max_pool_ties_route_to_the_first_maximum(mode):
-    x = jnp.zeros((2, 3, 4, 5)).at[1, 2, 3, :].set(1.0)  # example 0: all tied; example 1: one maximum per channel
-    with nnjax.config.kernels(mode):
-        g = jax.grad(lambda x: jnp.sum(GlobalMaxPool().apply({}, {}, x)[0]))(x)
+    x = np.zeros((2, 3, 4, 5), np.float32)  # example 0: all tied; example 1: one maximum per channel
+    x[1, 2, 3, :] = 1.0
+    with nnjax.config.kernels(mode):  # jit: one program instead of a dozen eager ones
+        g = jax.jit(jax.grad(lambda x: jnp.sum(GlobalMaxPool().apply({}, {}, x)[0])))(x)
     expected = np.zeros((2, 3, 4, 5))
     expected[0, 0, 0, :] = 1.0  # the first cell in row-major order
     expected[1, 2, 3, :] = 1.0
@@ -168,11 +177,11 @@ def test_window_max_cellwise_and_reduction_paths_agree(shape, axis, monkeypatch)
     x[0, 0] = np.nan  # a NaN maximum: NaN value, zero derivative on both paths
     x, t = jnp.asarray(x), jnp.asarray(_data(shape, 1))
 
-    def run():
+    ct = jnp.asarray(_data(np.max(np.asarray(x), axis=axis).shape, 2))
+
+    def run():  # the value, the JVP and the VJP of a jitted window_max, in one program per pass
         f = jax.jit(lambda x: kernels.window_max(x, axis))
-        y, dy = jax.jit(lambda x, t: jax.jvp(f, (x,), (t,)))(x, t)
-        ct = jnp.asarray(_data(y.shape, 2))
-        return f(x), y, dy, jax.jit(lambda x: jax.vjp(f, x)[1](ct)[0])(x)
+        return jax.jit(lambda x, t, ct: (f(x), *jax.jvp(f, (x,), (t,)), jax.vjp(f, x)[1](ct)[0]))(x, t, ct)
 
     cells = math.prod(shape[a] for a in axis)
     assert kernels._cellwise(x, axis) == (cells <= kernels.CELLWISE_MAX_CELLS)
@@ -193,11 +202,15 @@ def test_max_pool_forward_mode_matches_reverse_mode():
     layer = MaxPool(2)
     x, t = jnp.asarray(_data((2, 4, 6, 3))), jnp.asarray(_data((2, 4, 6, 3), 1))
     f = lambda x: layer.apply({}, {}, x)[0]  # noqa: E731
-    y, dy = jax.jvp(f, (x,), (t,))
-    np.testing.assert_allclose(y, f(x))
-    _, pullback = jax.vjp(f, x)
-    ct = jnp.asarray(_data(y.shape, 2))
-    np.testing.assert_allclose(jnp.vdot(dy, ct), jnp.vdot(t, pullback(ct)[0]), rtol=1e-5)  # <J t, c> = <t, J^T c>
+    ct = jnp.asarray(_data((2, 2, 3, 3), 2))
+
+    @jax.jit  # one program for the value, the JVP and the VJP (instead of dozens of eager ones)
+    def both(x, t, ct):
+        return f(x), *jax.jvp(f, (x,), (t,)), jax.vjp(f, x)[1](ct)[0]
+
+    value, y, dy, pullback = map(np.asarray, both(x, t, ct))
+    np.testing.assert_allclose(y, value)
+    np.testing.assert_allclose(np.vdot(dy, ct), np.vdot(t, pullback), rtol=1e-5)  # <J t, c> = <t, J^T c>
 
 
 @pytest.mark.parametrize(
@@ -214,7 +227,7 @@ def test_max_pool_forward_mode_matches_reverse_mode():
 )
 def test_gradients_order_2_float64(x64, layer):
     shape = (2, 4, 3, 3, 2) if "(2, 2, 2)" in layer.name else (2, 5, 2) if "(2,)" in layer.name else (2, 4, 6, 2)
-    x = jnp.asarray(_data(shape), jnp.float64)
+    x = _data(shape).astype(np.float64)  # NumPy: check_grads's steps x +- eps t are NumPy ops, not eager programs
     check_grads(jax.jit(lambda x: layer.apply({}, {}, x)[0]), (x,), order=2, modes=("rev",))
 
 
@@ -229,11 +242,13 @@ def test_names_jit_vmap_and_serial():
     assert MaxPool(2).name == "MaxPool((2, 2))"
     assert AvgPool(3, strides=2, padding="same").name == "AvgPool((3, 3), strides=(2, 2), padding='SAME')"
     model = serial(Conv(4, 3), MaxPool(2), Conv(4, 3), AvgPool(2), GlobalMaxPool(), Dense(2))
-    params, state = model.init(jax.random.key(0), (9, 9, 1))
-    assert list(params)[1::2] == ["max_pool_1", "avg_pool_3", "dense_5"]
-    xs = jnp.asarray(_data((3, 4, 9, 9, 1)))  # 3 batches of 4
-    ys = jax.jit(jax.vmap(lambda x: model.apply(params, state, x)[0]))(xs)
-    np.testing.assert_allclose(ys[1], model.apply(params, state, xs[1])[0], rtol=1e-5, atol=1e-6)
+    assert _param_names(model, (9, 9, 1))[1::2] == ["max_pool_1", "avg_pool_3", "dense_5"]
+    # the parameters' shapes from tracing init, their values from NumPy (eager init compiles a program per shape)
+    shapes, state = jax.eval_shape(lambda: model.init(jax.random.key(0), (9, 9, 1)))
+    params = jax.tree.map(lambda s: 0.3 * _data(s.shape, 4), shapes)
+    xs = _data((3, 4, 9, 9, 1))  # 3 batches of 4
+    ys = np.asarray(jax.jit(jax.vmap(lambda x: model.apply(params, state, x)[0]))(xs))
+    np.testing.assert_allclose(ys[1], jax.jit(model.apply)(params, state, xs[1])[0], rtol=1e-5, atol=1e-6)
     assert model.output_shape((9, 9, 1)) == ys.shape[2:] == (2,)
 
 
@@ -241,17 +256,17 @@ def test_errors():
     with pytest.raises(
         LayerTypeError, match=r"MaxPool\(\(2, 2\)\): argument `x` expected a floating-point array, given dtype uint8"
     ):
-        MaxPool(2).apply({}, {}, jnp.zeros((1, 4, 4, 1), jnp.uint8))
+        MaxPool(2).apply({}, {}, np.zeros((1, 4, 4, 1), np.uint8))
     with pytest.raises(
         LayerError,
         match=r"MaxPool\(\(2, 2\)\): argument `x` expected shape \(batch, H, W, channels\) \(rank 4\), given \(4, 4\)",
     ):
-        MaxPool(2).apply({}, {}, jnp.zeros((4, 4)))
+        MaxPool(2).apply({}, {}, np.zeros((4, 4)))
     with pytest.raises(
         LayerError,
         match=r"AvgPool\(\(3, 3\)\): argument `x` expected spatial sizes of at least the window \(3, 3\)",
     ):
-        AvgPool(3).apply({}, {}, jnp.zeros((1, 2, 5, 1)))
+        AvgPool(3).apply({}, {}, np.zeros((1, 2, 5, 1)))
     with pytest.raises(ValueError, match=r"argument `window` expected 1, 2 or 3 ints"):
         MaxPool((2, 2, 2, 2))
     with pytest.raises(
@@ -261,7 +276,7 @@ def test_errors():
     with pytest.raises(
         LayerError, match=r"GlobalAvgPool: argument `x` expected a batch of shape \(batch, \*spatial, channels\)"
     ):
-        GlobalAvgPool().apply({}, {}, jnp.zeros((4, 3)))
+        GlobalAvgPool().apply({}, {}, np.zeros((4, 3)))
     model = serial(Conv(2, 3), MaxPool(2), MaxPool(2), MaxPool(2))
     with pytest.raises(LayerError, match=r"^serial\[3\] > MaxPool\(\(2, 2\)\): argument `x` expected spatial sizes"):
         model.output_shape((6, 6, 1))
