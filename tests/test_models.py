@@ -24,6 +24,19 @@ def abstract_init(model, input_shape, dtype=jnp.float32):
     return jax.eval_shape(lambda key: model.init(key, input_shape, dtype), jax.random.key(0))
 
 
+def numpy_params(model, input_shape, seed=0):
+    """Random params in the form ``model.init`` gives (traced abstractly: nothing compiled), drawn by NumPy: norm
+    scales 1 + N(0, 0.1^2), every other array N(0, 0.1^2). For tests whose property holds for any params: compiling
+    an init costs 1-3 s (its random draws and, for a stack, its vmap), most of those tests' time."""
+    shapes, state = abstract_init(model, input_shape)
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        return (0.1 * rng.standard_normal(leaf.shape) + (path[-1].key == "scale")).astype(leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes), state
+
+
 def synthetic_cifar(n: int, seed: int = 0, num_classes: int = 10):
     """32x32x3 images: a fixed random template per class plus noise; labels learnable from one glance."""
     rng = np.random.default_rng(seed)
@@ -216,7 +229,7 @@ def test_vit_errors():
     model = tiny_vit(dropout_rate=0.1)
     params, state = abstract_init(model, (16, 16, 3))
     with pytest.raises(nnjax.LayerError, match=r"argument `key` is required when train=True"):  # found by tracing
-        jax.eval_shape(lambda p, x: model.apply(p, state, x, train=True), params, jnp.ones((2, 16, 16, 3)))
+        jax.eval_shape(lambda p, x: model.apply(p, state, x, train=True), params, x_spec())
     y = jax.eval_shape(lambda p, x: model.apply(p, state, x, key=jax.random.key(0), train=True)[0], params, x_spec())
     assert y.shape == (2, 10)
 
@@ -226,7 +239,7 @@ def test_vit_errors():
 
 def test_mlp_shapes_activation_and_jit():
     model = models.MLP((16, 8), num_classes=3, activation=nnjax.Tanh)
-    params, state = model.init(jax.random.key(0), (4, 5))
+    params, state = jax.jit(lambda key: model.init(key, (4, 5)))(jax.random.key(0))  # one program, not one per op
     assert jax.tree.map(jnp.shape, params) == {
         "flatten_0": {},
         "dense_1": {"w": (20, 16), "b": (16,)},
@@ -311,12 +324,13 @@ def gpt(request):
     """A tiny GPT (stacked blocks, then unrolled), its params, and its full forward ``(params, tokens (BATCH,
     MAX_LEN)) -> logits``, compiled once."""
     model = tiny_gpt(scan_layers=request.param)
-    params, _ = model.init(jax.random.key(0), (MAX_LEN,))
+    params, _ = numpy_params(model, (MAX_LEN,))  # the tests hold for any params (the init: tested above)
     return model, params, jax.jit(lambda p, tokens: model.apply(p, {}, tokens)[0])
 
 
 def random_tokens(seed, length=MAX_LEN):
-    return jax.random.randint(jax.random.key(seed), (BATCH, length), 0, VOCAB, jnp.int32)
+    """NumPy token ids (a jax.random draw compiles its sampler per shape)."""
+    return np.random.default_rng(seed).integers(0, VOCAB, (BATCH, length), dtype=np.int32)
 
 
 @pytest.mark.parametrize("scan_layers", [True, False])
@@ -380,8 +394,9 @@ def test_gpt_stacked_and_unrolled_draw_the_same_params_and_compute_the_same_logi
 def test_gpt_is_causal_and_differentiable(gpt):
     model, params, full = gpt
     tokens = random_tokens(1)
-    changed = tokens.at[:, 6].set((tokens[:, 6] + 1) % VOCAB)
-    before, after = full(params, tokens), full(params, changed)
+    changed = tokens.copy()
+    changed[:, 6] = (tokens[:, 6] + 1) % VOCAB
+    before, after = np.asarray(full(params, tokens)), np.asarray(full(params, changed))
     np.testing.assert_array_equal(before[:, :6], after[:, :6])  # the past does not see the future
     assert not np.allclose(before[:, 6:], after[:, 6:])
 
@@ -389,9 +404,9 @@ def test_gpt_is_causal_and_differentiable(gpt):
         logits = model.apply(p, {}, tokens[:, :-1])[0]
         return nnjax.losses.softmax_cross_entropy(logits, tokens[:, 1:])
 
-    grads = jax.jit(jax.grad(loss))(params)
-    assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
-    assert float(jnp.abs(grads["token_embedding"]["table"]).sum()) > 0  # the tied table learns from both ends
+    grads = jax.tree.map(np.asarray, jax.jit(jax.grad(loss))(params))  # checked in NumPy: no eager programs
+    assert all(bool(np.isfinite(g).all()) for g in jax.tree.leaves(grads))
+    assert float(np.abs(grads["token_embedding"]["table"]).sum()) > 0  # the tied table learns from both ends
 
 
 def cached_logits(params, cache, tokens, chunks):
@@ -399,12 +414,12 @@ def cached_logits(params, cache, tokens, chunks):
     outputs, position = [], 0
     for size in chunks:
         logits, cache = models.gpt_prefill(params, cache, tokens[:, position : position + size], position)
-        outputs.append(logits)
+        outputs.append(np.asarray(logits))
         position += size
     for t in range(position, tokens.shape[1]):
         logits, cache = models.gpt_decode_step(params, cache, tokens[:, t], t)  # compiled once, for every t
-        outputs.append(logits[:, None])
-    return jnp.concatenate(outputs, axis=1)
+        outputs.append(np.asarray(logits)[:, None])
+    return np.concatenate(outputs, axis=1)  # NumPy: eager jnp would compile a concatenate per list of shapes
 
 
 def test_cached_decoding_equals_full_recomputation(gpt):
@@ -413,13 +428,14 @@ def test_cached_decoding_equals_full_recomputation(gpt):
     cache = models.gpt_init_cache(model, batch=BATCH)
     assert cache.keys[0].shape == (BATCH, MAX_LEN, 4, 8) and len(cache.values) == 2
     assert isinstance(cache.keys, tuple) != model.config.scan_layers  # stacked: one (depth, B, L, N, H) array
-    cached = cached_logits(params, cache, tokens, chunks=(4, 3))  # positions 0-3, 4-6, then 7..11 one by one
+    # positions 0-3, 4-7 (the same compiled prefill, at another position), then 8..11 one by one
+    cached = cached_logits(params, cache, tokens, chunks=(4, 4))
     np.testing.assert_allclose(cached, full(params, tokens), rtol=1e-5, atol=1e-5)  # full: MultiHeadAttention
 
 
 def test_cached_decoding_equals_full_recomputation_in_float64(gpt, x64):
     model, params, _ = gpt
-    params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+    params = jax.tree.map(lambda a: np.asarray(a, np.float64), params)  # NumPy: no eager cast per shape
     tokens = random_tokens(3)
     cached = cached_logits(params, models.gpt_init_cache(model, batch=BATCH, dtype=jnp.float64), tokens, (9,))
     assert cached.dtype == jnp.float64
@@ -433,14 +449,15 @@ def reference_generate(full, params, prompt, steps, keys=None, temperature=1.0):
     The sequence lives in a fixed ``MAX_LEN`` buffer (zeros after its end): causal attention makes the logits at
     position ``t`` independent of what follows, so one compiled shape serves every step."""
     length = prompt.shape[1]
-    buffer = jnp.zeros((BATCH, MAX_LEN), jnp.int32).at[:, :length].set(prompt)
+    buffer = np.zeros((BATCH, MAX_LEN), np.int32)  # in NumPy: eager jnp indexing would compile per shape
+    buffer[:, :length] = prompt
     for i in range(steps):
-        logits = full(params, buffer)[:, length + i - 1]
+        logits = np.asarray(full(params, buffer))[:, length + i - 1]
         if keys is None:
-            token = jnp.argmax(logits, axis=-1)
+            token = np.argmax(logits, axis=-1)
         else:
-            token = jax.random.categorical(keys[i], logits / temperature, axis=-1)
-        buffer = buffer.at[:, length + i].set(token)
+            token = jax.random.categorical(keys[i], jnp.asarray(logits) / temperature, axis=-1)
+        buffer[:, length + i] = token
     return buffer[:, : length + steps]
 
 
@@ -488,11 +505,11 @@ def test_gpt_errors_name_the_function_and_argument(gpt):
     with pytest.raises(ValueError, match=r"GPT: argument `depth` expected a positive int, given 0"):
         tiny_gpt(depth=0)
     model = tiny_gpt(dropout_rate=0.1, scan_layers=built.config.scan_layers)  # the same params fit
-    prompt = jnp.ones((BATCH, 4), jnp.int32)
+    prompt = np.ones((BATCH, 4), np.int32)  # NumPy inputs: the errors come before anything runs
     with pytest.raises(nnjax.LayerError, match=r"argument `x` expected sequences of 1 to max_len=12 tokens"):
-        model.apply(params, {}, jnp.ones((BATCH, 13), jnp.int32))
+        model.apply(params, {}, np.ones((BATCH, 13), np.int32))
     with pytest.raises(nnjax.LayerTypeError, match=r"expected integer token ids"):
-        model.apply(params, {}, jnp.ones((BATCH, 4)))
+        model.apply(params, {}, np.ones((BATCH, 4), np.float32))
     with pytest.raises(nnjax.LayerError, match=r"argument `key` is required when train=True"):
         model.apply(params, {}, prompt, train=True)
     with pytest.raises(ValueError, match=r"generate: arguments `prompt` and `steps` expected prompt_len >= 1 and"):
@@ -507,7 +524,7 @@ def test_gpt_errors_name_the_function_and_argument(gpt):
     with pytest.raises(nnjax.LayerError, match=r"gpt_decode_step: argument `position` expected a position in \[0, 7\]"):
         models.gpt_decode_step(params, cache, prompt[:, 0], 8)
     with pytest.raises(nnjax.LayerError, match=r"gpt_decode_step: argument `cache` expected arrays of shape \(3, max_"):
-        models.gpt_decode_step(params, cache, jnp.ones((3,), jnp.int32), 0)
+        models.gpt_decode_step(params, cache, np.ones((3,), np.int32), 0)
     with pytest.raises(
         nnjax.LayerError, match=r"gpt_prefill: argument `tokens` expected token ids of shape \(batch, T"
     ):
@@ -519,34 +536,44 @@ def test_gpt_errors_name_the_function_and_argument(gpt):
 def test_resnet_batchnorm_momentum_and_epsilon_are_arguments():
     """One training-mode pass from fresh statistics (mean 0): running mean = (1 - momentum) * batch mean."""
     model = models.ResNet((1,), (4,), num_classes=3, bn_momentum=0.5, bn_epsilon=1e-3)
-    params, state = model.init(jax.random.key(0), (8, 8, 3))
-    x = jax.random.normal(jax.random.key(1), (6, 8, 8, 3)) * 2.0 + 1.0
-    _, new_state = jax.jit(functools.partial(model.apply, train=True))(params, state, x)
-    conv = params["stem_0"]["conv_0"]["w"]
-    h = jax.lax.conv_general_dilated(x, conv, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    batch_mean = np.asarray(h).mean(axis=(0, 1, 2))
+    wide = models.ResNet((1,), (4,), num_classes=3, bn_momentum=0.5, bn_epsilon=3.0)
+    params, state = jax.jit(lambda key: model.init(key, (8, 8, 3)))(jax.random.key(0))  # one program, not one per op
+    x = (np.random.default_rng(1).standard_normal((6, 8, 8, 3)) * 2.0 + 1.0).astype(np.float32)
+
+    @jax.jit
+    def run(params, state, x):  # the training pass and both evaluations: one compiled program
+        train_state = model.apply(params, state, x, train=True)[1]
+        return train_state, model.apply(params, state, x)[0], wide.apply(params, state, x)[0]
+
+    new_state, first_model, first_wide = run(params, state, x)
+    # the stem's 3x3 SAME convolution (no bias) in NumPy: a sum over the 9 shifted windows
+    conv, padded = np.asarray(params["stem_0"]["conv_0"]["w"]), np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    h = sum(padded[:, i : i + 8, j : j + 8] @ conv[i, j] for i in range(3) for j in range(3))
+    batch_mean = h.mean(axis=(0, 1, 2))
     np.testing.assert_allclose(new_state["stem_0"]["batch_norm_1"]["mean"], 0.5 * batch_mean, rtol=1e-4, atol=1e-5)
     # epsilon: in evaluation the fresh variance is 1, so each norm scales by 1 / sqrt(1 + epsilon)
-    wide = models.ResNet((1,), (4,), num_classes=3, bn_momentum=0.5, bn_epsilon=3.0)
-    first = lambda m: jax.jit(m.apply)(params, state, x)[0]  # noqa: E731
-    assert float(jnp.abs(first(wide) - first(model)).max()) > 1e-4
+    assert float(np.abs(np.asarray(first_wide) - np.asarray(first_model)).max()) > 1e-4
 
 
 def test_vit_norm_epsilon_is_an_argument():
     kwargs = {"patch_size": 4, "hidden": 8, "depth": 1, "num_heads": 2, "mlp_dim": 16, "num_classes": 3}
     small, large = models.ViT(**kwargs), models.ViT(**kwargs, norm_epsilon=10.0)
-    params, state = small.init(jax.random.key(0), (8, 8, 3))
-    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
-    y_small, y_large = (jax.jit(m.apply)(params, state, x)[0] for m in (small, large))
-    assert float(jnp.abs(y_small - y_large).max()) > 1e-3
+    params, state = numpy_params(small, (8, 8, 3))
+    x = np.random.default_rng(1).standard_normal((2, 8, 8, 3)).astype(np.float32)
+    both = jax.jit(lambda p, s, x: [m.apply(p, s, x)[0] for m in (small, large)])  # one compiled program
+    y_small, y_large = np.asarray(both(params, state, x))
+    assert float(np.abs(y_small - y_large).max()) > 1e-3
     # the block's norms: LayerNorm(epsilon) by hand on the attention branch's input
     block = nnjax.TransformerEncoderBlock(2, 16, epsilon=0.5)
-    bp, _ = block.init(jax.random.key(0), (5, 8))
-    bp = {**bp, "attention": jax.tree.map(jnp.zeros_like, bp["attention"])}  # attention adds nothing
-    h = np.asarray(jax.random.normal(jax.random.key(2), (1, 5, 8)))
-    norm = (h - h.mean(-1, keepdims=True)) / np.sqrt(h.var(-1, keepdims=True) + 0.5)
+    bp, _ = numpy_params(block, (5, 8))
+    bp = {**bp, "attention": jax.tree.map(np.zeros_like, bp["attention"])}  # attention adds nothing
+    h = np.random.default_rng(2).standard_normal((1, 5, 8)).astype(np.float32)
+    mlp_norm = bp["mlp_norm"]  # random scale and bias (init's are 1 and 0)
+    norm = (h - h.mean(-1, keepdims=True)) / np.sqrt(h.var(-1, keepdims=True) + 0.5) * mlp_norm["scale"]
+    norm = norm + mlp_norm["bias"]
     p = jax.tree.map(np.asarray, bp["mlp"])
-    hidden = np.asarray(jax.nn.gelu(norm @ p["hidden"]["w"] + p["hidden"]["b"]))
+    z = norm @ p["hidden"]["w"] + p["hidden"]["b"]
+    hidden = 0.5 * z * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z**3)))  # jax.nn.gelu (tanh form), in NumPy
     np.testing.assert_allclose(
         jax.jit(block.apply)(bp, {}, h)[0], h + hidden @ p["out"]["w"] + p["out"]["b"], rtol=1e-4, atol=1e-5
     )
@@ -556,10 +583,11 @@ def test_gpt_norm_epsilon_is_an_argument():
     kwargs = {"vocab_size": 11, "max_len": 6, "hidden": 8, "depth": 1, "num_heads": 2, "mlp_dim": 16}
     default, wide = models.GPT(**kwargs), models.GPT(**kwargs, norm_epsilon=10.0)
     assert default.config.norm_epsilon == 1e-5 and wide.config.norm_epsilon == 10.0
-    params, _ = default.init(jax.random.key(0), (6,))
-    tokens = jnp.arange(12, dtype=jnp.int32).reshape(2, 6) % 11
-    y_default, y_wide = (jax.jit(m.apply)(params, {}, tokens)[0] for m in (default, wide))
-    assert float(jnp.abs(y_default - y_wide).max()) > 1e-3
+    params, _ = numpy_params(default, (6,))
+    tokens = np.arange(12, dtype=np.int32).reshape(2, 6) % 11
+    both = jax.jit(lambda p, tokens: [m.apply(p, {}, tokens)[0] for m in (default, wide)])  # one compiled program
+    y_default, y_wide = np.asarray(both(params, tokens))
+    assert float(np.abs(y_default - y_wide).max()) > 1e-3
     with pytest.raises(ValueError, match=r"gpt_init_cache: the cached decoding takes GPT-2's LayerNorm epsilon"):
         models.gpt_init_cache(wide, batch=2)
 

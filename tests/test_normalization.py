@@ -56,26 +56,31 @@ def test_batchnorm_without_affine_and_gradient_through_batch_statistics():
     params, state = layer.init(jax.random.key(0), (4,))
     assert params == {}
     x = jnp.asarray(_data((8, 4)))
-    y, _ = layer.apply(params, state, x, train=True)
+    y = np.asarray(layer.apply(params, state, x, train=True)[0])  # statistics in NumPy: no eager programs
     np.testing.assert_allclose(y.mean(0), 0.0, atol=1e-5), np.testing.assert_allclose(y.var(0), 1.0, rtol=1e-3)
     # normalized outputs sum to zero per feature, whatever x: the gradient of sum(y) wrt x is zero
-    grad = jax.grad(lambda x: layer.apply(params, state, x, train=True)[0].sum())(x)
+    grad = jax.jit(jax.grad(lambda x: layer.apply(params, state, x, train=True)[0].sum()))(x)  # one program
     np.testing.assert_allclose(grad, 0.0, atol=1e-5)
 
 
 def test_batchnorm_axis_name_averages_statistics_across_shards():
     layer = BatchNorm(momentum=0.5, axis_name="devices")
     full = BatchNorm(momentum=0.5)
-    x = jnp.asarray(_data((4, 8, 3), loc=1.0, scale=2.0))  # 4 shards of a batch of 32
+    x = _data((4, 8, 3), loc=1.0, scale=2.0)  # 4 shards of a batch of 32
     params, state = layer.init(jax.random.key(0), (3,))
     params = _random_affine(params)
-    ys, states = jax.vmap(lambda xs: layer.apply(params, state, xs, train=True), axis_name="devices")(x)
-    y_full, state_full = full.apply(params, state, x.reshape(32, 3), train=True)
+
+    @jax.jit  # the three passes as one compiled program (eagerly, every op of each compiles on its own)
+    def run(x):
+        sharded = jax.vmap(lambda xs: layer.apply(params, state, xs, train=True), axis_name="devices")(x)
+        local = jax.vmap(lambda xs: full.apply(params, state, xs, train=True))(x)
+        return sharded, full.apply(params, state, x.reshape(32, 3), train=True), local[0]
+
+    (ys, states), (y_full, state_full), ys_local = jax.tree.map(np.asarray, run(x))
     np.testing.assert_allclose(ys.reshape(32, 3), y_full, rtol=1e-5, atol=1e-5)
     for name in ("mean", "var"):
-        np.testing.assert_allclose(states[name], jnp.broadcast_to(state_full[name], (4, 3)), rtol=1e-5)
+        np.testing.assert_allclose(states[name], np.broadcast_to(state_full[name], (4, 3)), rtol=1e-5)
     # without axis_name each shard would use its own statistics
-    ys_local, _ = jax.vmap(lambda xs: full.apply(params, state, xs, train=True))(x)
     assert not np.allclose(ys_local.reshape(32, 3), y_full, atol=1e-3)
 
 
@@ -120,19 +125,21 @@ def test_group_norm_extremes_are_layer_and_instance_norm():
 )
 def test_gradients_order_2_float64(x64, layer, shape):
     params, state = layer.init(jax.random.key(0), shape, jnp.float64)
-    params = jax.tree.map(lambda p: p + 0.1 * jnp.asarray(_data(p.shape, 7), jnp.float64), params)
     assert all(p.dtype == jnp.float64 for p in jax.tree.leaves((params, state)))
-    x = jnp.asarray(_data((4, *shape), 2), jnp.float64)
+    # NumPy arguments: check_grads' finite-difference steps (x + eps * t) run in NumPy, not as eager programs
+    params = jax.tree.map(lambda p: np.asarray(p) + 0.1 * _data(p.shape, 7).astype(np.float64), params)
+    x = _data((4, *shape), 2).astype(np.float64)
     check_grads(jax.jit(lambda p, x: layer.apply(p, state, x, train=True)[0]), (params, x), order=2, modes=("rev",))
 
 
 @pytest.mark.parametrize("layer", [BatchNorm(), LayerNorm(), GroupNorm(2), RMSNorm()], ids=str)
 @pytest.mark.parametrize("shape", [(4,), (5, 4), (3, 5, 4)])
 def test_shape_agreement(layer, shape):
-    params, state = layer.init(jax.random.key(0), shape)
-    assert (
-        layer.output_shape(shape) == layer.apply(params, state, jnp.ones((2, *shape)), train=True)[0].shape[1:] == shape
-    )
+    # init and apply traced abstractly: the same shapes as run, nothing compiled
+    params, state = jax.eval_shape(lambda key: layer.init(key, shape), jax.random.key(0))
+    x = jax.ShapeDtypeStruct((2, *shape), jnp.float32)
+    y = jax.eval_shape(lambda p, s, x: layer.apply(p, s, x, train=True)[0], params, state, x)
+    assert layer.output_shape(shape) == y.shape[1:] == shape
 
 
 def test_jit_vmap_over_models_and_serial_state():
@@ -153,7 +160,7 @@ def test_jit_vmap_over_models_and_serial_state():
     ps, ss = jax.jit(jax.vmap(lambda k: model.init(k, (5, 5, 1))))(keys)
     ys, states = jax.jit(jax.vmap(lambda p, s: model.apply(p, s, x, train=True)))(ps, ss)
     assert ys.shape == (3, 6, 5, 5, 2) and states["batch_norm_1"]["var"].shape == (3, 4)
-    one = jax.tree.map(lambda a: a[1], (ps, ss))
+    one = jax.tree.map(lambda a: np.asarray(a)[1], (ps, ss))  # NumPy: no eager indexing programs
     np.testing.assert_allclose(ys[1], apply(*one, x, train=True)[0], rtol=1e-4, atol=1e-5)
 
 
@@ -164,11 +171,11 @@ def test_errors():
         LayerError,
         match=r"BatchNorm: argument `x` expected shape \(batch, \.\.\., 3\), given \(2, 3, 8, 8\)\..*channels-last",
     ):
-        layer.apply(params, state, jnp.zeros((2, 3, 8, 8)), train=True)
+        layer.apply(params, state, np.zeros((2, 3, 8, 8), np.float32), train=True)
     with pytest.raises(
         LayerTypeError, match=r"LayerNorm: argument `x` expected a floating-point array, given dtype uint8"
     ):
-        LayerNorm().apply({}, {}, jnp.zeros((2, 4), jnp.uint8))
+        LayerNorm().apply({}, {}, np.zeros((2, 4), np.uint8))
     with pytest.raises(
         LayerError, match=r"^serial\[1\] > GroupNorm\(3\): channels \(=4.*must be divisible by `num_groups` \(=3\)"
     ):

@@ -3,6 +3,8 @@ gradients, under jit, grad and vmap; Dropout and BatchNorm inside); both train, 
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,8 +26,9 @@ def _block(dropout=0.25):
 
 
 def _take(tree, i):
-    """Entry ``i`` of every array of ``tree`` (copy ``i`` of a stack, model ``i`` of an ensemble)."""
-    return jax.tree.map(lambda a: a[i], tree)
+    """Entry ``i`` of every array of ``tree`` (copy ``i`` of a stack, model ``i`` of an ensemble), in NumPy (eager
+    indexing would compile a program per shape)."""
+    return jax.tree.map(lambda a: np.asarray(a)[i], tree)
 
 
 def _unrolled(block, params, state, n=N):
@@ -44,7 +47,8 @@ def _close(a, b, rtol=1e-12, atol=1e-12):
 
 
 def _data(shape=(5, 4), seed=1):
-    return jax.random.normal(jax.random.key(seed), shape, jnp.float64)
+    """float64 NumPy data (a jax.random draw compiles its sampler per shape)."""
+    return np.random.default_rng(seed).standard_normal(shape)
 
 
 def test_params_are_the_copies_on_a_leading_axis_drawn_with_split_keys(x64):
@@ -53,8 +57,9 @@ def test_params_are_the_copies_on_a_leading_axis_drawn_with_split_keys(x64):
     params, state = layer.init(jax.random.key(0), (4,), jnp.float64)
     assert jax.tree.map(jnp.shape, params)["layers"]["body"]["dense_0"] == {"b": (N, 6), "w": (N, 4, 6)}
     assert jax.tree.map(jnp.shape, state)["layers"]["body"]["batch_norm_1"] == {"mean": (N, 6), "var": (N, 6)}
+    block_init = jax.jit(lambda k: block.init(k, (4,), jnp.float64))  # compiled once for the n keys
     for i, k in enumerate(jax.random.split(jax.random.key(0), N)):  # copy i is block.init(split(key, n)[i])
-        p_i, s_i = block.init(k, (4,), jnp.float64)
+        p_i, s_i = block_init(k)
         _close(_take(params["layers"], i), p_i, 0, 0)
         _close(_take(state["layers"], i), s_i, 0, 0)
     w = params["layers"]["body"]["dense_0"]["w"]
@@ -73,15 +78,19 @@ def test_outputs_gradients_and_state_equal_the_unrolled_serial_under_jit_and_gra
         y, new_s = apply(p, s, x, key=key, train=train)
         return jnp.sum(jnp.sin(y)), (y, new_s)
 
-    g, (y, new_state) = jax.jit(jax.grad(lambda p: loss(layer.apply, p, state), has_aux=True))(params)
-    g_s, (y_s, new_s) = jax.jit(jax.grad(lambda p: loss(serial.apply, p, s_state), has_aux=True))(s_params)
+    @jax.jit  # both gradients (and the evaluation pass): one compiled program
+    def run(params, s_params):
+        stacked = jax.grad(lambda p: loss(layer.apply, p, state), has_aux=True)(params)
+        unrolled = jax.grad(lambda p: loss(serial.apply, p, s_state), has_aux=True)(s_params)
+        return stacked, unrolled, layer.apply(params, state, x, key=key, train=False)[0] if train else None
+
+    (g, (y, new_state)), (g_s, (y_s, new_s)), y_eval = run(params, s_params)
     _close(y, y_s)
     for i, name in enumerate(names):
         _close(_take(g["layers"], i), g_s[name])
         _close(_take(new_state["layers"], i), new_s[name])
     if train:  # the statistics moved, and dropout made a difference
         assert not np.allclose(new_state["layers"]["body"]["batch_norm_1"]["mean"], 0.0)
-        y_eval, _ = layer.apply(params, state, x, key=key, train=False)
         assert not np.allclose(y, y_eval)
 
 
@@ -89,19 +98,22 @@ def test_finite_difference_gradients(x64):
     layer = nnjax.stack(nnjax.residual(nnjax.Dense(5), nnjax.Tanh(), nnjax.Dense(3)), 2)
     params, state = layer.init(jax.random.key(0), (3,), jnp.float64)
     x = _data((4, 3))
+    # NumPy arguments: check_grads' finite-difference steps (x + eps * t) run in NumPy, not as eager programs
+    params = jax.tree.map(np.asarray, params)
     check_grads(jax.jit(lambda p, x: layer.apply(p, state, x)[0]), (params, x), order=2, modes=["rev"])
 
 
 def test_vmap_over_an_ensemble_of_stacked_models_equals_a_loop(x64):
     layer = nnjax.stack(_block(), N)
     keys = jax.random.split(jax.random.key(3), 2)
-    params, state = jax.vmap(lambda k: layer.init(k, (4,), jnp.float64))(keys)
+    params, state = jax.jit(jax.vmap(lambda k: layer.init(k, (4,), jnp.float64)))(keys)  # one compiled init
     x = _data()
     run = lambda p, s, k: layer.apply(p, s, x, key=k, train=True)  # noqa: E731
     ys, new_states = jax.jit(jax.vmap(run))(params, state, keys)
+    one = jax.jit(run)  # the loop's model: compiled once for both
     for m in range(2):
         p_m, s_m = _take((params, state), m)
-        y_m, new_m = run(p_m, s_m, keys[m])
+        y_m, new_m = one(p_m, s_m, keys[m])
         _close(ys[m], y_m)
         _close(_take(new_states, m), new_m)
 
@@ -115,23 +127,25 @@ def test_remat_gradients_equal_the_plain_ones(x64, policy):
     params, state = stacked.init(jax.random.key(0), (4,), jnp.float64)
     x, key = _data(), jax.random.key(2)
 
-    def grads(layer):
+    def grads(layer, params, x):
         loss = lambda p, x: jnp.sum(layer.apply(p, state, x, key=key, train=True)[0] ** 2)  # noqa: E731
-        return jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
+        return jax.grad(loss, argnums=(0, 1))(params, x)
 
-    _close(grads(nnjax.stack(block, N, remat=policy)), grads(stacked))
-    _close(grads(nnjax.remat(stacked, policy)), grads(stacked))  # remat of any layer, the whole stack here
+    layers = [stacked, nnjax.stack(block, N, remat=policy), nnjax.remat(stacked, policy)]
+    plain, per_copy, whole = jax.jit(lambda p, x: [grads(layer, p, x) for layer in layers])(params, x)  # one program
+    _close(per_copy, plain)
+    _close(whole, plain)  # remat of any layer, the whole stack here
 
 
 def test_remat_keeps_fewer_residuals():
     """With ``nothing_saveable`` the backward pass keeps less: the saved residuals of a vjp shrink."""
     layer = nnjax.serial(nnjax.Dense(64), nnjax.Tanh(), nnjax.Dense(64), nnjax.Tanh(), nnjax.Dense(8))
-    params, state = layer.init(jax.random.key(0), (8,))
-    x = jnp.ones((16, 8))
+    params, state = jax.eval_shape(lambda key: layer.init(key, (8,)), jax.random.key(0))
+    x = jax.ShapeDtypeStruct((16, 8), jnp.float32)
 
-    def saved(layer):
-        _, vjp = jax.vjp(lambda p: layer.apply(p, state, x)[0], params)
-        return sum(np.size(a) for a in jax.tree.leaves(vjp))
+    def saved(layer):  # the vjp traced abstractly: its residuals' shapes, nothing computed or compiled
+        vjp = jax.eval_shape(lambda p, x: jax.vjp(lambda p: layer.apply(p, state, x)[0], p)[1], params, x)
+        return sum(math.prod(a.shape) for a in jax.tree.leaves(vjp))
 
     assert saved(nnjax.remat(layer, "nothing_saveable")) < saved(layer)
     assert saved(nnjax.remat(layer, jax.checkpoint_policies.everything_saveable)) >= saved(layer)
@@ -165,17 +179,18 @@ def test_errors_name_the_argument_and_what_was_given():
     with pytest.raises(TypeError, match=r"remat: argument `layer` expected a Layer, given int"):
         nnjax.remat(3)
     layer = nnjax.stack(nnjax.Dense(5), 2)
+    init = lambda shape: jax.eval_shape(lambda k: layer.init(k, shape), jax.random.key(0))  # noqa: E731 - traced only
     with pytest.raises(
         nnjax.LayerError,
         match=r"Stack\(2, Dense\(5\)\): the block must keep its input's shape.*"
         r"input_shape \(4,\), block output \(5,\)",
     ):
-        layer.init(jax.random.key(0), (4,))
-    params, state = layer.init(jax.random.key(0), (5,))
+        init((4,))
+    params, state = init((5,))  # abstract: apply raises while checking, before any computing
     with pytest.raises(nnjax.LayerError, match=r"stack > Dense\(5\): argument `x` expected shape"):
-        layer.apply(params, state, jnp.ones((2, 4)))
+        layer.apply(params, state, np.ones((2, 4), np.float32))
     with pytest.raises(nnjax.LayerError, match=r"Dropout.*key"):
-        nnjax.stack(nnjax.Dropout(0.5), 2).apply({"layers": {}}, {"layers": {}}, jnp.ones((2, 3)), train=True)
+        nnjax.stack(nnjax.Dropout(0.5), 2).apply({"layers": {}}, {"layers": {}}, np.ones((2, 3)), train=True)
 
 
 def test_summary_reports_n_and_the_per_copy_rows():
@@ -193,7 +208,7 @@ def test_summary_reports_n_and_the_per_copy_rows():
 def test_fsdp_never_splits_the_stacked_axis_unless_asked():
     mesh = jax.sharding.AbstractMesh((4,), ("data",))
     model = nnjax.serial(nnjax.Dense(4), nnjax.stack(nnjax.Dense(4), 8))
-    ts = nnjax.init_train_state(model, optax.adam(1e-3), jax.random.key(0), (3,))
+    ts = nnjax.abstract_train_state(model, optax.adam(1e-3), (3,))  # shapes are all the specs need: nothing compiled
     specs = lambda **kw: jax.tree.map(  # noqa: E731
         lambda s: tuple(s.spec), sharding.train_state_shardings(ts, mesh, fsdp=True, **kw)
     )
@@ -273,9 +288,11 @@ def test_unrolled_loop_iterations_compute_the_same(x64, unroll):
     block = _block()
     params, state = nnjax.stack(block, N).init(jax.random.key(0), (4,), jnp.float64)
     x, key = _data(), jax.random.key(4)
-    y, new_state = nnjax.stack(block, N).apply(params, state, x, key=key, train=True)
-    y_u, new_u = jax.jit(lambda p, s: nnjax.stack(block, N, unroll=unroll).apply(p, s, x, key=key, train=True))(
-        params, state
-    )
+
+    @jax.jit  # the scanned and the unrolled loop: one compiled program
+    def both(p, s):
+        return [nnjax.stack(block, N, unroll=u).apply(p, s, x, key=key, train=True) for u in (1, unroll)]
+
+    (y, new_state), (y_u, new_u) = both(params, state)
     _close(y_u, y)
     _close(new_u, new_state)
