@@ -178,7 +178,8 @@ class NonFiniteError(FloatingPointError):
 def first_nonfinite(tree: Any) -> str | None:
     """The path of the first leaf of ``tree`` holding NaN or Inf (floating leaves only), or None.
 
-    One device reduction per leaf, read back once: use it outside compiled code (e.g. before saving).
+    One compiled program per tree's shapes (op by op, each leaf shape compiled two programs of its own), read
+    back once: use it outside compiled code (e.g. before saving).
     """
     leaves = [
         (leaf_path(path), leaf)
@@ -187,9 +188,15 @@ def first_nonfinite(tree: Any) -> str | None:
     ]
     if not leaves:
         return None
-    finite = np.asarray(jax.device_get(jnp.stack([jnp.isfinite(leaf).all() for _, leaf in leaves])))
+    finite = np.asarray(jax.device_get(_leaves_finite([leaf for _, leaf in leaves])))
     bad = np.flatnonzero(~finite)
     return leaves[bad[0]][0] if bad.size else None
+
+
+@jax.jit
+def _leaves_finite(leaves: list[jax.Array]) -> jax.Array:
+    """``(len(leaves),)`` bools: whether each leaf holds only finite values."""
+    return jnp.stack([jnp.isfinite(leaf).all() for leaf in leaves])
 
 
 def check_number(
