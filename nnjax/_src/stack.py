@@ -218,7 +218,8 @@ def stack(block: Layer, n: int, *, remat: Any = None, unroll: int | bool = 1) ->
             else:  # one compiled program (eagerly, a vmapped init runs op by op, slowly); inlined inside a trace
                 tree = jax.jit(jax.vmap(one))(jax.random.split(key, n))
             params, state = _in_order(tree, order["tree"])
-            first_p, first_s = jax.tree.map(lambda a: a[0], (params, state))
+            # one copy's shapes, for the shape check (slicing copy 0 eagerly compiled two programs per leaf shape)
+            first_p, first_s = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), (params, state))
             spec = input_spec(block, input_shape, dtype)
             out = output_spec(block, first_p, first_s, spec)
         except LOCATED_ERRORS as error:
