@@ -12,6 +12,7 @@ from nnjax._src import engine as nnjax_engine
 from nnjax._src import training_data as nnjax_fit
 
 MODEL = nnjax.serial(nnjax.Dense(16), nnjax.Relu(), nnjax.Dropout(0.1), nnjax.Dense(3))
+ADAM = optax.adam(1e-2)  # one object: fit's initialization program is cached per model and optimizer object
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(100, 5)).astype(np.float32)
 Y = (X[:, 0] > 0).astype(np.int32) + (X[:, 1] > 0.5).astype(np.int32)
@@ -20,7 +21,7 @@ Y = (X[:, 0] > 0).astype(np.int32) + (X[:, 1] > 0.5).astype(np.int32)
 def _fit(**kwargs):
     args = dict(epochs=3, batch_size=16, metrics={"accuracy": metrics.accuracy}, validation_data=(X[:30], Y[:30]),
                 progress=False)
-    return nnjax.fit(MODEL, losses.softmax_cross_entropy, optax.adam(1e-2), X, Y, **{**args, **kwargs})
+    return nnjax.fit(MODEL, losses.softmax_cross_entropy, ADAM, X, Y, **{**args, **kwargs})
 
 
 def test_fused_epoch_fused_all_and_python_loop_agree():
@@ -35,20 +36,24 @@ def test_fused_epoch_fused_all_and_python_loop_agree():
     assert int(results[0].train_state.step) == 3 * (100 // 16)
 
 
-def test_python_loop_over_several_gathered_chunks_agrees_with_the_fused_epoch():
-    """50 steps an epoch: the loop gathers its batches LOOP_CHUNK (32) at a time, the last chunk short;
-    a deterministic model, whose jitted step does not pass its array-free state."""
+def test_python_loop_over_several_gathered_chunks_agrees_with_the_fused_epoch(monkeypatch):
+    """9 steps an epoch: the loop gathers its batches LOOP_CHUNK at a time, the last chunk short (LOOP_CHUNK
+    lowered from 32 to 4: each chunk length is a gather program of its own, unrolled, and 32 batches compile
+    for a second); a deterministic model, whose jitted step does not pass its array-free state."""
+    monkeypatch.setattr(nnjax_engine, "LOOP_CHUNK", 4)
     model = nnjax.serial(nnjax.Dense(16), nnjax.Relu(), nnjax.Dense(3))
-    assert 100 // 2 > nnjax_engine.LOOP_CHUNK
+    x, y = X[:18], Y[:18]
+    assert len(x) // 2 > 2 * nnjax_engine.LOOP_CHUNK  # chunks of 4, 4 and 1 steps
+    optimizer = optax.sgd(0.05)
     results = [
-        nnjax.fit(model, losses.softmax_cross_entropy, optax.sgd(0.05), X, Y, epochs=2, batch_size=2,
+        nnjax.fit(model, losses.softmax_cross_entropy, optimizer, x, y, epochs=2, batch_size=2,
                   fused=mode, progress=False)
         for mode in ("epoch", False)
     ]
     np.testing.assert_allclose(results[0].history["loss"], results[1].history["loss"], rtol=1e-5)
     np.testing.assert_allclose(results[0].train_state.params["dense_2"]["w"],
                                results[1].train_state.params["dense_2"]["w"], rtol=1e-5, atol=1e-6)
-    assert int(results[1].train_state.step) == 2 * 50
+    assert int(results[1].train_state.step) == 2 * 9
 
 
 @pytest.mark.parametrize("n, batch", [(100, 16), (7, 7), (1, 1)])
@@ -114,15 +119,25 @@ def test_progress_bar_and_epoch_lines(capsys):
     assert "12/12" in captured.err  # the tqdm bar reached the last step
 
 
-def test_predict_in_batches_equals_one_batch_and_evaluate_agrees():
-    result = _fit(epochs=1)
+@pytest.fixture(scope="module")
+def one_epoch():
+    """``_fit(epochs=1)``, for the tests of predict and evaluate (which do not change it)."""
+    return _fit(epochs=1)
+
+
+def test_predict_in_batches_equals_one_batch_and_evaluate_agrees(one_epoch):
+    result = one_epoch
     whole = nnjax.predict(MODEL, result.train_state, X, batch_size=1000)
     batched = nnjax.predict(MODEL, result.train_state, X, batch_size=7)
     np.testing.assert_allclose(whole, batched, rtol=1e-6, atol=1e-6)
     values = nnjax.evaluate(MODEL, result.train_state, X, Y, loss=losses.softmax_cross_entropy,
                             metrics={"accuracy": metrics.accuracy}, batch_size=9)
-    assert values["accuracy"] == pytest.approx(float(metrics.accuracy(whole, jnp.asarray(Y))))
-    assert values["loss"] == pytest.approx(float(losses.softmax_cross_entropy(whole, jnp.asarray(Y))), rel=1e-6)
+    # The expected values in float64 NumPy (eager jnp would compile a program per operation).
+    logits = np.asarray(whole, np.float64)
+    top = logits.max(axis=-1)
+    cross_entropy = np.mean(top + np.log(np.exp(logits - top[:, None]).sum(axis=-1)) - logits[np.arange(len(Y)), Y])
+    assert values["accuracy"] == pytest.approx(np.mean(logits.argmax(axis=-1) == Y))
+    assert values["loss"] == pytest.approx(cross_entropy, rel=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -137,8 +152,9 @@ def test_predict_in_batches_equals_one_batch_and_evaluate_agrees():
     ],
 )
 def test_bad_data_is_refused_where_it_enters(x, y, error, message):
+    # _fit's optimizer (ADAM): float labels are refused when the step is traced, after the (shared) initialization
     with pytest.raises(error, match=message):
-        nnjax.fit(MODEL, losses.softmax_cross_entropy, optax.sgd(0.1), x, y, epochs=1, progress=False)
+        nnjax.fit(MODEL, losses.softmax_cross_entropy, ADAM, x, y, epochs=1, progress=False)
 
 
 def test_bad_arguments():
@@ -157,11 +173,11 @@ def test_xor_reaches_100_percent():
     assert float(metrics.accuracy(predictions, jnp.asarray(y))) == 1.0
 
 
-def test_predict_and_evaluate_compile_once_per_model():
+def test_predict_and_evaluate_compile_once_per_model(one_epoch):
     from nnjax._src.inference import compiled_evaluate, compiled_predict
 
     _predict, _evaluate = compiled_predict(), compiled_evaluate()
-    result = _fit(epochs=1)
+    result = one_epoch
     before = (_predict._cache_size(), _evaluate._cache_size())
     for _ in range(3):
         nnjax.predict(MODEL, result.train_state, X)

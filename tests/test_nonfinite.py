@@ -1,5 +1,7 @@
 """The non-finite guard: skip (count, apply nothing) or halt (stop at the last finite state, name step and leaf)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 import nnjax
 from nnjax._src.checkpoint import abstract_train_state, checkpoint_steps, restore_checkpoint
 from nnjax._src.errors import NonFiniteError, first_nonfinite
+from nnjax._src.train import seeded_train_state
 from nnjax._src.training_data import epoch_order
 
 N, BATCH, FEATURES = 261, 64, 64  # 4 batches per epoch; 5 examples left out of each epoch
@@ -37,31 +40,60 @@ def _data(poisoned=(), flag=1):
     return x, labels[:N]
 
 
+def _start(seed=0):
+    """fit's starting state for ``seed`` (its initialization program, compiled once for the file)."""
+    return seeded_train_state(MODEL, OPT, seed, (FEATURES + 1,))
+
+
 def _root_key(seed=0):
-    return nnjax.init_train_state(MODEL, OPT, jax.random.key(seed), (FEATURES + 1,)).key
+    return _start(seed).key
+
+
+@functools.cache
+def _jitted_order():
+    return nnjax.jit(lambda key, epoch: epoch_order(key, epoch, N, BATCH))
+
+
+def _order(key, epoch):
+    """``epoch_order(key, epoch, N, BATCH)`` by the program fit(fused=False) draws it with (run eagerly, each of
+    its operations compiles a program of its own)."""
+    return np.asarray(_jitted_order()(key, epoch))
 
 
 def _finite(tree):
     return first_nonfinite(tree) is None
 
 
+@functools.cache
+def _plain_step():
+    """The jitted step without a guard, one object for the file (a new one traces and lowers it again)."""
+    return nnjax.make_train_step(MODEL, LOSS, OPT)
+
+
+def _copy(train_state):
+    """A fresh device copy of a train state, for a jitted step to donate (no program compiled for it)."""
+    return jax.device_put(jax.tree.map(np.asarray, train_state))
+
+
 def test_train_step_skip_halt_and_default():
     x, y = _data(poisoned=[0])
-    clean, bad = (jnp.asarray(x[1:9]), jnp.asarray(y[1:9])), (jnp.asarray(x[:8]), jnp.asarray(y[:8]))
-    ts = nnjax.init_train_state(MODEL, OPT, jax.random.key(0), (FEATURES + 1,))
-    plain = nnjax.make_train_step(MODEL, LOSS, OPT, jit=False)
-    skip = nnjax.make_train_step(MODEL, LOSS, OPT, nonfinite="skip", jit=False)
-    halt = nnjax.make_train_step(MODEL, LOSS, OPT, nonfinite="halt", jit=False)
+    # Batches of BATCH examples and the jitted steps fit compiles in the tests below (no guard, "skip" with
+    # their metric, "halt"): each program is compiled once for the file. Each call donates a copy of `ts`.
+    clean, bad = (x[1 : BATCH + 1], y[1 : BATCH + 1]), (x[:BATCH], y[:BATCH])
+    ts = _start()
+    plain = _plain_step()
+    skip = nnjax.make_train_step(MODEL, LOSS, OPT, nonfinite="skip", metrics={"acc": nnjax.metrics.accuracy})
+    halt = nnjax.make_train_step(MODEL, LOSS, OPT, nonfinite="halt")
 
-    ref, ref_metrics = plain(ts, clean)
+    ref, ref_metrics = plain(_copy(ts), clean)
     assert "nonfinite" not in ref_metrics
-    got, metrics = skip(ts, clean)
+    got, metrics = skip(_copy(ts), clean)
     assert int(metrics["nonfinite"]) == 0
-    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), got.params, ref.params))
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), got.params, ref.params))
 
     for step_fn, advance in ((skip, 1), (halt, 0)):
         before = jax.tree.map(np.asarray, (ts.params, ts.opt_state))
-        after, metrics = step_fn(ts, bad)
+        after, metrics = step_fn(_copy(ts), bad)
         assert int(metrics["nonfinite"]) == 1 and not np.isfinite(float(metrics["loss"]))
         assert int(after.step) == int(ts.step) + advance
         assert jax.tree.all(
@@ -69,7 +101,7 @@ def test_train_step_skip_halt_and_default():
         )
         ts = after
 
-    poisoned, _ = plain(ts, bad)
+    poisoned, _ = plain(_copy(ts), bad)
     assert not _finite(poisoned.params)  # without the guard the NaN goes through
     with pytest.raises(
         ValueError, match="make_train_step: argument `nonfinite` expected None, 'skip' or 'halt', given 'ignore'"
@@ -83,7 +115,7 @@ def test_fit_skip_counts_and_checkpoints_only_finite_states(tmp_path, fused):
     key = _root_key()
     expected = []
     for epoch in range(3):
-        order = np.asarray(epoch_order(key, epoch, N, BATCH))
+        order = _order(key, epoch)
         expected.append(float(sum(np.isin([3, 4, 100], batch).any() for batch in order)))
     result = nnjax.fit(
         MODEL,
@@ -107,11 +139,17 @@ def test_fit_skip_counts_and_checkpoints_only_finite_states(tmp_path, fused):
         assert _finite(restored)
 
 
+@pytest.fixture(scope="module")
+def clean_epoch():
+    """The train state after one clean epoch: a loop of the jitted step, the programs of the fused=False runs."""
+    return nnjax.fit(MODEL, LOSS, OPT, *_data(), epochs=1, batch_size=BATCH, fused=False, progress=False).train_state
+
+
 @pytest.mark.parametrize(("fused", "flag"), [("epoch", 1), ("all", 2), (False, 1)])  # flag 1: NaN, 2: Inf
-def test_fit_halt_names_step_and_leaf_and_keeps_the_last_finite_state(tmp_path, fused, flag):
+def test_fit_halt_names_step_and_leaf_and_keeps_the_last_finite_state(tmp_path, fused, flag, clean_epoch):
     key = _root_key()
-    left_out = set(range(N)) - set(np.asarray(epoch_order(key, 0, N, BATCH)).ravel().tolist())
-    order1 = np.asarray(epoch_order(key, 1, N, BATCH))
+    left_out = set(range(N)) - set(_order(key, 0).ravel().tolist())
+    order1 = _order(key, 1)
     victim = next(i for i in sorted(left_out) if np.isin(i, order1))  # unseen in epoch 0, seen in epoch 1
     batch = int(np.flatnonzero((order1 == victim).any(axis=1))[0])
     x, y = _data(poisoned=[victim], flag=flag)
@@ -137,11 +175,10 @@ def test_fit_halt_names_step_and_leaf_and_keeps_the_last_finite_state(tmp_path, 
     state = error.value.train_state
     assert int(state.step) == step and _finite(state)
     # The last finite state is where an uninterrupted clean run stands after `step` updates.
-    clean = nnjax.fit(MODEL, LOSS, OPT, *_data(), epochs=1, batch_size=BATCH, progress=False)
-    step_fn = nnjax.make_train_step(MODEL, LOSS, OPT)
-    ts = clean.train_state
-    for idx in np.asarray(epoch_order(key, 1, N, BATCH))[:batch]:
-        ts, _ = step_fn(ts, (jnp.asarray(x[idx]), jnp.asarray(y[idx])))
+    step_fn = _plain_step()
+    ts = _copy(clean_epoch)  # donated by the step
+    for idx in order1[:batch]:
+        ts, _ = step_fn(ts, (x[idx], y[idx]))
     assert jax.tree.all(jax.tree.map(lambda a, b: bool(np.allclose(a, b, atol=1e-6)), ts.params, state.params))
     if fused == "all":
         assert checkpoint_steps(tmp_path) == []  # "all" checkpoints once, after the run
@@ -154,8 +191,10 @@ def test_fit_without_guard_refuses_to_checkpoint_nonfinite(tmp_path):
     x, y = _data(poisoned=[7])
     with pytest.raises(
         NonFiniteError, match="save_checkpoint: refusing to save step 4 .*leaf params/dense_1/w holds NaN or Inf"
-    ):
-        nnjax.fit(MODEL, LOSS, OPT, x, y, epochs=2, batch_size=BATCH, progress=False, checkpoint_dir=tmp_path)
+    ):  # fused=False: the loop's programs are compiled above (the fused epoch bakes its data in: one more program)
+        nnjax.fit(
+            MODEL, LOSS, OPT, x, y, epochs=2, batch_size=BATCH, fused=False, progress=False, checkpoint_dir=tmp_path
+        )
     assert checkpoint_steps(tmp_path) == []
 
 

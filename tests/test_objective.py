@@ -15,6 +15,7 @@ import pytest
 
 import nnjax
 from nnjax import losses, metrics
+from nnjax._src.train import seeded_train_state
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(96, 6)).astype(np.float32)
@@ -26,6 +27,7 @@ ENCODER = nnjax.serial(nnjax.Dense(16), nnjax.Relu(), nnjax.Dense(2 * 2))  # mea
 DECODER = nnjax.serial(nnjax.Dense(16), nnjax.Relu(), nnjax.Dense(6))
 VAE = nnjax.named(encoder=ENCODER, decoder=DECODER)
 VAE_SHAPES = {"encoder": (6,), "decoder": (2,)}
+ADAM = optax.adam(3e-3)  # the VAE runs' optimizer: one object, as fit's initialization program is cached per object
 
 
 @nnjax.objective
@@ -68,7 +70,7 @@ def test_the_short_loss_form_trains_exactly_as_the_hand_written_step():
     reference = jax.jit(_reference_step(MODEL, losses.softmax_cross_entropy, optimizer, metric_fns))
     got = expected = nnjax.init_train_state(MODEL, optimizer, jax.random.key(0), (6,))
     for i in range(5):
-        batch = (jnp.asarray(X[16 * i : 16 * i + 16]), jnp.asarray(Y[16 * i : 16 * i + 16]))
+        batch = (X[16 * i : 16 * i + 16], Y[16 * i : 16 * i + 16])
         got, logs = ours(got, batch)
         expected, expected_logs = reference(expected, batch)
     chex.assert_trees_all_equal(got, expected)  # bit for bit: params, BatchNorm state, Adam moments, step
@@ -88,21 +90,24 @@ def test_a_key_taking_objective_gets_the_step_key_in_training_and_the_eval_key_i
         return losses.softmax_cross_entropy(predictions, y), (state, {"noise_mean": jnp.mean(noise)})
 
     optimizer = optax.sgd(0.1)
-    ts = nnjax.init_train_state(model, optimizer, jax.random.key(3), (6,))
-    batch = (jnp.asarray(X[:8]), jnp.asarray(Y[:8]))
+    # init_train_state(model, optimizer, jax.random.key(3), (6,)) by fit's initialization program, which the
+    # fits of a one-layer model below reuse
+    ts = seeded_train_state(model, optimizer, 3, (6,))
+    batch = (X[:8], Y[:8])
     expected_train = jnp.mean(jax.random.normal(nnjax.step_key(ts), (8, 6)))
     expected_eval = jnp.mean(jax.random.normal(nnjax.eval_key(ts), (8, 6)))
     eval_logs = nnjax.make_eval_step(model, noisy)(ts, batch)
     assert seen["train"] is False
     np.testing.assert_allclose(eval_logs["noise_mean"], expected_eval, rtol=1e-6)
-    new_ts, logs = nnjax.make_train_step(model, noisy, optimizer, jit=False)(ts, batch)
+    # jitted: one program (run eagerly, every operation of the step compiles one of its own)
+    new_ts, logs = jax.jit(nnjax.make_train_step(model, noisy, optimizer, jit=False))(ts, batch)
     assert seen["train"] is True and set(logs) == {"loss", "noise_mean"}
     np.testing.assert_allclose(logs["noise_mean"], expected_train, rtol=1e-6)
     assert int(new_ts.step) == 1 and not np.allclose(expected_train, expected_eval)
 
 
 def test_fit_trains_a_vae_of_named_parts_with_aux_in_the_history_in_every_mode():
-    runs = [nnjax.fit(VAE, gaussian_elbo, optax.adam(3e-3), X, input_shape=VAE_SHAPES, epochs=4, batch_size=16,
+    runs = [nnjax.fit(VAE, gaussian_elbo, ADAM, X, input_shape=VAE_SHAPES, epochs=4, batch_size=16,
                       validation_data=X[:40], fused=fused, progress=False) for fused in ("epoch", "all", False)]
     history = runs[0].history
     assert list(history) == ["loss", "kl", "reconstruction", "val_loss", "val_kl", "val_reconstruction"]
@@ -118,11 +123,11 @@ def test_fit_trains_a_vae_of_named_parts_with_aux_in_the_history_in_every_mode()
 
 @pytest.mark.slow  # fit_many and a fit per seed: CI's slow pass (tests/test_ensemble.py checks the same by default)
 def test_fit_many_seed_i_equals_fit_seed_i_for_an_objective():
-    many = nnjax.fit_many(VAE, gaussian_elbo, optax.adam(3e-3), X, input_shape=VAE_SHAPES, seeds=[0, 1],
+    many = nnjax.fit_many(VAE, gaussian_elbo, ADAM, X, input_shape=VAE_SHAPES, seeds=[0, 1],
                           epochs=2, batch_size=32, progress=False)
     assert many.history["kl"].shape == (2, 2)
     for i in range(2):
-        one = nnjax.fit(VAE, gaussian_elbo, optax.adam(3e-3), X, input_shape=VAE_SHAPES, epochs=2, batch_size=32,
+        one = nnjax.fit(VAE, gaussian_elbo, ADAM, X, input_shape=VAE_SHAPES, epochs=2, batch_size=32,
                         seed=i, progress=False)
         chex.assert_trees_all_close(many.best(i).params, one.train_state.params, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(many.history["reconstruction"][i], one.history["reconstruction"], rtol=1e-4)
@@ -131,19 +136,19 @@ def test_fit_many_seed_i_equals_fit_seed_i_for_an_objective():
 @pytest.mark.slow  # three fits: CI's slow pass (tests/test_resume_crash.py resumes bit-identically by default)
 def test_resume_from_a_checkpoint_of_named_parts_ends_bit_identical(tmp_path):
     args = dict(input_shape=VAE_SHAPES, batch_size=16, progress=False)
-    full = nnjax.fit(VAE, gaussian_elbo, optax.adam(3e-3), X, epochs=4, **args)
-    nnjax.fit(VAE, gaussian_elbo, optax.adam(3e-3), X, epochs=2, checkpoint_dir=tmp_path, **args)
-    like = nnjax.abstract_train_state(VAE, optax.adam(3e-3), VAE_SHAPES)
+    full = nnjax.fit(VAE, gaussian_elbo, ADAM, X, epochs=4, **args)
+    nnjax.fit(VAE, gaussian_elbo, ADAM, X, epochs=2, checkpoint_dir=tmp_path, **args)
+    like = nnjax.abstract_train_state(VAE, ADAM, VAE_SHAPES)
     restored, _ = nnjax.restore_checkpoint(tmp_path, like)
     assert sorted(restored.params) == ["decoder", "encoder"] and int(restored.step) == 2 * 6
-    resumed = nnjax.fit(VAE, gaussian_elbo, optax.adam(3e-3), X, epochs=4, checkpoint_dir=tmp_path, resume=True,
+    resumed = nnjax.fit(VAE, gaussian_elbo, ADAM, X, epochs=4, checkpoint_dir=tmp_path, resume=True,
                         **args)
     chex.assert_trees_all_equal(resumed.train_state, full.train_state)
     assert resumed.history["kl"] == full.history["kl"][2:]
 
 
 def test_evaluate_an_objective_in_chunks_equals_the_whole_set_mean():
-    ts = nnjax.init_train_state(VAE, optax.adam(1e-3), jax.random.key(0), VAE_SHAPES)
+    ts = seeded_train_state(VAE, ADAM, 0, VAE_SHAPES)  # fit's starting state: the VAE runs' initialization program
 
     @nnjax.objective
     def deterministic(params, state, x, *, key, train):  # mean-reduced, no noise: chunking must not matter
@@ -151,7 +156,7 @@ def test_evaluate_an_objective_in_chunks_equals_the_whole_set_mean():
         value = jnp.mean(out**2)
         return value, (state, {"first": jnp.mean(out[:, 0])})
 
-    whole = deterministic(ts.params, ts.state, jnp.asarray(X[:30]), key=None, train=False)
+    whole = jax.jit(lambda p, s, x: deterministic(p, s, x, key=None, train=False))(ts.params, ts.state, X[:30])
     for batch_size in (4, 7, 30, 1024):  # 30 = 7 * 4 + 2: a short last chunk
         got = nnjax.evaluate(VAE, ts, X[:30], loss=deterministic, batch_size=batch_size)
         np.testing.assert_allclose(got["loss"], whole[0], rtol=1e-5)
@@ -172,8 +177,8 @@ def test_objective_errors_name_the_function_the_argument_and_the_fix():
     def vector_aux(params, state, batch, *, key, train):
         return jnp.sum(params["dense_0"]["w"]), (state, {"per_unit": params["dense_0"]["b"]})
 
-    model = nnjax.serial(nnjax.Dense(3))
-    ts = nnjax.init_train_state(model, optax.sgd(0.1), jax.random.key(0), (6,))
+    model = nnjax.serial(nnjax.Dense(2))  # the model and optimizer of the tests above: their initialization program
+    ts = seeded_train_state(model, optax.sgd(0.1), 0, (6,))
     with pytest.raises(TypeError, match=r"objective\(vector_aux\): the objective's aux expected scalars .* 'per_unit'"):
         nnjax.make_train_step(model, vector_aux, optax.sgd(0.1))(ts, X[:4])
 
@@ -181,7 +186,7 @@ def test_objective_errors_name_the_function_the_argument_and_the_fix():
 def test_per_example_grads_of_an_objective_equal_the_loss_form_and_average_to_the_batch_gradient():
     model = nnjax.serial(nnjax.Dense(4), nnjax.Tanh(), nnjax.Dense(2))
     params, state = model.init(jax.random.key(0), (6,))
-    batch = (jnp.asarray(X[:8]), jnp.asarray(Y[:8]))
+    batch = (X[:8], Y[:8])
 
     @nnjax.objective
     def cross_entropy(params, state, batch, *, key, train):
@@ -189,28 +194,34 @@ def test_per_example_grads_of_an_objective_equal_the_loss_form_and_average_to_th
         logits, state = model.apply(params, state, x, key=key, train=train)
         return losses.softmax_cross_entropy(logits, y), (state, {"accuracy": metrics.accuracy(logits, y)})
 
-    short = nnjax.per_example_grads(model, losses.softmax_cross_entropy, params, state, batch)
-    general = nnjax.per_example_grads(model, cross_entropy, params, state, batch)
+    @jax.jit  # one program (run eagerly, every operation of the vmapped gradients compiles one of its own)
+    def computed(params, state, batch):
+        short = nnjax.per_example_grads(model, losses.softmax_cross_entropy, params, state, batch)
+        general = nnjax.per_example_grads(model, cross_entropy, params, state, batch)
+        batch_grads = jax.grad(lambda p: cross_entropy(p, state, batch, key=None, train=True)[0])(params)
+        (values, (_, aux)), _ = nnjax.per_example.per_example_value_and_grads(model, cross_entropy, params, state,
+                                                                             batch)
+        accuracy = metrics.accuracy(model.apply(params, state, batch[0])[0], batch[1])
+        return short, general, jax.tree.map(lambda g: g.mean(0), general), batch_grads, values, aux, accuracy
+
+    short, general, mean_grads, batch_grads, values, aux, accuracy = computed(params, state, batch)
     chex.assert_trees_all_close(general, short, rtol=1e-6)
-    chex.assert_trees_all_close(jax.tree.map(lambda g: g.mean(0), general),
-                                jax.grad(lambda p: cross_entropy(p, state, batch, key=None, train=True)[0])(params),
-                                rtol=1e-5, atol=1e-7)
-    (values, (_, aux)), _ = nnjax.per_example.per_example_value_and_grads(model, cross_entropy, params, state, batch)
+    chex.assert_trees_all_close(mean_grads, batch_grads, rtol=1e-5, atol=1e-7)
     assert values.shape == (8,) and aux["accuracy"].shape == (8,)
-    np.testing.assert_allclose(aux["accuracy"].mean(), metrics.accuracy(model.apply(params, state, batch[0])[0],
-                                                                        batch[1]), rtol=1e-6)
+    np.testing.assert_allclose(np.mean(aux["accuracy"]), accuracy, rtol=1e-6)
 
 
 def test_vmap_over_stacked_train_states_of_an_objective_equals_each_single_step():
     step = nnjax.make_train_step(VAE, gaussian_elbo, optax.adam(1e-2), jit=False)
     init = jax.vmap(lambda k: nnjax.init_train_state(VAE, optax.adam(1e-2), k, VAE_SHAPES))
-    batch = jnp.asarray(X[:16])
-    states, logs = jax.jit(jax.vmap(step, in_axes=(0, None)))(init(jax.random.split(jax.random.key(0), 3)), batch)
+    batch = X[:16]
+    stacked = init(jax.random.split(jax.random.key(0), 3))
+    states, logs = jax.jit(jax.vmap(step, in_axes=(0, None)))(stacked, batch)
     assert logs["kl"].shape == (3,) and states.params["decoder"]["dense_2"]["w"].shape == (3, 16, 6)
-    second = jax.tree.map(lambda a: a[1], init(jax.random.split(jax.random.key(0), 3)))
+    second = jax.tree.map(lambda a: np.asarray(a)[1], stacked)  # NumPy indexing: no program per leaf shape
     single, single_logs = jax.jit(step)(second, batch)
-    chex.assert_trees_all_close(jax.tree.map(lambda a: a[1], states), single, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(logs["loss"][1], single_logs["loss"], rtol=1e-5)
+    chex.assert_trees_all_close(jax.tree.map(lambda a: np.asarray(a)[1], states), single, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(logs["loss"])[1], single_logs["loss"], rtol=1e-5)
 
 
 def test_fit_stream_and_the_loss_scaled_step_take_an_objective():
@@ -218,20 +229,26 @@ def test_fit_stream_and_the_loss_scaled_step_take_an_objective():
         order = np.random.default_rng(epoch).permutation(len(X))
         return [X[order[i : i + 16]] for i in range(0, len(X), 16)]
 
-    result = nnjax.fit_stream(VAE, gaussian_elbo, optax.adam(3e-3), batches, epochs=3, input_shape=VAE_SHAPES,
-                              validation_data=X[:32], progress=False)
+    # validation_data: the VAE fit's above, whose validation program holds it (one program for both)
+    result = nnjax.fit_stream(VAE, gaussian_elbo, ADAM, batches, epochs=3, input_shape=VAE_SHAPES,
+                              validation_data=X[:40], progress=False)
     assert set(result.history) == {"loss", "kl", "reconstruction", "val_loss", "val_kl", "val_reconstruction"}
     assert result.history["loss"][-1] < result.history["loss"][0]
     optimizer = nnjax.precision.dynamic_loss_scale(optax.adam(1e-3))
     ts = nnjax.init_train_state(VAE, optimizer, jax.random.key(0), VAE_SHAPES)
-    ts, logs = nnjax.precision.make_loss_scaled_train_step(VAE, gaussian_elbo, optimizer)(ts, jnp.asarray(X[:16]))
+    ts, logs = nnjax.precision.make_loss_scaled_train_step(VAE, gaussian_elbo, optimizer)(ts, X[:16])
     assert {"loss", "kl", "reconstruction", "loss_scale", "grads_finite"} <= set(logs)
 
 
 def test_named_is_one_pytree_with_per_part_shapes_errors_summary_and_sharding():
-    params, state = VAE.init(jax.random.key(0), VAE_SHAPES)
+    optimizer = optax.adam(1e-2)
+    # fit's starting state: VAE.init's parameters and state, by the VAE runs' initialization program (VAE.init run
+    # eagerly compiles a program per random draw), applied in one program
+    ts = seeded_train_state(VAE, optimizer, 0, VAE_SHAPES)
+    params, state = ts.params, ts.state
     assert jax.tree.map(jnp.shape, params)["decoder"]["dense_0"] == {"b": (16,), "w": (2, 16)}
-    outputs, _ = VAE.apply(params, state, {"encoder": jnp.ones((3, 6)), "decoder": jnp.ones((3, 2))})
+    ones = {"encoder": np.ones((3, 6), np.float32), "decoder": np.ones((3, 2), np.float32)}
+    outputs = jax.jit(lambda p, s, inputs: VAE.apply(p, s, inputs)[0])(params, state, ones)
     assert outputs["encoder"].shape == (3, 4) and outputs["decoder"].shape == (3, 6)
     assert VAE.encoder is ENCODER and VAE.parts == {"encoder": ENCODER, "decoder": DECODER}
     assert VAE.output_shape(VAE_SHAPES) == {"encoder": (4,), "decoder": (6,)}
@@ -247,10 +264,8 @@ def test_named_is_one_pytree_with_per_part_shapes_errors_summary_and_sharding():
     assert "decoder/dense_2" in [r.path for r in rows]
 
     mesh = nnjax.sharding.make_mesh()
-    optimizer = optax.adam(1e-2)
-    ts = nnjax.init_train_state(VAE, optimizer, jax.random.key(0), VAE_SHAPES)
     plain = nnjax.make_train_step(VAE, gaussian_elbo, optimizer, jit=False)
-    expected, expected_logs = jax.jit(plain)(ts, jnp.asarray(X[:16]))
+    expected, expected_logs = jax.jit(plain)(ts, X[:16])
     sharded = nnjax.sharding.data_parallel(ts, mesh, fsdp=True)
     got, logs = nnjax.make_train_step(VAE, gaussian_elbo, optimizer)(sharded, nnjax.sharding.shard_batch(X[:16], mesh))
     chex.assert_trees_all_close(got.params, expected.params, rtol=1e-5, atol=1e-6)
@@ -266,12 +281,12 @@ def test_a_non_finite_objective_halts_fit_naming_the_leaf_and_skip_keeps_the_par
         value = jnp.mean(jnp.log(y[:, 0]))
         return value, (state, {"first": jnp.mean(y[:, 0])})
 
+    optimizer = optax.sgd(0.1)  # one object: its initialization program is cached with it
     with pytest.raises(nnjax.NonFiniteError, match="non-finite loss or gradient at step 0") as caught:
-        nnjax.fit(model, log_of_first_output, optax.sgd(0.1), X, epochs=1, batch_size=16, nonfinite="halt",
+        nnjax.fit(model, log_of_first_output, optimizer, X, epochs=1, batch_size=16, nonfinite="halt",
                   progress=False)
     assert caught.value.leaf == "loss"  # log of a negative output: the value is NaN, its gradient 1/y is finite
-    skipped = nnjax.fit(model, log_of_first_output, optax.sgd(0.1), X, epochs=1, batch_size=16, nonfinite="skip",
+    skipped = nnjax.fit(model, log_of_first_output, optimizer, X, epochs=1, batch_size=16, nonfinite="skip",
                         progress=False)
     assert skipped.history["nonfinite"] == [6.0]
-    chex.assert_trees_all_equal(skipped.train_state.params, nnjax.init_train_state(
-        model, optax.sgd(0.1), jax.random.key(0), (6,)).params)
+    chex.assert_trees_all_equal(skipped.train_state.params, seeded_train_state(model, optimizer, 0, (6,)).params)
