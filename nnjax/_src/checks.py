@@ -137,8 +137,8 @@ def at_top_level() -> bool:
 def compiles_on_its_own() -> bool:
     """True when a ``jax.jit`` called here compiles as a program of its own, so its ``compiler_options``
     apply: at top level, or under eager ``jax.vmap`` only (a vmapped jit call is compiled, batched, by
-    itself). False inside a staging trace (``jax.jit``, ``eval_shape``, ``scan``, ``grad``...), where a
-    nested jit is part of the caller's program and JAX refuses ``compiler_options`` on it."""
+    itself). False under any other transformation (``jax.jit``, ``eval_shape``, ``scan``, ``grad``...):
+    there a nested jit is traced into the caller's program, and JAX refuses ``compiler_options`` on it."""
     try:  # JAX's trace stack; no public name yet
         from jax._src.core import EvalTrace, trace_ctx
         from jax._src.interpreters.batching import BatchTrace
