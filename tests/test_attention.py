@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
+from traced_init import param_names
 
 from nnjax._src.attention import (
     MultiHeadAttention,
@@ -35,14 +36,6 @@ def init(layer, input_shape, dtype=np.float32):
     shapes, state = jax.eval_shape(lambda: layer.init(KEY, input_shape, dtype))
     assert not jax.tree.leaves(state)
     return jax.tree.map(lambda s: 0.3 * normal(*s.shape, dtype=s.dtype), shapes), state
-
-
-def param_names(layer, input_shape):
-    """The names of ``layer.init``'s top-level parameters, in their order, from tracing it: no programs to
-    compile (and ``jax.eval_shape``'s own result would have its dict keys sorted)."""
-    names = []
-    jax.eval_shape(lambda: names.extend(layer.init(KEY, input_shape)[0]))
-    return names
 
 
 def compiled(layer):

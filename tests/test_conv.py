@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
+from traced_init import param_names
 
 import nnjax
 from nnjax._src.basic import Dense, Flatten
@@ -102,14 +103,6 @@ def _init(layer, input_shape, dtype=np.float32, seed=1):
     assert not jax.tree.leaves(state)
     rs = np.random.RandomState(seed)
     return jax.tree.map(lambda s: (0.5 * rs.standard_normal(s.shape)).astype(s.dtype), shapes), state
-
-
-def _param_names(layer, input_shape):
-    """The names of ``layer.init``'s top-level parameters, in their order, from tracing it: no programs to
-    compile (and ``jax.eval_shape``'s own result would have its dict keys sorted)."""
-    names = []
-    jax.eval_shape(lambda: names.extend(layer.init(jax.random.key(0), input_shape)[0]))
-    return names
 
 
 def _run(layer, x, seed=1):
@@ -236,7 +229,7 @@ def test_jit_vmap_over_models_and_serial():
     model = serial(Conv(4, 3), MaxPool(2), ConvTranspose(2, (2, 2), strides=2), Flatten(), Dense(3))
     shape = (8, 8, 1)
     x = jnp.asarray(_data((5, *shape)))
-    assert _param_names(model, shape) == ["conv_0", "max_pool_1", "conv_transpose_2", "flatten_3", "dense_4"]
+    assert param_names(model, shape) == ["conv_0", "max_pool_1", "conv_transpose_2", "flatten_3", "dense_4"]
     params, state = _init(model, shape)
     y, _ = model.apply(params, state, x)
     y_jit, _ = jax.jit(model.apply)(params, state, x)

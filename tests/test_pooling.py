@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
+from traced_init import param_names
 
 import nnjax
 from nnjax._src import kernels
@@ -47,14 +48,6 @@ def np_pool(x, window, strides, padding, op):
 
 def _data(shape, seed=0):
     return np.random.RandomState(seed).standard_normal(shape).astype(np.float32)
-
-
-def _param_names(layer, input_shape):
-    """The names of ``layer.init``'s top-level parameters, in their order, from tracing it: no programs to
-    compile (and ``jax.eval_shape``'s own result would have its dict keys sorted)."""
-    names = []
-    jax.eval_shape(lambda: names.extend(layer.init(jax.random.key(0), input_shape)[0]))
-    return names
 
 
 @pytest.fixture
@@ -242,7 +235,7 @@ def test_names_jit_vmap_and_serial():
     assert MaxPool(2).name == "MaxPool((2, 2))"
     assert AvgPool(3, strides=2, padding="same").name == "AvgPool((3, 3), strides=(2, 2), padding='SAME')"
     model = serial(Conv(4, 3), MaxPool(2), Conv(4, 3), AvgPool(2), GlobalMaxPool(), Dense(2))
-    assert _param_names(model, (9, 9, 1))[1::2] == ["max_pool_1", "avg_pool_3", "dense_5"]
+    assert param_names(model, (9, 9, 1))[1::2] == ["max_pool_1", "avg_pool_3", "dense_5"]
     # the parameters' shapes from tracing init, their values from NumPy (eager init compiles a program per shape)
     shapes, state = jax.eval_shape(lambda: model.init(jax.random.key(0), (9, 9, 1)))
     params = jax.tree.map(lambda s: 0.3 * _data(s.shape, 4), shapes)

@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 from jax.test_util import check_grads
+from traced_init import param_names
 
 import nnjax
 from nnjax._src.recurrent import (
@@ -241,19 +242,11 @@ def test_output_shape_agrees_with_apply(layer):
     assert layer.output_shape((T, F)) == y.shape[1:]
 
 
-def param_keys(layer, input_shape):
-    """``list(params)`` of ``layer.init``, in init's order, from an abstract trace: nothing is compiled (read
-    inside the trace: the outputs of ``jax.eval_shape`` would come back with their keys sorted)."""
-    keys = []
-    jax.eval_shape(lambda key: keys.extend(layer.init(key, input_shape)[0]), jax.random.key(0))
-    return keys
-
-
 def test_names_and_serial_param_keys():
     model = nnjax.serial(LSTM(8), GRU(4, return_sequences=False), nnjax.Dense(2))
-    assert param_keys(model, (T, F)) == ["lstm_0", "gru_1", "dense_2"]
+    assert param_names(model, (T, F)) == ["lstm_0", "gru_1", "dense_2"]
     assert SimpleRNN(3).name == "SimpleRNN(3)"
-    assert param_keys(LSTM(8, num_layers=3), (T, F)) == ["lstm_0", "lstm_1", "lstm_2"]
+    assert param_names(LSTM(8, num_layers=3), (T, F)) == ["lstm_0", "lstm_1", "lstm_2"]
 
 
 def test_stacked_rnns_pass_the_mask_on():
@@ -300,8 +293,9 @@ def test_feature_major_and_batch_major_scans_agree_with_derivatives(x64, cell):
     carry = jax.tree.map(lambda a: np.asarray(a) + 0.3, cell.initial_carry(B, jnp.float64))
 
     def run(feature_major, p, x, carry):
-        last, ys = scan_cell(cell, p, x, mask=mask, initial_carry=carry, reverse=True, hoist_input=False,
-                             feature_major=feature_major)
+        last, ys = scan_cell(
+            cell, p, x, mask=mask, initial_carry=carry, reverse=True, hoist_input=False, feature_major=feature_major
+        )
         return ys, last
 
     def loss(feature_major, p, x, carry):
