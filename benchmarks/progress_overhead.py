@@ -56,7 +56,7 @@ def boundary_cost(x, y, steps: int, repeats: int) -> tuple[float, float]:
                        data=(jax.numpy.asarray(x[:n]), jax.numpy.asarray(y[:n])), steps=steps,
                        order=lambda ts, epoch: epoch_order(ts.key, epoch, n, 32))
     step = engine.carried_step(plan)
-    program = engine.epoch_program(plan, step)
+    program = engine.epoch_program(step)
     order = jax.eval_shape(plan.order, train_state, 0)
     carry = engine.EpochCarry(train_state, engine.no_halt(train_state), plan.order(train_state, 0),
                               engine.empty_per_step(plan, step, train_state, order))
@@ -65,7 +65,7 @@ def boundary_cost(x, y, steps: int, repeats: int) -> tuple[float, float]:
         for chunks in (1, 8):
             began = time.perf_counter()
             for start in range(0, steps, steps // chunks):
-                carry = program(carry, np.int32(start), np.int32(start + steps // chunks))
+                carry = program(carry, plan.data, np.int32(start), np.int32(start + steps // chunks))
                 np.asarray(carry.halted)  # the sync the engine does after each chunk when a bar is shown
             if repeat:  # the first round compiles and warms up
                 times[chunks].append(time.perf_counter() - began)

@@ -56,7 +56,12 @@ class Plan(NamedTuple):
       data: the device pytree batches are taken from (``take(data, order[i])``); None for a stream.
       order: traceable ``(train_state, epoch) -> (steps, [K,] batch)`` example indices; None for a stream.
       steps: steps per epoch; None for a stream.
-      validate: traceable ``train_state -> {name: value}`` (the names without ``val_``), or None.
+      validate: traceable ``(train_state, *validation) -> {name: value}`` (the names without ``val_``), or None.
+      validation: the device arrays ``validate`` takes after the train state: ``(x_val, y_val)``.
+
+    The compiled programs take ``data`` and ``validation`` as arguments, never as constants: a program
+    compiled for one data set serves another of the same shapes, and no data set is baked into an
+    executable (or into the persistent cache, whose key hashes the program).
     """
 
     step: Callable[[TrainState, Batch], tuple[TrainState, dict[str, Array]]]
@@ -65,7 +70,8 @@ class Plan(NamedTuple):
     data: Any = None
     order: Callable[[TrainState, Array], Array] | None = None
     steps: int | None = None
-    validate: Callable[[TrainState], dict[str, Array]] | None = None
+    validate: Callable[..., dict[str, Array]] | None = None
+    validation: tuple[Any, ...] = ()
 
 
 def carried_step(plan: Plan) -> Callable[..., tuple[TrainState, Array, dict[str, Array]]]:
@@ -115,13 +121,13 @@ class EpochCarry(NamedTuple):
     per_step: dict[str, Array]  # name -> (steps, [K,] ...) metrics of each step
 
 
-def run_steps(plan: Plan, step: Callable[..., Any], carry: EpochCarry, start: Any, stop: Any) -> EpochCarry:
-    """Steps ``start .. stop - 1`` of the epoch in ``carry``, each by ``step`` (``carried_step(plan)``);
-    traceable (Python bounds make a ``scan``)."""
+def run_steps(step: Callable[..., Any], carry: EpochCarry, data: Any, start: Any, stop: Any) -> EpochCarry:
+    """Steps ``start .. stop - 1`` of the epoch in ``carry``, each by ``step`` (``carried_step(plan)``) on its
+    batch of ``data``; traceable (Python bounds make a ``scan``)."""
 
     def body(i, loop):
         train_state, halted, per_step = loop
-        train_state, halted, metrics = step(train_state, halted, take(plan.data, carry.order[i]))
+        train_state, halted, metrics = step(train_state, halted, take(data, carry.order[i]))
         return train_state, halted, {name: per_step[name].at[i].set(value) for name, value in metrics.items()}
 
     loop = jax.lax.fori_loop(start, stop, body, (carry.train_state, carry.halted, carry.per_step))
@@ -135,29 +141,30 @@ def empty_per_step(plan: Plan, step: Callable[..., Any], train_state: TrainState
     return {name: zeros((plan.steps, *s.shape), s.dtype) for name, s in shapes.items()}
 
 
-def epoch_program(plan: Plan, step: Callable[..., Any]) -> Callable[[EpochCarry, Any, Any], EpochCarry]:
-    """``(carry, start, stop) -> carry``, compiled: steps ``start .. stop - 1`` of the epoch whose order
-    ``carry`` holds, each by ``step`` (the carry donated). One program serves every chunk size."""
+def epoch_program(step: Callable[..., Any]) -> Callable[[EpochCarry, Any, Any, Any], EpochCarry]:
+    """``(carry, data, start, stop) -> carry``, compiled: steps ``start .. stop - 1`` of the epoch whose
+    order ``carry`` holds, each by ``step`` (the carry donated). One program serves every chunk size."""
 
-    def chunk(carry: EpochCarry, start: Array, stop: Array) -> EpochCarry:
-        return run_steps(plan, step, carry, start, stop)
+    def chunk(carry: EpochCarry, data: Any, start: Array, stop: Array) -> EpochCarry:
+        return run_steps(step, carry, data, start, stop)
 
     return compile_jit(chunk, donate_argnums=0)
 
 
 def run_program(plan: Plan) -> Callable[..., tuple[TrainState, Array, dict[str, Array], dict[str, Array]]]:
-    """``(train_state, halted, epochs) -> (train_state, halted, per_step, validation)``, compiled: the
-    whole run as one ``lax.scan`` over ``epochs``; ``per_step`` and ``validation`` gain a leading epoch axis."""
+    """``(train_state, halted, epochs, data, validation) -> (train_state, halted, per_step, validation)``,
+    compiled: the whole run as one ``lax.scan`` over ``epochs`` of ``plan``'s run on ``data`` (validated on
+    ``validation``); the ``per_step`` and ``validation`` results gain a leading epoch axis."""
 
     step = carried_step(plan)
 
-    def run(train_state: TrainState, halted: Array, epochs: Array):
+    def run(train_state: TrainState, halted: Array, epochs: Array, data: Any, validation: tuple[Any, ...]):
         def one_epoch(loop, epoch):
             order = plan.order(loop[0], epoch)
             carry = EpochCarry(*loop, order, empty_per_step(plan, step, loop[0], order))
-            carry = run_steps(plan, step, carry, 0, plan.steps)
-            validation = plan.validate(carry.train_state) if plan.validate is not None else {}
-            return (carry.train_state, carry.halted), (carry.per_step, validation)
+            carry = run_steps(step, carry, data, 0, plan.steps)
+            logs = plan.validate(carry.train_state, *validation) if plan.validate is not None else {}
+            return (carry.train_state, carry.halted), (carry.per_step, logs)
 
         (train_state, halted), (per_step, validation) = jax.lax.scan(one_epoch, (train_state, halted), epochs)
         return train_state, halted, per_step, validation
@@ -171,15 +178,15 @@ def differentiable_run(plan: Plan, *, remat: bool = True) -> Callable[..., tuple
     so reverse-differentiable) for ``jax.grad``/``jax.vmap``/``jax.jit`` to take whole. ``remat`` wraps
     each epoch in ``jax.checkpoint``: the backward pass keeps one train state per epoch and recomputes
     an epoch's steps, so memory grows with the number of epochs, not of steps. No halting (``plan.halt``
-    must be False)."""
+    must be False). The data are closed over: constants of the program of whoever compiles ``run``."""
 
     step = carried_step(plan)
 
     def one_epoch(train_state, epoch):
         order = plan.order(train_state, epoch)
         carry = EpochCarry(train_state, no_halt(train_state), order, empty_per_step(plan, step, train_state, order))
-        carry = run_steps(plan, step, carry, 0, plan.steps)
-        validation = plan.validate(carry.train_state) if plan.validate is not None else {}
+        carry = run_steps(step, carry, plan.data, 0, plan.steps)
+        validation = plan.validate(carry.train_state, *plan.validation) if plan.validate is not None else {}
         return carry.train_state, (carry.per_step, validation)
 
     body = jax.checkpoint(one_epoch) if remat else one_epoch
@@ -488,7 +495,7 @@ def _train(plan: Plan, train_state: TrainState, first_epoch: int, epochs: int, *
                 all_halted = bool(np.all(np.asarray(halted)))
             logs, series = epoch_logs(per_step)
             if validate is not None:
-                logs.update({f"val_{k}": v for k, v in validate(train_state).items()})
+                logs.update({f"val_{k}": v for k, v in validate(train_state, *plan.validation).items()})
             if recorder.epoch(epoch, train_state, logs, series, time.perf_counter() - start) or all_halted:
                 break
         return train_state
@@ -501,7 +508,7 @@ def _train_all(plan: Plan, train_state: TrainState, first_epoch: int, epochs: in
     recorder.progress.start()
     start = time.perf_counter()
     train_state, halted, per_step, validation = run_program(plan)(
-        train_state, no_halt(train_state), jnp.arange(first_epoch, epochs))
+        train_state, no_halt(train_state), np.arange(first_epoch, epochs, dtype=np.int32), plan.data, plan.validation)
     per_step, validation, halted = jax.device_get((per_step, validation, halted))
     seconds = (time.perf_counter() - start) / (epochs - first_epoch)
     recorder.progress.update((epochs - first_epoch) * plan.steps)
@@ -527,13 +534,13 @@ def _fused_epochs(plan: Plan, train_state: TrainState, progress: Progress, most:
     # Traced once, for the buffers' shapes and for the program; the checked mode stages its checks while
     # tracing the program (checkify), so it traces the step there again.
     step = carried_step(plan) if checks_enabled() else jax.jit(carried_step(plan))
-    program = epoch_program(plan, step)
+    program = epoch_program(step)
     draw_order = setup_jit(plan.order)
     chunks = Chunks(plan.steps, progress.enabled, most=most)
     order = jax.eval_shape(plan.order, train_state, 0)
     carry = EpochCarry(train_state, no_halt(train_state), order, empty_per_step(plan, step, train_state, order))
     # Compiled before the first epoch, so the bar's first estimate times the steps, not the compiler.
-    program.lower(carry, np.int32(0), np.int32(0)).compile()
+    program.lower(carry, plan.data, np.int32(0), np.int32(0)).compile()
     buffers = carry.per_step  # donated to each epoch's first chunk, returned by its last
 
     def run_epoch(train_state, halted, epoch, progress):
@@ -543,7 +550,7 @@ def _fused_epochs(plan: Plan, train_state: TrainState, progress: Progress, most:
         while start < plan.steps:
             size = chunks.next_size(start)
             began = time.perf_counter()
-            carry = program(carry, np.int32(start), np.int32(start + size))
+            carry = program(carry, plan.data, np.int32(start), np.int32(start + size))
             start += size
             if chunks.enabled or plan.halt:
                 halted = np.asarray(carry.halted)  # the host sync that times the chunk

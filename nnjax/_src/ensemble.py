@@ -596,7 +596,8 @@ def fit_many(
         order=lambda ts, epoch: jnp.swapaxes(  # (steps, K, batch); lax.map, as vmap would run both cond branches
             jax.lax.map(lambda key: epoch_order(key, epoch, n, batch_size), ts.key), 0, 1),
         steps=steps,
-        validate=None if val is None else lambda ts: evaluate_fn(ts, *val),
+        validate=None if val is None else evaluate_fn,
+        validation=() if val is None else val,
     )
     total = max(0, epochs - first_epoch) * steps
     recorder = Recorder("fit_many", epochs=epochs, many=True, callbacks=callbacks, checkpoints=checkpoints,

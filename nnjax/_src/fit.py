@@ -216,7 +216,8 @@ def fit(
         data=device_data(x, y),
         order=lambda ts, epoch: epoch_order(ts.key, epoch, n, batch_size),
         steps=steps,
-        validate=None if val is None else lambda ts: evaluate_fn(ts, *val),
+        validate=None if val is None else evaluate_fn,
+        validation=() if val is None else val,
     )
     bar = Progress(progress and first_step // steps < epochs, (epochs - first_step // steps) * steps)
     recorder = Recorder("fit", epochs=epochs, many=False, progress=bar, callbacks=callbacks, checkpoints=checkpoints,

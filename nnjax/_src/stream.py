@@ -186,7 +186,8 @@ def fit_stream(
             objective_fn, optimizer, nonfinite=nonfinite, step_stats=as_step_stats("fit_stream", step_stats)
         ),
         halt=nonfinite == "halt",
-        validate=None if val is None else lambda ts: evaluate_fn(ts, *val),
+        validate=None if val is None else evaluate_fn,
+        validation=() if val is None else val,
     )
     recorder = Recorder("fit_stream", epochs=epochs, many=False, callbacks=callbacks, checkpoints=checkpoints,
                         progress=Progress(progress and initial_epoch < epochs, None),

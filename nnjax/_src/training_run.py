@@ -154,7 +154,8 @@ def training_run(
             data=data,
             order=lambda ts, epoch: epoch_order(ts.key, epoch, n, batch_size),
             steps=steps,
-            validate=None if val is None else lambda ts: evaluate_fn(ts, *val),
+            validate=None if val is None else evaluate_fn,
+            validation=() if val is None else val,
         )
         train_state, per_step, validation = differentiable_run(plan, remat=remat)(train_state, jnp.arange(epochs))
         history = {name: jnp.mean(values, axis=1) for name, values in per_step.items()}
