@@ -4,6 +4,7 @@ bit-identical to an uninterrupted run; every restart resumes from the last compl
 The default suite runs 3 crash trials; ``pytest -m slow`` runs the full 20.
 """
 
+import collections
 import os
 import random
 import shutil
@@ -156,12 +157,30 @@ def _bytes(tree):
     return [np.asarray(leaf).tobytes() for leaf in jax.tree.leaves(tree)]
 
 
+def _lowerings(fn):
+    """``(fn(), {program name: how many times JAX lowered it while fn ran})``: each lowering is a compilation
+    or a cache lookup."""
+    names = collections.Counter()
+
+    def on_duration(event, duration, fun_name="", **kwargs):
+        names[fun_name] += event == "/jax/core/compile/jaxpr_to_mlir_module_duration"
+
+    jax.monitoring.register_event_duration_secs_listener(on_duration)
+    try:
+        return fn(), names
+    finally:
+        jax.monitoring.unregister_event_duration_listener(on_duration)
+
+
 @pytest.mark.parametrize("fused", ["epoch", pytest.param(False, marks=pytest.mark.slow)])  # the loop: CI's slow pass
 def test_resume_in_process_is_bit_identical(tmp_path, fused):
     full = _fit(epochs=3, fused=fused)
     first = _fit(epochs=1, fused=fused, checkpoint_dir=tmp_path, resume=True)
     assert checkpoint_steps(tmp_path) == [8]
-    rest = _fit(epochs=3, fused=fused, checkpoint_dir=tmp_path, resume=True)
+    rest, lowered = _lowerings(lambda: _fit(epochs=3, fused=fused, checkpoint_dir=tmp_path, resume=True))
+    # Each program once: the epoch's was compiled again for each placement of its arguments (a restored
+    # state is committed to its device, as is all it computes).
+    assert max(lowered.values()) == 1, lowered
     assert checkpoint_steps(tmp_path) == [8, 16, 24]
     assert list(rest.history["loss"]) == full.history["loss"][1:]
     assert _bytes(rest.train_state.params) == _bytes(full.train_state.params)

@@ -530,7 +530,10 @@ def abstract_train_state(
       >>> type(like.step).__name__
       'ShapeDtypeStruct'
     """
-    return jax.eval_shape(lambda key: init_train_state(model, optimizer, key, input_shape, dtype), jax.random.key(0))
+    # The key is made inside the trace: made outside, it is two small programs to compile.
+    return jax.eval_shape(
+        lambda seed: init_train_state(model, optimizer, jax.random.key(seed), input_shape, dtype), np.int32(0)
+    )
 
 
 def _is_key(leaf: Any) -> bool:

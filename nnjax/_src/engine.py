@@ -539,8 +539,11 @@ def _fused_epochs(plan: Plan, train_state: TrainState, progress: Progress, most:
     chunks = Chunks(plan.steps, progress.enabled, most=most)
     order = jax.eval_shape(plan.order, train_state, 0)
     carry = EpochCarry(train_state, no_halt(train_state), order, empty_per_step(plan, step, train_state, order))
-    # Compiled before the first epoch, so the bar's first estimate times the steps, not the compiler.
-    program.lower(carry, plan.data, np.int32(0), np.int32(0)).compile()
+    # Compiled before the first epoch, so the bar's first estimate times the steps, not the compiler; every
+    # chunk runs that executable (the jitted function would compile again for arguments placed otherwise:
+    # a restored train state is committed to its device, and so is all it computes).
+    compiled = program.lower(carry, plan.data, np.int32(0), np.int32(0)).compile()
+    program = program if checks_enabled() else compiled  # the checked mode raises its checks' errors on calls
     buffers = carry.per_step  # donated to each epoch's first chunk, returned by its last
 
     def run_epoch(train_state, halted, epoch, progress):
