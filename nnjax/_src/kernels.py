@@ -15,7 +15,7 @@ and the host-counted train step (1.07-1.10x on the tiny step only: tuning for di
 | ``rnn_input``      | ``x @ w_x`` hoisted out of the scan   | the projection inside the scan, step by step  |
 | ``rnn_layout``     | batch-major scan state ``(batch, h)`` | feature-major state ``(h, batch)``            |
 | ``compiler_options`` | XLA's defaults                      | XLA:CPU convolutions instead of YNNPACK's;    |
-|                      |                                     | setup programs without LLVM's optimizations   |
+|                      |                                     | setup programs compiled for compile time      |
 
 Forward mode (``jax.jvp``, ``jax.jacfwd``) works through every generic form; under the CPU forms it
 works but for ``conv`` (a custom VJP), which raises ``ForwardModeError`` naming the layer and the switch.
@@ -385,13 +385,16 @@ def jit_options() -> dict[str, Any] | None:
 
 # Setup programs run once or briefly: initialization (once per model) and each epoch's data order (once
 # per epoch, a sort). On XLA:CPU their compilation is most of their time (each random draw is a threefry
-# hash of ~20 rounds for LLVM to optimize), so they are compiled without LLVM's optimizations. Measured on
-# a 2-core CPU, XLA compilation: the README MLP's init 0.82 -> 0.29 s; the digits epoch order 0.23 ->
-# 0.13 s, its run time 0.4 ms per epoch either way (60,000 examples: 13.3 -> 16.7 ms). (XLA:CPU's classic
-# loop emitters, `xla_cpu_use_fusion_emitters=False`, would halve these again, but in jaxlib 0.10.2 they
-# miscompile the gradient of a convolution, BatchNorm, ReLU and max pool stack, found by
-# tests/test_torch_reference.py: nnjax does not use them.)
-SETUP_CPU_COMPILER_OPTIONS: dict[str, Any] = {"xla_backend_optimization_level": 0}
+# hash of ~20 rounds), so they are compiled for compile time: without LLVM's optimizations, and by XLA:CPU's
+# classic loop emitters instead of its MLIR fusion emitters. Measured on a 2-core CPU, XLA compilation:
+# the README MLP's init 0.82 s (defaults) -> 0.29 s (no LLVM optimizations) -> 0.13 s (and the classic
+# emitters); the digits epoch order 0.23 -> 0.14 -> 0.06 s, its run time 0.4-0.5 ms per epoch whatever the
+# options (60,000 examples: 13.3 -> 16.1 -> 19.8 ms). Only these programs use the classic emitters: in
+# jaxlib 0.10.2 they miscompiled the gradient of a convolution, BatchNorm, ReLU and max pool stack
+# (tests/test_torch_reference.py, when the test suite compiled everything with them). A setup program
+# computes no gradient; tests/test_train.py checks the compiled initialization of every layer family
+# against the layers' own values.
+SETUP_CPU_COMPILER_OPTIONS: dict[str, Any] = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 
 
 def setup_jit_options() -> dict[str, Any] | None:
