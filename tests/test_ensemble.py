@@ -194,6 +194,10 @@ def test_best_model_is_chosen_by_a_validation_metric(data):
     assert by_loss.best_index == int(np.argmin(by_loss.history["val_loss"][:, -1]))
     best = by_loss.best()
     assert best.params["dense_0"]["w"].shape == (4, 8)
+    last = by_loss.best(-1)  # one program takes any model: the index is an argument, checked against K
+    np.testing.assert_array_equal(last.params["dense_0"]["w"], by_loss.train_states.params["dense_0"]["w"][3])
+    with pytest.raises(IndexError, match="model index 4 is out of range for 4 models"):
+        by_loss.best(4)
     acc = nnjax.evaluate(_model(), best, xv, yv, loss=LOSS, metrics=METRICS)["accuracy"]
     assert acc > 0.85
 

@@ -116,7 +116,25 @@ def unstack(train_states: Any) -> list[Any]:
       >>> first.params["w"].shape, int(second.step)
       ((3, 2), 0)
     """
-    return [jax.tree.map(lambda leaf, i=i: leaf[i], train_states) for i in range(num_models(train_states))]
+    return [model_at(train_states, i) for i in range(num_models(train_states))]
+
+
+@jax.jit
+def _model_at(train_states: Any, index: Array) -> Any:
+    return jax.tree.map(lambda leaf: leaf[index], train_states)
+
+
+def model_at(train_states: Any, index: int) -> Any:
+    """Every leaf's ``[index]``: model ``index`` of stacked train states, taken by one program whatever the
+    index (indexed leaf by leaf, each leaf shape was a compilation of its own: 16 for a 3-layer MLP).
+
+    Raises:
+      IndexError: ``index`` is not in ``[-K, K)`` for K models (a traced index would be clamped silently).
+    """
+    k = num_models(train_states)
+    if not -k <= index < k:
+        raise IndexError(f"model index {index} is out of range for {k} models.")
+    return _model_at(train_states, np.int32(index))
 
 
 # --- optimizers with per-model hyperparameters ----------------------------------------------------------
@@ -301,9 +319,9 @@ class ManyResult(NamedTuple):
     optimizer: optax.GradientTransformation
 
     def best(self, index: int | None = None) -> TrainState:
-        """The train state of model ``index`` (default: ``best_index``), without the model axis."""
-        i = self.best_index if index is None else index
-        return jax.tree.map(lambda leaf: leaf[i], self.train_states)
+        """The train state of model ``index`` (default: ``best_index``), without the model axis; IndexError
+        for an index outside ``[-K, K)``."""
+        return model_at(self.train_states, self.best_index if index is None else index)
 
     def aggregate(self, select: str | None = None, mode: str = "min") -> Aggregate:
         """The history per hyperparameter setting over seeds: ``nnjax.ensemble.aggregate(self, ...)``."""
