@@ -95,7 +95,9 @@ def test_dense_and_conv_draw_weights_from_their_key_and_split_it_only_for_a_rand
     w_key, b_key = jax.random.split(key)  # two random initializers: one key each
     dense, _ = nnjax.Dense(4, b_init="normal").init(key, (3,))
     np.testing.assert_array_equal(dense["w"], glorot(w_key, (3, 4)))
-    np.testing.assert_array_equal(dense["b"], nnjax.initializers.normal()(b_key, (4,)))
+    # one compiled program (model.init on its own), against the initializer op by op: a normal draw rounds
+    # differently in its last bit
+    np.testing.assert_allclose(dense["b"], nnjax.initializers.normal()(b_key, (4,)), rtol=1e-6)
     jaxpr = str(jax.make_jaxpr(lambda k: nnjax.Dense(4).init(k, (3,)))(key))
     assert "random_split" not in jaxpr and jaxpr.count("random_bits") == 1  # one threefry hash to compile
 

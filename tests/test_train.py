@@ -229,11 +229,15 @@ def test_initialization_compiles_a_bounded_number_of_programs_whatever_the_depth
         before = len(programs)
         ts = nnjax.init_train_state(model, optimizer, keys[depth], (7,))
         jax.block_until_ready(ts)
+        params, _ = model.init(keys[depth], (7,))  # on its own, model.init is one program too
+        jax.block_until_ready(params)
         counts[depth] = len(programs) - before
         again = nnjax.init_train_state(model, optimizer, keys[depth], (7,))
         assert _equal(ts.params, again.params)
         assert len(ts.params) == 2 * depth + 1 and ts.params["dense_0"]["w"].shape == (7, 24 + depth)
-    assert counts == {2: 1, 20: 1}, counts  # op by op, every parameter shape was a compilation of its own
+        assert list(params) == [f"{kind}_{i}" for i, kind in enumerate(["dense", "relu"] * depth + ["dense"])]
+        assert list(params["dense_0"]) == ["w", "b"]  # the forward order, not the sorted one of JAX's trees
+    assert counts == {2: 2, 20: 2}, counts  # op by op, every parameter shape was a compilation of its own
 
 
 def test_eager_vmap_of_initialization_compiles_one_batched_program_whatever_the_depth():

@@ -10,13 +10,16 @@ instead of YNNPACK's in the CPU form, XLA's defaults in the generic form and on 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
-from nnjax._src.checks import checked_jit, checks_enabled
+from nnjax._src.checks import checked_jit, checks_enabled, compiles_on_its_own
 from nnjax._src.kernels import default_compiler_options, jit_options, setup_jit_options
+from nnjax._src.key_order import in_key_order, key_order
 
 
 def jit(fn: Callable[..., Any], **jit_kwargs: Any) -> Callable[..., Any]:
@@ -58,4 +61,41 @@ def setup_jit(fn: Callable[..., Any]) -> Callable[..., Any]:
     return jax.jit(fn, compiler_options=setup_jit_options())
 
 
-__all__ = ["default_compiler_options", "jit", "jit_options", "setup_jit"]
+def init_in_one_program(init: Callable[..., Any]) -> Callable[..., Any]:
+    """A layer's ``init`` that runs as ONE compiled setup program when called on its own (at top level, or
+    under eager ``jax.vmap``): op by op, each parameter shape's random draw was a compilation of its own
+    (the README tour's ``model.init``: 8 programs, 0.86 s cold). Under a staging transformation (``jit``,
+    ``eval_shape``, ``scan``) it is ``init`` itself, traced into the caller's program. The values are
+    ``init``'s, key for key (compiled rather than op by op, a normal draw may round differently in its
+    last bit), and so is the order of the dicts' keys (which JAX sorts)."""
+
+    @functools.wraps(init)
+    def run(key: Any, input_shape: Any, *args: Any, **kwargs: Any) -> Any:
+        if len(args) > 1 or set(kwargs) - {"dtype"} or not compiles_on_its_own():
+            return init(key, input_shape, *args, **kwargs)
+        dtype = jnp.dtype(args[0] if args else kwargs.get("dtype", jnp.float32))
+        shape_leaves, shape_def = jax.tree.flatten(input_shape)
+        program, order = _init_program(init, shape_def, tuple(shape_leaves), dtype)
+        return in_key_order(program(key), order["tree"])
+
+    return run
+
+
+@functools.lru_cache(maxsize=64)
+def _init_program(
+    init: Callable[..., Any], shape_def: Any, shape_leaves: tuple, dtype: Any
+) -> tuple[Callable[..., Any], dict[str, Any]]:
+    """``key -> init(key, input_shape, dtype)`` as a setup program, one per layer, input shape and dtype, and
+    the ``key_order`` of what it returns (noted while tracing)."""
+    input_shape = jax.tree.unflatten(shape_def, shape_leaves)
+    order: dict[str, Any] = {}
+
+    def traced(key: Any) -> Any:
+        tree = init(key, input_shape, dtype)
+        order["tree"] = key_order(tree)
+        return tree
+
+    return setup_jit(traced), order
+
+
+__all__ = ["default_compiler_options", "init_in_one_program", "jit", "jit_options", "setup_jit"]

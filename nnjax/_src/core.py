@@ -20,8 +20,9 @@ import jax
 import jax.numpy as jnp
 
 from nnjax._src.checks import suspended
+from nnjax._src.compile import init_in_one_program
 from nnjax._src.errors import LayerError, LayerTypeError, with_location
-from nnjax._src.layer_checks import check_children, checked_apply, checked_init
+from nnjax._src.layer_checks import check_children, checked_apply, checked_init, is_checked
 from nnjax._src.types import DType, Params, PRNGKey, Shape, State
 
 LOCATED_ERRORS = (LayerError, LayerTypeError)
@@ -62,6 +63,7 @@ class Layer(_LayerFields):
 
     ``Layer(...)`` wraps ``init`` and ``apply`` with checks of their arguments (a PRNG key, one example's shape,
     a floating dtype; ``apply`` given its state), so a mistake names the layer; the checks run while tracing.
+    Called on its own (not under ``jit``), ``init`` runs as one compiled program, whatever the depth.
     A layer is not called directly (``layer(x)`` is a Keras habit): use ``layer.apply(params, state, x)``.
 
     Example:
@@ -81,7 +83,9 @@ class Layer(_LayerFields):
         cls, init: InitFn, apply: ApplyFn, name: str, input_dtype: DType | None = None,
         input_range: tuple[int, int] | None = None,
     ) -> Layer:
-        init, apply = checked_init(init, name), checked_apply(apply, name)
+        if not is_checked(init):  # another layer's init is already checked and compiled on its own
+            init = checked_init(init_in_one_program(init), name)
+        apply = checked_apply(apply, name)
         return super().__new__(cls, init, apply, name, input_dtype, input_range)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

@@ -51,6 +51,7 @@ import numpy as np
 
 from nnjax._src.core import Layer, kind, stateless
 from nnjax._src.errors import LayerError, check_rank
+from nnjax._src.key_order import in_key_order, key_order
 from nnjax._src.normalization import BatchNorm
 from nnjax._src.stack import STACKED
 from nnjax._src.types import DType, Params, PRNGKey, Shape, State
@@ -718,13 +719,6 @@ def _state_dict(where: str, state_dict: Any) -> dict[str, np.ndarray]:
     return {str(k): _as_numpy(v, where, k) for k, v in state_dict.items()}
 
 
-def _key_order(tree: Any) -> Any:
-    """The dict structure of ``tree`` (keys in order; ``None`` for leaves)."""
-    if isinstance(tree, tuple):
-        return tuple(_key_order(t) for t in tree)
-    return {k: _key_order(v) for k, v in tree.items()} if isinstance(tree, dict) else None
-
-
 def _template(
     model: Layer, input_shape: Shape, dtype: DType, key: PRNGKey | None, values: bool
 ) -> tuple[Params, State]:
@@ -735,7 +729,7 @@ def _template(
 
     def init(k):
         tree = model.init(k, input_shape, dtype)
-        order["tree"] = _key_order(tree)
+        order["tree"] = key_order(tree)
         return tree
 
     key = jax.random.key(0) if key is None else key
@@ -743,7 +737,7 @@ def _template(
         tree = jax.tree.map(np.asarray, jax.jit(init)(key))
     else:
         tree = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), jax.eval_shape(init, key))
-    params, state = _reorder(tuple(tree), order["tree"])
+    params, state = in_key_order(tuple(tree), order["tree"])
     return params, state
 
 
@@ -972,8 +966,8 @@ def to_torch_state_dict(
     mapping, kinds = dict(mapping or {}), dict(kinds or {})
     if input_shape is not None:
         fresh_p, fresh_s = _template(model, input_shape, jnp.float32, None, values=False)
-        params = _reorder(params, fresh_p)
-        state = _reorder(state, fresh_s)
+        params = in_key_order(params, fresh_p)
+        state = in_key_order(state, fresh_s)
     params, state, _ = _unstack(params, state)
     units = _units(params, state, kind(model), kinds)
     _check_mapping(where, units, mapping, kinds)
@@ -1000,16 +994,6 @@ def to_torch_state_dict(
         for local, value in CONVERTERS[unit.kind].to_torch(unit.params, unit.state, ctx).items():
             out[_join(prefix, local)] = _contiguous(value)
     return out
-
-
-def _reorder(tree: Any, like: Any) -> Any:
-    """``tree`` with the dict key order of ``like`` (for keys both have)."""
-    if isinstance(tree, tuple) and isinstance(like, tuple):
-        return tuple(_reorder(t, lk) for t, lk in zip(tree, like, strict=True))
-    if not isinstance(tree, dict) or not isinstance(like, dict):
-        return tree
-    keys = [k for k in like if k in tree] + [k for k in tree if k not in like]
-    return {k: _reorder(tree[k], like.get(k)) for k in keys}
 
 
 def TorchBatchNorm(  # noqa: N802 - layer constructors are CamelCase

@@ -96,9 +96,14 @@ def check_param_dtype(where: str, dtype: Any) -> None:
         )
 
 
+def is_checked(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` is already a ``checked_init`` or ``checked_apply`` (a Layer's own)."""
+    return getattr(fn, _CHECKED, False)
+
+
 def checked_init(init: Callable[..., Any], name: str) -> Callable[..., Any]:
     """``init`` with its ``key``, ``input_shape`` and ``dtype`` checked first."""
-    if getattr(init, _CHECKED, False):
+    if is_checked(init):
         return init
     where = f"{name}.init"
 
@@ -122,7 +127,7 @@ def checked_init(init: Callable[..., Any], name: str) -> Callable[..., Any]:
 
 def checked_apply(apply: Callable[..., Any], name: str) -> Callable[..., Any]:
     """``apply`` with its arguments counted and its ``key`` checked first."""
-    if getattr(apply, _CHECKED, False):
+    if is_checked(apply):
         return apply
     where = f"{name}.apply"
 

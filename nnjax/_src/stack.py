@@ -23,6 +23,7 @@ from jax import lax
 
 from nnjax._src.core import LOCATED_ERRORS, Layer, input_spec, output_spec, spec_shape
 from nnjax._src.errors import LayerError, with_location
+from nnjax._src.key_order import in_key_order, key_order
 
 STACKED = "layers"  # the key of a stack's params and state: ``{"layers": <block's, each with a leading n axis>}``
 
@@ -49,22 +50,6 @@ def _policy(where: str, policy: Any) -> Callable[..., Any] | None:
         f"{where}: argument `policy` expected one of {sorted(POLICIES)}, a `jax.checkpoint_policies` policy or None, "
         f"given {policy!r}."
     )
-
-
-def _key_order(tree: Any) -> Any:
-    """The dict structure of ``tree``, keys in insertion order (``None`` at other nodes)."""
-    if isinstance(tree, (tuple, list)):
-        return type(tree)(_key_order(t) for t in tree)
-    return {k: _key_order(v) for k, v in tree.items()} if isinstance(tree, dict) else None
-
-
-def _in_order(tree: Any, order: Any) -> Any:
-    """``tree`` with the dict key order of ``order`` (JAX transformations return dicts with sorted keys)."""
-    if isinstance(tree, (tuple, list)) and isinstance(order, (tuple, list)):
-        return type(tree)(_in_order(t, o) for t, o in zip(tree, order, strict=True))
-    if isinstance(tree, dict) and isinstance(order, dict) and set(tree) == set(order):
-        return {k: _in_order(tree[k], order[k]) for k in order}
-    return tree
 
 
 class Stacked(Layer):
@@ -210,14 +195,14 @@ def stack(block: Layer, n: int, *, remat: Any = None, unroll: int | bool = 1) ->
 
             def one(k):
                 tree = block.init(k, input_shape, dtype)
-                order["tree"] = _key_order(tree)  # the block's forward order of named parts, for interop and repr
+                order["tree"] = key_order(tree)  # the block's forward order of named parts, for interop and repr
                 return tree
 
             if key is None:  # layers without random init (norms) accept None: the n copies are equal
                 tree = jax.tree.map(lambda a: jnp.broadcast_to(a, (n, *jnp.shape(a))), one(None))
             else:  # one compiled program (eagerly, a vmapped init runs op by op, slowly); inlined inside a trace
                 tree = jax.jit(jax.vmap(one))(jax.random.split(key, n))
-            params, state = _in_order(tree, order["tree"])
+            params, state = in_key_order(tree, order["tree"])
             # one copy's shapes, for the shape check (slicing copy 0 eagerly compiled two programs per leaf shape)
             first_p, first_s = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), (params, state))
             spec = input_spec(block, input_shape, dtype)
