@@ -59,7 +59,7 @@ def boundary_cost(x, y, steps: int, repeats: int) -> tuple[float, float]:
     program = engine.epoch_program(step)
     order = jax.eval_shape(plan.order, train_state, 0)
     carry = engine.EpochCarry(train_state, engine.no_halt(train_state), plan.order(train_state, 0),
-                              engine.empty_per_step(plan, step, train_state, order))
+                              engine.empty_per_step(plan, step, train_state, order, plan.data))
     times: dict[int, list[float]] = {1: [], 8: []}
     for repeat in range(repeats + 1):
         for chunks in (1, 8):

@@ -313,7 +313,7 @@ def test_the_fused_epoch_and_the_fused_run_hold_no_host_callback():
     plan, ts = _plan()
     order, step = jax.eval_shape(plan.order, ts, 0), engine.carried_step(plan)
     carry = engine.EpochCarry(ts, engine.no_halt(ts), np.zeros(order.shape, order.dtype),
-                              engine.empty_per_step(plan, step, ts, order))
+                              engine.empty_per_step(plan, step, ts, order, plan.data))
     epoch_text = engine.epoch_program(step).lower(carry, plan.data, np.int32(0), np.int32(4)).as_text()
     order_text = jax.jit(plan.order).lower(ts, np.int32(0)).as_text()  # each fused epoch's order program
     epochs = np.arange(0, 3, dtype=np.int32)
@@ -331,7 +331,7 @@ def test_the_fused_programs_take_the_data_as_arguments_not_constants():
     other = jax.tree.map(lambda a: a[::-1], plan.data)
     order, step = jax.eval_shape(plan.order, ts, 0), engine.carried_step(plan)
     carry = engine.EpochCarry(ts, engine.no_halt(ts), np.zeros(order.shape, order.dtype),
-                              engine.empty_per_step(plan, step, ts, order))
+                              engine.empty_per_step(plan, step, ts, order, plan.data))
     epoch = engine.epoch_program(step)
     run, epochs = engine.run_program(plan), np.arange(0, 2, dtype=np.int32)
     texts = [

@@ -17,6 +17,7 @@ epoch logs in one place (``epoch_logs``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -33,6 +34,7 @@ from nnjax._src.checks import at_top_level, checks_enabled
 from nnjax._src.compile import jit as compile_jit
 from nnjax._src.compile import setup_jit
 from nnjax._src.errors import NonFiniteError
+from nnjax._src.kernels import jit_options
 from nnjax._src.objective import Objective
 from nnjax._src.step_stats import STEP_PREFIX
 from nnjax._src.train import Batch, TrainState, jit_train_step, nonfinite_leaf
@@ -134,9 +136,12 @@ def run_steps(step: Callable[..., Any], carry: EpochCarry, data: Any, start: Any
     return carry._replace(train_state=loop[0], halted=loop[1], per_step=loop[2])
 
 
-def empty_per_step(plan: Plan, step: Callable[..., Any], train_state: TrainState, order: Any) -> dict[str, Array]:
-    """Zero buffers ``(steps, [K,] ...)`` for each per-step metric of ``step``, shaped by tracing it once."""
-    batch = jax.eval_shape(lambda ts, o: take(plan.data, o[0]), train_state, order)
+def empty_per_step(
+    plan: Plan, step: Callable[..., Any], train_state: TrainState, order: Any, data: Any
+) -> dict[str, Array]:
+    """Zero buffers ``(steps, [K,] ...)`` for each per-step metric of ``step`` on batches of ``data``, shaped
+    by tracing it once."""
+    batch = jax.eval_shape(lambda o, d: take(d, o[0]), order, data)
     shapes = jax.eval_shape(step, train_state, no_halt(train_state), batch)[2]
     return {name: zeros((plan.steps, *s.shape), s.dtype) for name, s in shapes.items()}
 
@@ -161,7 +166,7 @@ def run_program(plan: Plan) -> Callable[..., tuple[TrainState, Array, dict[str, 
     def run(train_state: TrainState, halted: Array, epochs: Array, data: Any, validation: tuple[Any, ...]):
         def one_epoch(loop, epoch):
             order = plan.order(loop[0], epoch)
-            carry = EpochCarry(*loop, order, empty_per_step(plan, step, loop[0], order))
+            carry = EpochCarry(*loop, order, empty_per_step(plan, step, loop[0], order, data))
             carry = run_steps(step, carry, data, 0, plan.steps)
             logs = plan.validate(carry.train_state, *validation) if plan.validate is not None else {}
             return (carry.train_state, carry.halted), (carry.per_step, logs)
@@ -184,7 +189,8 @@ def differentiable_run(plan: Plan, *, remat: bool = True) -> Callable[..., tuple
 
     def one_epoch(train_state, epoch):
         order = plan.order(train_state, epoch)
-        carry = EpochCarry(train_state, no_halt(train_state), order, empty_per_step(plan, step, train_state, order))
+        per_step = empty_per_step(plan, step, train_state, order, plan.data)
+        carry = EpochCarry(train_state, no_halt(train_state), order, per_step)
         carry = run_steps(step, carry, plan.data, 0, plan.steps)
         validation = plan.validate(carry.train_state, *plan.validation) if plan.validate is not None else {}
         return carry.train_state, (carry.per_step, validation)
@@ -483,7 +489,7 @@ def _train(plan: Plan, train_state: TrainState, first_epoch: int, epochs: int, *
             run_epoch = _fused_epochs(plan, train_state, recorder.progress, recorder.progress_every)
         else:
             run_epoch = _loop_epochs(plan, batches, recorder.where, recorder.progress_every or LOOP_CHUNK)
-        validate = None if plan.validate is None else compile_jit(plan.validate)
+        validate = None if plan.validate is None else validate_program(plan)
         recorder.progress.start()
         halted = no_halt(train_state)
         for epoch in range(first_epoch, epochs):
@@ -507,7 +513,7 @@ def _train_all(plan: Plan, train_state: TrainState, first_epoch: int, epochs: in
     """The whole run as one program; then each epoch is recorded (checkpointed once, at the end)."""
     recorder.progress.start()
     start = time.perf_counter()
-    train_state, halted, per_step, validation = run_program(plan)(
+    train_state, halted, per_step, validation = kept_run_program(plan)(
         train_state, no_halt(train_state), np.arange(first_epoch, epochs, dtype=np.int32), plan.data, plan.validation)
     per_step, validation, halted = jax.device_get((per_step, validation, halted))
     seconds = (time.perf_counter() - start) / (epochs - first_epoch)
@@ -528,17 +534,44 @@ def _train_all(plan: Plan, train_state: TrainState, first_epoch: int, epochs: in
     return train_state
 
 
+def kept_per_plan(build: Callable[[Plan], Any]) -> Callable[[Plan], Any]:
+    """``build(plan)``, kept for the last 32 plans (without their data: the programs take the data as
+    arguments) under the checked mode and XLA options it was built with. A driver that hands the engine
+    the same plan functions again (``fit_plan``) runs the jitted programs it already traced and compiled."""
+    kept = functools.lru_cache(maxsize=32)(lambda spec, mode: build(spec))
+
+    def get(plan: Plan) -> Any:
+        spec = plan._replace(data=None, validation=())
+        try:
+            hash(spec)
+        except TypeError:  # unhashable parts: built afresh
+            return build(spec)
+        return kept(spec, (checks_enabled(), repr(jit_options())))
+
+    return get
+
+
+def _fused_programs(plan: Plan) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
+    """``(step, epoch program, order program)`` of ``_fused_epochs``."""
+    # The step is traced once, for the buffers' shapes and for the program; the checked mode stages its
+    # checks while tracing the program (checkify), so it traces the step there again.
+    step = carried_step(plan) if checks_enabled() else jax.jit(carried_step(plan))
+    return step, epoch_program(step), setup_jit(plan.order)
+
+
+fused_programs = kept_per_plan(_fused_programs)
+validate_program = kept_per_plan(lambda plan: compile_jit(plan.validate))
+kept_run_program = kept_per_plan(run_program)
+
+
 def _fused_epochs(plan: Plan, train_state: TrainState, progress: Progress, most: int | None) -> EpochRunner:
     """Epochs as compiled chunks of steps (``epoch_program``), sized by ``Chunks`` for the progress bar;
     each epoch's order is drawn by a setup program of its own (compiled for compile time, ``setup_jit``)."""
-    # Traced once, for the buffers' shapes and for the program; the checked mode stages its checks while
-    # tracing the program (checkify), so it traces the step there again.
-    step = carried_step(plan) if checks_enabled() else jax.jit(carried_step(plan))
-    program = epoch_program(step)
-    draw_order = setup_jit(plan.order)
+    step, program, draw_order = fused_programs(plan)
     chunks = Chunks(plan.steps, progress.enabled, most=most)
     order = jax.eval_shape(plan.order, train_state, 0)
-    carry = EpochCarry(train_state, no_halt(train_state), order, empty_per_step(plan, step, train_state, order))
+    per_step = empty_per_step(plan, step, train_state, order, plan.data)
+    carry = EpochCarry(train_state, no_halt(train_state), order, per_step)
     # Compiled before the first epoch, so the bar's first estimate times the steps, not the compiler; every
     # chunk runs that executable (the jitted function would compile again for arguments placed otherwise:
     # a restored train state is committed to its device, and so is all it computes).
