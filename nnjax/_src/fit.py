@@ -238,7 +238,11 @@ def fit_plan(
 
 
 @functools.lru_cache(maxsize=32)
-def _fit_plan(model, loss, metric_items, optimizer, nonfinite, step_stats, n, batch_size, validated) -> Plan:
+def _fit_plan(
+    model: Layer, loss: Loss | Objective, metric_items: tuple[tuple[str, Metric], ...] | None,
+    optimizer: optax.GradientTransformation, nonfinite: str | None, step_stats: StepStats | None, n: int,
+    batch_size: int, validated: bool,
+) -> Plan:
     metrics = None if metric_items is None else dict(metric_items)
     return Plan(
         build_train_step(as_objective("fit", model, loss, metrics), optimizer, nonfinite=nonfinite,
