@@ -1,9 +1,14 @@
 """Metrics: pure functions ``metric(predictions, targets, ...) -> scalar`` (same argument order as losses).
 
 They work under ``jit`` and ``vmap``; pass them to ``fit`` or ``make_train_step`` as ``{"name": fn}``.
+Each checks its arguments where they enter (shapes, dtypes, and label values when they are concrete),
+then computes in one jitted function: called on its own, a metric is one compiled program (op by op,
+``r2_score`` was nine), and inside a caller's ``jit`` it is traced into the caller's program.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -42,12 +47,16 @@ def _check_class_scores(metric: str, logits: Array, labels: Array) -> None:
     check_integer_labels(metric, labels, _shape(logits)[-1])
 
 
-def _weighted_mean(values: Array, weights: Array | None, metric: str = "metric") -> Array:
+def _check_weights(metric: str, weights: Array | None, targets: Array) -> None:
+    """``weights``, when given, must hold one value per example: shape ``(batch,)``."""
+    if weights is not None and _shape(weights) != _shape(targets)[:1]:
+        raise ValueError(f"{metric}: argument `weights` expected shape {_shape(targets)[:1]} (one per example), given {_shape(weights)}.")
+
+
+def _weighted_mean(values: Array, weights: Array | None) -> Array:
     values = values.astype(jnp.float32) if not jnp.issubdtype(values.dtype, jnp.inexact) else values
     if weights is None:
         return jnp.mean(values)
-    if _shape(weights) != _shape(values)[:1]:
-        raise ValueError(f"{metric}: argument `weights` expected shape {_shape(values)[:1]} (one per example), given {_shape(weights)}.")
     weights = jnp.asarray(weights, values.dtype)
     return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), jnp.finfo(values.dtype).tiny)
 
@@ -75,8 +84,14 @@ def accuracy(logits: Array, labels: Array, weights: Array | None = None) -> Arra
       0.6667
     """
     _check_class_scores("accuracy", logits, labels)
+    _check_weights("accuracy", weights, labels)
+    return _accuracy(logits, labels, weights)
+
+
+@jax.jit
+def _accuracy(logits: Array, labels: Array, weights: Array | None) -> Array:
     correct = jnp.argmax(logits, axis=-1) == labels
-    return _weighted_mean(correct.reshape(correct.shape[0], -1).mean(axis=1), weights, "accuracy")
+    return _weighted_mean(correct.reshape(correct.shape[0], -1).mean(axis=1), weights)
 
 
 def binary_accuracy(logits: Array, labels: Array, weights: Array | None = None, *, threshold: float = 0.0) -> Array:
@@ -104,8 +119,14 @@ def binary_accuracy(logits: Array, labels: Array, weights: Array | None = None, 
     """
     _check_batch("binary_accuracy", logits, "logits")
     _check_same_shape("binary_accuracy", logits, labels, ("logits", "labels"))
+    _check_weights("binary_accuracy", weights, labels)
+    return _binary_accuracy(logits, labels, weights, threshold)
+
+
+@jax.jit
+def _binary_accuracy(logits: Array, labels: Array, weights: Array | None, threshold: Array) -> Array:
     correct = (logits > threshold) == (labels > 0.5)
-    return _weighted_mean(correct.reshape(correct.shape[0], -1).mean(axis=1), weights, "binary_accuracy")
+    return _weighted_mean(correct.reshape(correct.shape[0], -1).mean(axis=1), weights)
 
 
 def top_k_accuracy(logits: Array, labels: Array, weights: Array | None = None, *, k: int = 5) -> Array:
@@ -134,9 +155,15 @@ def top_k_accuracy(logits: Array, labels: Array, weights: Array | None = None, *
     _check_class_scores("top_k_accuracy", logits, labels)
     if not isinstance(k, int) or not 1 <= k <= jnp.shape(logits)[-1]:
         raise ValueError(f"top_k_accuracy: argument `k` expected an int in [1, {jnp.shape(logits)[-1]}] (the number of classes), given {k!r}.")
+    _check_weights("top_k_accuracy", weights, labels)
+    return _top_k_accuracy(logits, labels, weights, k)
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _top_k_accuracy(logits: Array, labels: Array, weights: Array | None, k: int) -> Array:
     _, top = jax.lax.top_k(logits, k)
     hit = jnp.any(top == labels[..., None], axis=-1)
-    return _weighted_mean(hit.reshape(hit.shape[0], -1).mean(axis=1), weights, "top_k_accuracy")
+    return _weighted_mean(hit.reshape(hit.shape[0], -1).mean(axis=1), weights)
 
 
 def confusion_matrix(predictions: Array, labels: Array, num_classes: int | None = None) -> Array:
@@ -181,6 +208,11 @@ def confusion_matrix(predictions: Array, labels: Array, num_classes: int | None 
         )
     check_integer_labels(name, labels, num_classes)
     check_integer_labels(name, predictions, num_classes)
+    return _confusion_matrix(predictions, labels, num_classes)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _confusion_matrix(predictions: Array, labels: Array, num_classes: int) -> Array:
     flat = labels.reshape(-1) * num_classes + predictions.reshape(-1)
     return jnp.bincount(flat, length=num_classes * num_classes).reshape(num_classes, num_classes)
 
@@ -212,7 +244,13 @@ def mae(predictions: Array, targets: Array, weights: Array | None = None) -> Arr
       1.3333
     """
     _check_regression("mae", predictions, targets)
-    return _weighted_mean(jnp.abs(predictions - targets).reshape(jnp.shape(targets)[0], -1).mean(axis=1), weights, "mae")
+    _check_weights("mae", weights, targets)
+    return _mae(predictions, targets, weights)
+
+
+@jax.jit
+def _mae(predictions: Array, targets: Array, weights: Array | None) -> Array:
+    return _weighted_mean(jnp.abs(predictions - targets).reshape(targets.shape[0], -1).mean(axis=1), weights)
 
 
 def rmse(predictions: Array, targets: Array, weights: Array | None = None) -> Array:
@@ -237,7 +275,14 @@ def rmse(predictions: Array, targets: Array, weights: Array | None = None) -> Ar
       1.633
     """
     _check_regression("rmse", predictions, targets)
-    return jnp.sqrt(_weighted_mean(jnp.square(predictions - targets).reshape(jnp.shape(targets)[0], -1).mean(axis=1), weights, "rmse"))
+    _check_weights("rmse", weights, targets)
+    return _rmse(predictions, targets, weights)
+
+
+@jax.jit
+def _rmse(predictions: Array, targets: Array, weights: Array | None) -> Array:
+    squared = jnp.square(predictions - targets).reshape(targets.shape[0], -1).mean(axis=1)
+    return jnp.sqrt(_weighted_mean(squared, weights))
 
 
 def r2_score(predictions: Array, targets: Array) -> Array:
@@ -266,6 +311,11 @@ def r2_score(predictions: Array, targets: Array) -> Array:
       0.97
     """
     _check_regression("r2_score", predictions, targets)
+    return _r2_score(predictions, targets)
+
+
+@jax.jit
+def _r2_score(predictions: Array, targets: Array) -> Array:
     ss_res = jnp.sum(jnp.square(targets - predictions))
     ss_tot = jnp.sum(jnp.square(targets - jnp.mean(targets, axis=0)))
     safe = jnp.where(ss_tot > 0, ss_tot, 1.0)
