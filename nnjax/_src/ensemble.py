@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -129,9 +130,10 @@ def model_at(train_states: Any, index: int) -> Any:
     index (indexed leaf by leaf, each leaf shape was a compilation of its own: 16 for a 3-layer MLP).
 
     Raises:
+      TypeError: ``index`` is not an integer.
       IndexError: ``index`` is not in ``[-K, K)`` for K models (a traced index would be clamped silently).
     """
-    k = num_models(train_states)
+    k, index = num_models(train_states), operator.index(index)
     if not -k <= index < k:
         raise IndexError(f"model index {index} is out of range for {k} models.")
     return _model_at(train_states, np.int32(index))
