@@ -228,3 +228,14 @@ def test_deep_models_tiny_run(tmp_path):
     by_policy = {r["policy"]: r["temp_bytes"] for r in result["memory"]}
     assert by_policy["nothing_saveable"] < by_policy[None]  # remat keeps less for the backward pass
     assert "| remat policy |" in (tmp_path / "deep.md").read_text()
+
+
+@pytest.mark.slow  # fourteen fresh processes: CI's slow pass
+def test_startup_benchmark_runs_and_reports_every_row(tmp_path):
+    out = tmp_path / "startup.md"
+    script = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "startup.py"
+    subprocess.run([sys.executable, str(script), "--runs", "1", "--out", str(out)], check=True, capture_output=True)
+    text = out.read_text()
+    for row in ("import nnjax | once", "init_train_state, README MLP | warm", "second fit in a process | no cache"):
+        assert row in text
+    assert "| model.init, README tour | cold |" in text and text.count("| 1 |") >= 4  # one program each
