@@ -250,7 +250,7 @@ def mae(predictions: Array, targets: Array, weights: Array | None = None) -> Arr
 
 @jax.jit
 def _mae(predictions: Array, targets: Array, weights: Array | None) -> Array:
-    return _weighted_mean(jnp.abs(predictions - targets).reshape(targets.shape[0], -1).mean(axis=1), weights)
+    return _weighted_mean(jnp.abs(predictions - targets).reshape(jnp.shape(targets)[0], -1).mean(axis=1), weights)
 
 
 def rmse(predictions: Array, targets: Array, weights: Array | None = None) -> Array:
@@ -281,7 +281,7 @@ def rmse(predictions: Array, targets: Array, weights: Array | None = None) -> Ar
 
 @jax.jit
 def _rmse(predictions: Array, targets: Array, weights: Array | None) -> Array:
-    squared = jnp.square(predictions - targets).reshape(targets.shape[0], -1).mean(axis=1)
+    squared = jnp.square(predictions - targets).reshape(jnp.shape(targets)[0], -1).mean(axis=1)
     return jnp.sqrt(_weighted_mean(squared, weights))
 
 
