@@ -61,6 +61,14 @@ def setup_jit(fn: Callable[..., Any]) -> Callable[..., Any]:
     return jax.jit(fn, compiler_options=setup_jit_options())
 
 
+def setup_program(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` compiled as a setup program (``setup_jit``) when called on its own, at top level or under eager
+    ``jax.vmap`` (there, compiled batched, still one program); ``fn`` itself inside a staging transformation
+    (``jit``, ``eval_shape``, ``scan``), which traces it into the caller's program."""
+    compiled = setup_jit(fn)
+    return lambda *args: (compiled if compiles_on_its_own() else fn)(*args)
+
+
 def init_in_one_program(init: Callable[..., Any]) -> Callable[..., Any]:
     """A layer's ``init`` that runs as ONE compiled setup program when called on its own (at top level, or
     under eager ``jax.vmap``): op by op, each parameter shape's random draw was a compilation of its own
@@ -98,4 +106,4 @@ def _init_program(
     return setup_jit(traced), order
 
 
-__all__ = ["default_compiler_options", "init_in_one_program", "jit", "jit_options", "setup_jit"]
+__all__ = ["default_compiler_options", "init_in_one_program", "jit", "jit_options", "setup_jit", "setup_program"]

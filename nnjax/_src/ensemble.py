@@ -37,9 +37,8 @@ from nnjax._src.arguments import (
     check_train_state,
     check_training_arguments,
 )
-from nnjax._src.checks import compiles_on_its_own
 from nnjax._src.compile import jit as compile_jit
-from nnjax._src.compile import setup_jit
+from nnjax._src.compile import setup_program
 from nnjax._src.core import Layer
 from nnjax._src.engine import Plan, Progress, Recorder, checkpoints_for, owned, resume_from, step_count, train
 from nnjax._src.inference import make_evaluate_fn, make_predict_fn
@@ -244,8 +243,7 @@ def _init_stacked(init_one: Callable[..., TrainState], *per_model: Any) -> Train
     """``jax.vmap(init_one)(*per_model)``: K train states stacked, as ONE compiled program at top level (op by op,
     each random draw, slice and broadcast of K models was a compilation of its own: 15-30 of them); under a
     transformation, traced into the caller's program."""
-    stacked = jax.vmap(init_one)
-    return (setup_jit(stacked) if compiles_on_its_own() else stacked)(*per_model)
+    return setup_program(jax.vmap(init_one))(*per_model)
 
 
 def make_many_step(

@@ -200,8 +200,8 @@ def stack(block: Layer, n: int, *, remat: Any = None, unroll: int | bool = 1) ->
 
             if key is None:  # layers without random init (norms) accept None: the n copies are equal
                 tree = jax.tree.map(lambda a: jnp.broadcast_to(a, (n, *jnp.shape(a))), one(None))
-            else:  # one compiled program (eagerly, a vmapped init runs op by op, slowly); inlined inside a trace
-                tree = jax.jit(jax.vmap(one))(jax.random.split(key, n))
+            else:  # called on its own, a Layer's init is one compiled program (compile.init_in_one_program)
+                tree = jax.vmap(one)(jax.random.split(key, n))
             params, state = in_key_order(tree, order["tree"])
             # one copy's shapes, for the shape check (slicing copy 0 eagerly compiled two programs per leaf shape)
             first_p, first_s = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), (params, state))

@@ -19,9 +19,8 @@ import numpy as np
 import optax
 
 from nnjax._src.arguments import check_model, check_optimizer
-from nnjax._src.checks import compiles_on_its_own
 from nnjax._src.compile import jit as compile_jit
-from nnjax._src.compile import setup_jit
+from nnjax._src.compile import setup_program
 from nnjax._src.core import Layer
 from nnjax._src.errors import first_nonfinite
 from nnjax._src.freeze import frozen_predicate, stop_frozen_gradients
@@ -165,8 +164,7 @@ def init_program(
             train_key = jax.random.key_data(train_key)  # raw data: cheaper to pass through jit every step
         return TrainState(jnp.zeros((), jnp.int32), params, state, optimizer.init(params), train_key)
 
-    compiled = setup_jit(build)
-    return lambda key, params, state: (compiled if compiles_on_its_own() else build)(key, params, state)
+    return setup_program(build)
 
 
 def check_like(name: str, given: Any, expected: Any) -> None:
